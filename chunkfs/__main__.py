@@ -1,0 +1,3 @@
+from chunkfs.cli.main import entry
+
+entry()

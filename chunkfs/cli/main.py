@@ -1,0 +1,65 @@
+"""``chunkfs``: argument parsing and error reporting for every subcommand.
+
+Each subcommand module registers its parser and a handler ``run(args) -> int``;
+handlers call the library and print. Errors: a ``ChunkfsError`` becomes one
+line on stderr and its exit code (1, or 2 for usage errors, as argparse does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from chunkfs import __version__
+from chunkfs.cli import mount_cmds, output, repo_cmds
+from chunkfs.errors import ChunkfsError, UsageError
+
+COMMAND_MODULES = [repo_cmds, mount_cmds]
+
+
+def repo_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        default=os.environ.get("CHUNKFS_REPO"),
+        help="repository directory (default: $CHUNKFS_REPO)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chunkfs",
+        description="Content-addressed, tensor-aware storage for ML checkpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"chunkfs {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub, repo_argument)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="chunkfs: %(levelname)s: %(message)s",
+    )
+    try:
+        return args.handler(args) or 0
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        output.error(str(e))
+        return e.exit_code
+    except ChunkfsError as e:
+        output.error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

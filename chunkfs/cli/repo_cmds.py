@@ -1,0 +1,149 @@
+"""Repository commands: init, import, export, stats, index rebuild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chunkfs.cli import output
+from chunkfs.errors import UsageError
+from chunkfs.ops import rebuild, stats, transfer
+from chunkfs.repo import Repository
+
+
+def need_repo(args) -> Path:
+    if not args.repo:
+        raise UsageError("no repository given: pass --repo REPO or set CHUNKFS_REPO")
+    return Path(args.repo)
+
+
+def register(sub, repo_argument) -> None:
+    p = sub.add_parser("init", help="create a repository", description="Create a new, empty repository.")
+    p.add_argument("repo_dir", metavar="REPO", help="directory to create (must be new or empty)")
+    p.add_argument("--hot", metavar="DIR", help="directory of the hot tier (default: REPO/hot)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser(
+        "import",
+        help="copy a local file or tree into the repository",
+        description="Copy SRC (a local file or directory) to DEST (a path in the repository), "
+        "chunking and deduplicating it exactly as the mount does.",
+    )
+    repo_argument(p)
+    p.add_argument("src", metavar="SRC", help="local file or directory")
+    p.add_argument("dest", metavar="DEST", help="repository path, e.g. /llama/run1")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser(
+        "export",
+        help="copy a file or tree out of the repository",
+        description="Copy SRC (a repository path) to DEST (a local path); every chunk is verified.",
+    )
+    repo_argument(p)
+    p.add_argument("src", metavar="SRC", help="repository path")
+    p.add_argument("dest", metavar="DEST", help="local destination")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser(
+        "stats",
+        help="logical vs stored bytes, dedup and compression",
+        description="Show what the repository holds: logical bytes, stored bytes, chunks, packs, ratios.",
+    )
+    repo_argument(p)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(handler=cmd_stats)
+
+    p = sub.add_parser("index", help="index maintenance", description="Index maintenance.")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    r = isub.add_parser(
+        "rebuild",
+        help="rebuild the chunk index from the packs alone",
+        description="Recreate the chunk and pack index from the packs' own footers and records.",
+    )
+    repo_argument(r)
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.set_defaults(handler=cmd_rebuild)
+
+
+def cmd_init(args) -> int:
+    repo = Repository.create(Path(args.repo_dir), hot=Path(args.hot) if args.hot else None)
+    result = {"repository": str(repo.path), "hot": str(repo.hot_path)}
+    repo.close()
+    if args.json:
+        output.print_json(result)
+    else:
+        output.out.print(f"created repository {result['repository']} (hot tier: {result['hot']})")
+    return 0
+
+
+def _print_transfer(args, verb: str, r: transfer.TransferResult) -> None:
+    if args.json:
+        output.print_json(vars(r))
+    else:
+        output.out.print(
+            f"{verb} {r.files} files, {r.directories} directories, {r.symlinks} symlinks, "
+            f"{output.human_bytes(r.bytes)}"
+        )
+
+
+def cmd_import(args) -> int:
+    src = Path(args.src)
+    with Repository(need_repo(args)) as repo:
+        with output.progress(f"import {src.name}", transfer.source_size(src) if src.exists() else None) as bar:
+            result = transfer.import_tree(repo, src, args.dest, bar)
+    _print_transfer(args, "imported", result)
+    return 0
+
+
+def cmd_export(args) -> int:
+    with Repository(need_repo(args), writable=False) as repo:
+        with output.progress(f"export {args.src}", None) as bar:
+            result = transfer.export_tree(repo, args.src, Path(args.dest), bar)
+    _print_transfer(args, "exported", result)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    with Repository(need_repo(args), writable=False) as repo:
+        s = stats.collect(repo)
+    if args.json:
+        output.print_json(s.as_dict())
+        return 0
+    h = output.human_bytes
+    output.print_table(
+        f"chunkfs repository {args.repo}",
+        [
+            ("files", f"{s.files}"),
+            ("logical", h(s.logical_bytes)),
+            ("unique (after dedup)", h(s.unique_bytes)),
+            ("stored (after compression)", h(s.stored_bytes)),
+            ("dedup ratio", f"{s.dedup_ratio:.2f}x"),
+            ("compression ratio", f"{s.compression_ratio:.2f}x"),
+            ("stored / logical", f"{s.stored_fraction:.1%}"),
+            ("chunks", f"{s.chunks}"),
+            ("packs", ", ".join(f"{n} {t}" for t, n in s.packs_by_tier.items()) or "0"),
+            ("pack bytes", h(s.pack_bytes)),
+            ("index", h(s.index_bytes)),
+        ],
+    )
+    return 0
+
+
+def cmd_rebuild(args) -> int:
+    with Repository(need_repo(args)) as repo:
+        with output.progress("rebuild index", None, unit="packs") as bar:
+            result = rebuild.rebuild(repo, bar)
+    if args.json:
+        output.print_json(vars(result))
+    else:
+        output.out.print(
+            f"rebuilt the index from {result.packs} packs: {result.chunks} chunks"
+            f" ({result.unsealed_packs} unsealed packs recovered)"
+        )
+        for problem in result.damaged:
+            output.error(problem)
+        if result.missing_chunks:
+            output.error(f"{result.missing_chunks} chunks referenced by files are in no pack; run `chunkfs fsck`")
+    return 1 if result.damaged or result.missing_chunks else 0

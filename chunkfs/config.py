@@ -1,0 +1,193 @@
+"""Repository settings: ``chunkfs.toml`` read with tomllib into validated dataclasses.
+
+Each section is a frozen dataclass; each field's metadata says how to parse and
+check it. Any unknown section or key, or a value of the wrong kind, is a
+``ConfigError`` naming the key (``chunking.chunk_size: ...``) — one line the CLI
+can print as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chunkfs.errors import ConfigError
+
+CONFIG_NAME = "chunkfs.toml"
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """``4194304``, ``"4MiB"``, ``"4M"`` → bytes (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 4194304 or \"4MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    raise ValueError(f"expected a size such as 4194304 or \"4MiB\", got {value!r}")
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def _size(lo: int, hi: int):
+    def check(value: Any) -> int:
+        n = parse_size(value)
+        if not lo <= n <= hi:
+            raise ValueError(f"must be between {format_size(lo)} and {format_size(hi)}")
+        return n
+
+    return check
+
+
+def _int(lo: int, hi: int):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return check
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _setting(default: Any, check, doc: str):
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    chunk_size: int = _setting(
+        4 << 20, _size(64 << 10, 64 << 20), "largest chunk; big tensors are cut into pieces of this size"
+    )
+    min_chunk: int = _setting(
+        64 << 10, _size(1, 64 << 20), "pieces smaller than this are merged with their neighbours"
+    )
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    level: int = _setting(3, _int(-7, 22), "zstd level used when a chunk is compressed on ingest")
+    sample: int = _setting(
+        64 << 10, _size(4 << 10, 64 << 20), "bytes of a chunk test-compressed to decide"
+    )
+    max_ratio: float = _setting(
+        0.75, _fraction, "compress a chunk only if its sample shrinks to this fraction or less"
+    )
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    target_size: int = _setting(
+        128 << 20, _size(1 << 20, 4 << 30), "a pack is sealed once it reaches this size"
+    )
+    max_open: int = _setting(8, _int(1, 1024), "open packs (one per pack group) before the oldest is sealed")
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    hot: str = _setting("hot", _string, "directory of the hot tier (relative to the repository)")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    memory: int = _setting(
+        128 << 20, _size(0, 64 << 30), "in-memory cache of decoded chunks, per process"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    packs: PackSettings = field(default_factory=PackSettings)
+    tiers: TierSettings = field(default_factory=TierSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+
+def parse(document: dict[str, Any], source: str = CONFIG_NAME) -> Settings:
+    """Validate a parsed TOML document into ``Settings``."""
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for name, table in document.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(sections)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {name} must be a table ([{name}])")
+        values[name] = _parse_section(sections[name].default_factory, name, table, source)
+    settings = Settings(**values)
+    if settings.chunking.min_chunk > settings.chunking.chunk_size:
+        raise ConfigError(f"{source}: chunking.min_chunk must not exceed chunking.chunk_size")
+    return settings
+
+
+def _parse_section(cls, name: str, table: dict[str, Any], source: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {name}.{key} (known: {', '.join(known)})")
+        try:
+            values[key] = known[key].metadata["check"](value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {name}.{key}: {e}") from None
+    return cls(**values)
+
+
+def load(path: Path) -> Settings:
+    """Read and validate a config file."""
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; is this a chunkfs repository?") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(document, str(path))
+
+
+def render(settings: Settings) -> str:
+    """The TOML text of ``settings``, every key with its meaning as a comment."""
+    lines = ["# chunkfs repository settings; every key is optional (defaults shown).", ""]
+    for section in dataclasses.fields(settings):
+        lines.append(f"[{section.name}]")
+        values = getattr(settings, section.name)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, str):
+                text = f'"{value}"'
+            elif isinstance(value, int) and format_size(value) != str(value):
+                text = f'"{format_size(value)}"'
+            else:
+                text = repr(value)
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {text}")
+        lines.append("")
+    return "\n".join(lines)

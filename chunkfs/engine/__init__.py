@@ -1,0 +1,2 @@
+"""The chunk engine: format detection, tensor-aligned chunking, hashing, compression,
+and the streaming file writer/reader built on them."""

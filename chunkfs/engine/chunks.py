@@ -1,0 +1,98 @@
+"""Putting and getting whole chunks: hash, dedup, encode, store; fetch, decode, verify, cache.
+
+``ChunkIO`` is what the streaming file writer and reader use. It is
+thread-safe: the FUSE layer calls it from worker threads, several files at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from chunkfs.config import CompressionSettings
+from chunkfs.engine import codec
+from chunkfs.store.packs import pack_name
+from chunkfs.store.packstore import PackStore
+from chunkfs.types import HOLE, ChunkId
+
+
+def is_zero(data: bytes) -> bool:
+    """True if every byte is zero (cheap for the common non-zero case)."""
+    return not data or (data[0] == 0 and data[-1] == 0 and data == bytes(len(data)))
+
+
+class ChunkCache:
+    """A byte-bounded LRU of decoded chunks."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[ChunkId, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, chunk: ChunkId) -> bytes | None:
+        with self._lock:
+            data = self._items.get(chunk)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(chunk)
+            self.hits += 1
+            return data
+
+    def put(self, chunk: ChunkId, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            if chunk in self._items:
+                return
+            self._items[chunk] = data
+            self._size += len(data)
+            while self._size > self.capacity:
+                self._size -= len(self._items.popitem(last=False)[1])
+
+
+class ChunkIO:
+    """Chunks by content: the engine's view of the pack store."""
+
+    def __init__(self, packs: PackStore, compression: CompressionSettings, cache_bytes: int) -> None:
+        self.packs = packs
+        self.compression = compression
+        self.cache = ChunkCache(cache_bytes)
+        self._stats_lock = threading.Lock()
+        self.new_chunks = self.reused_chunks = 0
+        self.new_bytes = self.reused_bytes = self.stored_bytes = 0
+
+    def put(self, data: bytes, group: str) -> ChunkId:
+        """Store ``data`` unless an identical chunk exists; return its id."""
+        if is_zero(data):
+            return HOLE
+        chunk = codec.chunk_id(data)
+        if self.packs.locate(chunk) is not None:
+            with self._stats_lock:
+                self.reused_chunks += 1
+                self.reused_bytes += len(data)
+            return chunk
+        stored, flags = codec.encode(data, self.compression)
+        self.packs.append(chunk, stored, len(data), flags, group)
+        with self._stats_lock:
+            self.new_chunks += 1
+            self.new_bytes += len(data)
+            self.stored_bytes += len(stored)
+        return chunk
+
+    def get(self, chunk: ChunkId, length: int) -> bytes:
+        """The verified bytes of ``chunk`` (``length`` zeros for a hole)."""
+        if chunk == HOLE:
+            return bytes(length)
+        data = self.cache.get(chunk)
+        if data is None:
+            stored, loc = self.packs.read_stored(chunk)
+            data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}")
+            self.cache.put(chunk, data)
+        return data
+
+    def flush(self) -> None:
+        """Make every chunk put so far durable and findable by other processes."""
+        self.packs.flush()

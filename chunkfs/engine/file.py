@@ -1,0 +1,200 @@
+"""One file's content while it is open: streaming writes, random writes, reads, commits.
+
+A file's content is a list of extents (``types.Extent``: length + chunk id),
+contiguous from offset 0. ``FileContent`` keeps that list plus two kinds of
+not-yet-stored bytes:
+
+* the **stream**: bytes written at the end of the file go through a
+  ``Chunker``; each chunk it cuts is stored at once and appended as an extent,
+  and only the uncut tail stays in memory (at most one chunk). This is the
+  path of every checkpoint writer (torch.save, safetensors, cp).
+* **patches**: a write inside existing content (numpy memmap, a zip writer
+  going back to fix a header) copies only the extents it touches into memory,
+  patches them, and stores them again with the same boundaries when the file is
+  committed — the rest of the file is not rewritten. At most ``MAX_PATCHED``
+  extents are held; beyond that the oldest are stored early.
+
+``commit`` makes the current content durable and returns its extents, without
+disturbing the stream: the uncut tail is stored as a provisional last chunk and
+the chunker keeps going, so an fsync in the middle of a write does not shift
+later chunk boundaries.
+
+Not thread-safe: the caller serialises calls for one file (the FUSE layer holds
+a lock per open inode).
+"""
+
+from __future__ import annotations
+
+import bisect
+from itertools import accumulate
+
+from chunkfs.config import ChunkingSettings
+from chunkfs.engine.chunker import Chunker, Piece
+from chunkfs.engine.chunks import ChunkIO
+from chunkfs.engine.formats.base import FixedParser
+from chunkfs.types import HOLE, Extent
+
+MAX_PATCHED = 32
+"""Extents held in memory for random writes before the oldest are stored."""
+
+
+class FileContent:
+    """The mutable content of one file, backed by the chunk store."""
+
+    def __init__(self, chunks: ChunkIO, extents: list[Extent], group: str, chunking: ChunkingSettings):
+        self.chunks = chunks
+        self.group = group
+        self.chunking = chunking
+        self._extents = list(extents)
+        self._starts = [0, *accumulate(e.length for e in self._extents)]
+        self._stream: Chunker | None = None
+        self._patched: dict[int, bytearray] = {}  # extent index → its bytes, patched
+        self.modified = False
+
+    # -- shape ------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        size = self._starts[-1]
+        if self._stream is not None:
+            size += len(self._stream.pending()[1])
+        return size
+
+    @property
+    def format(self) -> str | None:
+        return self._stream.format if self._stream else None
+
+    def _append_extent(self, length: int, chunk: bytes) -> None:
+        self._extents.append(Extent(length, chunk))
+        self._starts.append(self._starts[-1] + length)
+
+    def _store_pieces(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            self._append_extent(len(piece.data), self.chunks.put(piece.data, self.group))
+
+    # -- writing ------------------------------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> None:
+        if not data:
+            return
+        self.modified = True
+        end = self.size
+        if offset > end:
+            self._end_stream()
+            self._add_hole(offset - end)
+            end = offset
+        if offset == end:
+            self._stream_write(data)
+            return
+        self._end_stream()
+        inside = min(len(data), end - offset)
+        self._patch(offset, memoryview(data)[:inside])
+        if inside < len(data):
+            self._stream_write(data[inside:])
+
+    def _stream_write(self, data: bytes) -> None:
+        if self._stream is None:
+            first = self._starts[-1] == 0 and not self._patched
+            parser = None if first else FixedParser()
+            self._stream = Chunker(self.chunking.chunk_size, self.chunking.min_chunk, parser)
+        self._store_pieces(self._stream.feed(data))
+
+    def _end_stream(self) -> None:
+        """Cut the stream's tail into final chunks; later writes start a new stream."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            self._store_pieces(stream.finish())
+
+    def _add_hole(self, length: int) -> None:
+        step = self.chunking.chunk_size
+        for _ in range(length // step):
+            self._append_extent(step, HOLE)
+        if length % step:
+            self._append_extent(length % step, HOLE)
+
+    def _extent_bytes(self, i: int) -> bytes | bytearray:
+        patched = self._patched.get(i)
+        if patched is not None:
+            return patched
+        e = self._extents[i]
+        return self.chunks.get(e.chunk, e.length)
+
+    def _patch(self, offset: int, data: memoryview) -> None:
+        pos = 0
+        i = bisect.bisect_right(self._starts, offset) - 1
+        while pos < len(data):
+            buf = self._patched.get(i)
+            if buf is None:
+                buf = self._patched[i] = bytearray(self._extent_bytes(i))
+            lo = offset + pos - self._starts[i]
+            n = min(len(data) - pos, len(buf) - lo)
+            buf[lo : lo + n] = data[pos : pos + n]
+            pos += n
+            i += 1
+        while len(self._patched) > MAX_PATCHED:
+            self._store_patch(next(iter(self._patched)))
+
+    def _store_patch(self, i: int) -> None:
+        data = bytes(self._patched.pop(i))
+        self._extents[i] = Extent(len(data), self.chunks.put(data, self.group))
+
+    def truncate(self, size: int) -> None:
+        if size == self.size:
+            return
+        self.modified = True
+        self._end_stream()
+        if size > self._starts[-1]:
+            self._add_hole(size - self._starts[-1])
+            return
+        i = bisect.bisect_right(self._starts, size) - 1  # the extent that holds byte `size`
+        if i < len(self._extents) and size > self._starts[i]:
+            buf = bytearray(self._extent_bytes(i))[: size - self._starts[i]]
+            self._patched[i] = buf
+            self._extents[i] = Extent(len(buf), self._extents[i].chunk)
+            i += 1
+        for j in range(i, len(self._extents)):
+            self._patched.pop(j, None)
+        del self._extents[i:]
+        self._starts = [0, *accumulate(e.length for e in self._extents)]
+
+    # -- reading ------------------------------------------------------------------
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        out = []
+        pos = offset
+        stored_end = self._starts[-1]
+        i = bisect.bisect_right(self._starts, pos) - 1
+        while pos < min(end, stored_end):
+            lo = pos - self._starts[i]
+            data = self._extent_bytes(i)
+            n = min(end - pos, len(data) - lo)
+            out.append(bytes(memoryview(data)[lo : lo + n]))
+            pos += n
+            i += 1
+        if pos < end:  # the stream's uncut tail
+            tail_start, tail = self._stream.pending()
+            out.append(tail[pos - tail_start : end - tail_start])
+        return b"".join(out)
+
+    # -- committing ---------------------------------------------------------------
+
+    def commit(self) -> list[Extent]:
+        """Store everything written so far durably; return the file's extents."""
+        for i in list(self._patched):
+            self._store_patch(i)
+        extents = list(self._extents)
+        if self._stream is not None:
+            _, tail = self._stream.pending()
+            if tail:
+                extents.append(Extent(len(tail), self.chunks.put(tail, self.group)))
+        self.chunks.flush()
+        self.modified = False
+        return extents
+
+    def finish(self) -> list[Extent]:
+        """Commit after the writer is done: the stream's tail becomes final chunks."""
+        self._end_stream()
+        return self.commit()

@@ -1,0 +1,129 @@
+"""Running a mount: FUSE session setup, the trio main loop, clean shutdown.
+
+``serve`` runs in the daemon process (``chunkfs mount --foreground``, or the
+background child that plain ``chunkfs mount`` starts). It reports readiness
+(or the one-line reason it could not mount) through ``ready``, serves until
+the filesystem is unmounted or the process gets SIGTERM/SIGINT, then commits
+every open file, seals the open packs and releases the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from chunkfs.errors import Conflict, NotADirectory, NotFound, UsageError
+from chunkfs.fs.operations import ChunkfsOperations
+from chunkfs.repo import Repository
+
+log = logging.getLogger(__name__)
+
+READ_AHEAD_KB = 4096
+"""Kernel read-ahead for the mount: makes the kernel read in 1 MiB requests
+(DESIGN.md measured 0.6–1.0 GB/s at the default, 2.3–2.7 GB/s with this)."""
+
+IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "dev", "suid", "exec"}
+"""mount(8)/fstab options that mean nothing to a FUSE filesystem."""
+
+
+def fuse_options(repo: Path, extra: list[str]) -> set[str]:
+    opts = set(pyfuse3.default_options) | {f"fsname={repo}", "subtype=chunkfs"}
+    for item in extra:
+        for opt in filter(None, item.split(",")):
+            if opt in IGNORED_OPTIONS or opt.startswith(("x-systemd.", "comment=")):
+                continue
+            opts.add(opt)
+    return opts
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    if not mountpoint.exists():
+        raise NotFound(f"{mountpoint}: mountpoint does not exist; create it with mkdir")
+    if not mountpoint.is_dir():
+        raise NotADirectory(f"{mountpoint}: mountpoint is not a directory")
+    if os.path.ismount(mountpoint):
+        raise Conflict(f"{mountpoint}: something is already mounted here; unmount it first")
+
+
+def _device_of(mountpoint: Path) -> str | None:
+    """'major:minor' of the filesystem mounted at ``mountpoint``, from /proc/self/mountinfo.
+
+    (Not from stat(): before the FUSE main loop runs, a stat of our own
+    mountpoint would wait for an answer forever.)
+    """
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(mountpoint):
+                found = fields[2]  # the last mount on this path is the visible one
+    return found
+
+
+def _tune_read_ahead(mountpoint: Path) -> None:
+    dev = _device_of(mountpoint)
+    if dev is None:
+        return
+    path = Path(f"/sys/class/bdi/{dev}/read_ahead_kb")
+    try:
+        path.write_text(str(READ_AHEAD_KB))
+    except OSError as e:  # not root, or an older kernel: slower reads, nothing worse
+        log.info("cannot raise read-ahead (%s): %s", path, e)
+
+
+def serve(repo_path: Path, mountpoint: Path, options: list[str], ready: Callable[[str | None], None]) -> None:
+    """Mount and serve until unmounted. ``ready(None)`` once mounted, ``ready(msg)`` on failure."""
+    mountpoint = mountpoint.resolve()
+    try:
+        check_mountpoint(mountpoint)
+        repo = Repository(repo_path)
+    except Exception as e:
+        ready(str(e))
+        raise
+    ops = ChunkfsOperations(repo)
+    try:
+        pyfuse3.init(ops, str(mountpoint), fuse_options(repo.path, options))
+    except RuntimeError as e:
+        repo.close()
+        message = f"{mountpoint}: cannot mount ({e}); is /dev/fuse available and fuse3 installed?"
+        ready(message)
+        raise UsageError(message) from None
+    _tune_read_ahead(mountpoint)
+    signalled: list[int] = []
+    try:
+        ready(None)
+        log.info("serving %s at %s", repo.path, mountpoint)
+        trio.run(_main, signalled)
+    finally:
+        ops.close()
+        # main() returns by itself only when the kernel unmounted us; after a
+        # signal (or an error) the mount is still there and we take it down.
+        pyfuse3.close(unmount=bool(signalled) or not _unmounted(mountpoint))
+        repo.close()
+        log.info("unmounted %s", mountpoint)
+
+
+def _unmounted(mountpoint: Path) -> bool:
+    return not os.path.ismount(mountpoint)
+
+
+async def _main(signalled: list[int]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, signalled)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(signalled: list[int]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("got signal %d: unmounting", signum)
+            signalled.append(signum)
+            pyfuse3.terminate()
+            return

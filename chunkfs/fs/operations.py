@@ -1,0 +1,289 @@
+"""The FUSE protocol adapter: kernel requests → library calls, errors → errno.
+
+No storage logic lives here. Directory operations go to ``Namespace``; file
+data to ``OpenFiles``. Anything that may block (file data, index commits,
+which fdatasync) runs in a worker thread through ``_blocking``, so the trio
+loop keeps answering other requests; cheap index reads (LMDB is memory-mapped)
+run on the loop. Every ``ChunkfsError`` becomes a ``FUSEError`` with its errno
+and one log line naming the object (``_errors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+
+import pyfuse3
+import trio
+
+from chunkfs.errors import ChunkfsError, NoAttribute
+from chunkfs.openfiles import OpenFiles
+from chunkfs.repo import Repository
+from chunkfs.types import InodeRecord
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 1.0
+"""Seconds the kernel may cache attributes and names (admin commands change them too)."""
+
+WORKERS = 8
+"""Worker threads for blocking calls: enough to overlap hashing, pack writes and index commits."""
+
+
+def _errors(fn):
+    """Translate library errors into errno for the kernel, with a log line."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except ChunkfsError as e:
+            if e.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY):
+                log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s: internal error", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class ChunkfsOperations(pyfuse3.Operations):
+    """pyfuse3 handlers for one mounted repository."""
+
+    enable_writeback_cache = True
+
+    def __init__(self, repo: Repository) -> None:
+        super().__init__()
+        self.repo = repo
+        self.ns = repo.ns
+        self.files = OpenFiles(repo)
+        self._limiter = trio.CapacityLimiter(WORKERS)
+        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
+        self._next_dir = 0
+
+    async def _blocking(self, fn, *args):
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+
+    def _attrs(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = rec.mode
+        a.st_nlink = rec.nlink
+        a.st_uid = rec.uid
+        a.st_gid = rec.gid
+        a.st_rdev = rec.rdev
+        size = self.files.size(ino)
+        a.st_size = rec.size if size is None else size
+        a.st_blksize = 1 << 20
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = rec.atime_ns
+        a.st_mtime_ns = rec.mtime_ns
+        a.st_ctime_ns = rec.ctime_ns
+        return a
+
+    # -- names and attributes -------------------------------------------------------------
+
+    @_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        if name == b".":
+            return self._attrs(parent_inode, self.ns.getattr(parent_inode))
+        if name == b"..":
+            parent = self.ns.parent_of(parent_inode)
+            return self._attrs(parent, self.ns.getattr(parent))
+        ino, rec = self.ns.lookup(parent_inode, name)
+        return self._attrs(ino, rec)
+
+    @_errors
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(inode, self.ns.getattr(inode))
+
+    @_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        if fields.update_size:
+            await self._blocking(self.files.truncate, inode, attr.st_size)
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if changes:
+            rec = await self._blocking(functools.partial(self.ns.setattr, inode, **changes))
+        else:
+            rec = self.ns.getattr(inode)
+        return self._attrs(inode, rec)
+
+    @_errors
+    async def readlink(self, inode, ctx):
+        return self.ns.readlink(inode)
+
+    @_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid, rdev)
+        return self._attrs(ino, rec)
+
+    @_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        ino, rec = await self._blocking(self.ns.mkdir, parent_inode, name, mode, ctx.uid, ctx.gid)
+        return self._attrs(ino, rec)
+
+    @_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        ino, rec = await self._blocking(self.ns.symlink, parent_inode, name, target, ctx.uid, ctx.gid)
+        return self._attrs(ino, rec)
+
+    @_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        rec = await self._blocking(self.ns.link, inode, new_parent_inode, new_name)
+        return self._attrs(inode, rec)
+
+    @_errors
+    async def unlink(self, parent_inode, name, ctx):
+        await self._blocking(self.ns.unlink, parent_inode, name)
+
+    @_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._blocking(self.ns.rmdir, parent_inode, name)
+
+    @_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._blocking(
+            functools.partial(
+                self.ns.rename,
+                parent_inode_old,
+                name_old,
+                parent_inode_new,
+                name_new,
+                noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
+            )
+        )
+
+    # -- directories ------------------------------------------------------------------------
+
+    @_errors
+    async def opendir(self, inode, ctx):
+        self._next_dir += 1
+        self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.ns.readdir(inode)]
+        return self._next_dir
+
+    @_errors
+    async def readdir(self, fh, start_id, token):
+        entries = self._dirs[fh]
+        for offset in range(start_id, len(entries)):
+            name, ino = entries[offset]
+            try:
+                rec = self.ns.getattr(ino)
+            except ChunkfsError:
+                continue  # removed since opendir
+            if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), offset + 1):
+                return
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh, datasync):
+        await self._blocking(self.repo.flush)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        # Content changes only through this mount, which the kernel sees, so its
+        # page cache may keep file pages across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_errors
+    async def open(self, inode, flags, ctx):
+        fh = await self._blocking(self.files.open, inode)
+        return self._file_info(fh)
+
+    @_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid)
+        fh = await self._blocking(self.files.open, ino)
+        return self._file_info(fh), self._attrs(ino, rec)
+
+    @_errors
+    async def read(self, fh, off, size):
+        return await self._blocking(self.files.read, fh, off, size)
+
+    @_errors
+    async def write(self, fh, off, buf):
+        return await self._blocking(self.files.write, fh, off, buf)
+
+    @_errors
+    async def flush(self, fh):
+        await self._blocking(self.files.flush, fh)
+
+    @_errors
+    async def fsync(self, fh, datasync):
+        await self._blocking(self.files.fsync, fh)
+
+    @_errors
+    async def release(self, fh):
+        await self._blocking(self.files.release, fh)
+
+    # -- extended attributes ----------------------------------------------------------------------
+
+    @_errors
+    async def setxattr(self, inode, name, value, ctx):
+        await self._blocking(self.ns.setxattr, inode, name, value)
+
+    @_errors
+    async def getxattr(self, inode, name, ctx):
+        try:
+            return self.ns.getxattr(inode, name)
+        except NoAttribute:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    @_errors
+    async def listxattr(self, inode, ctx):
+        return self.ns.listxattr(inode)
+
+    @_errors
+    async def removexattr(self, inode, name, ctx):
+        try:
+            await self._blocking(self.ns.removexattr, inode, name)
+        except NoAttribute:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    # -- the filesystem -----------------------------------------------------------------------------
+
+    @_errors
+    async def statfs(self, ctx):
+        st = os.statvfs(self.repo.hot_path)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = st.f_bsize
+        s.f_frsize = st.f_frsize
+        s.f_blocks = st.f_blocks
+        s.f_bfree = st.f_bfree
+        s.f_bavail = st.f_bavail
+        s.f_files = st.f_files
+        s.f_ffree = st.f_ffree
+        s.f_favail = st.f_favail
+        s.f_namemax = 255
+        return s
+
+    async def forget(self, inode_list):
+        """Nothing to do: inodes are not cached per kernel lookup."""
+
+    def close(self) -> None:
+        """Commit every open file (the filesystem is being unmounted)."""
+        with contextlib.suppress(ChunkfsError):
+            self.files.close_all()

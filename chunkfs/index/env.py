@@ -1,0 +1,130 @@
+"""The one place that opens the LMDB environment.
+
+Durability settings: ``sync=True, metasync=False`` — every write transaction's
+commit fdatasyncs the data pages (so a committed manifest survives power loss
+once ``commit`` returns) but skips the separate meta-page flush; LMDB documents
+that this keeps the database consistent and can at worst undo the very last
+transaction on a system crash. Callers that have just acknowledged an fsync to
+a user call ``Index.sync()`` to flush that too.
+
+The map is sized generously up front (it is virtual address space; the file
+grows only as pages are used) and doubled when LMDB reports it full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+from chunkfs.errors import CorruptData, FormatVersionError, NoSpace, NotFound
+from chunkfs.index import keys
+from chunkfs.index.txn import Txn
+
+INITIAL_MAP_SIZE = 64 << 30
+MAX_READERS = 512
+
+
+class Index:
+    """A repository's LMDB environment and its named databases."""
+
+    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not (self.path / "data.mdb").exists():
+            raise NotFound(f"{self.path}: no chunkfs index here; create one with `chunkfs init`")
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=INITIAL_MAP_SIZE,
+                max_dbs=len(keys.DATABASES) + 8,
+                max_readers=MAX_READERS,
+                sync=True,
+                metasync=False,
+                readahead=False,
+                readonly=readonly,
+                lock=True,
+            )
+        except lmdb.Error as e:
+            raise CorruptData(f"{self.path}: cannot open the LMDB index: {e}") from None
+        self._dbs = {
+            name: self.env.open_db(name.encode(), create=not readonly) for name in keys.DATABASES
+        }
+        self._grow_lock = threading.Lock()
+        if create:
+            self._initialise()
+        self._check_format()
+
+    def _initialise(self) -> None:
+        with self.write() as t:
+            if t.meta_get(keys.META_FORMAT) is None:
+                t.meta_put(keys.META_FORMAT, keys.u32(keys.FORMAT_VERSION))
+                t.meta_put(keys.META_REPO_ID, secrets.token_bytes(16))
+                t.meta_put(keys.META_NEXT_INODE, keys.u64(keys.ROOT_INODE + 1))
+                t.meta_put(keys.META_NEXT_MANIFEST, keys.u64(1))
+
+    def _check_format(self) -> None:
+        with self.read() as t:
+            raw = t.meta_get(keys.META_FORMAT)
+        if raw is None:
+            raise CorruptData(f"{self.path}: index has no format record; not a chunkfs index")
+        version = keys.decode_u32(raw)
+        if version != keys.FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{self.path}: index format {version}, this chunkfs reads format "
+                f"{keys.FORMAT_VERSION}; use a matching chunkfs version"
+            )
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A read-only snapshot; cheap, may run on any thread (including trio's)."""
+        with self.env.begin(buffers=False) as txn:
+            yield Txn(txn, self._dbs)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Txn]:
+        """A write transaction, committed (and synced) when the block ends.
+
+        LMDB allows one writer at a time per environment; a second thread
+        blocks here until the first commits. The commit is an fdatasync, so
+        callers on the trio thread should batch or move to a worker thread.
+        """
+        try:
+            with self.env.begin(write=True, buffers=False) as txn:
+                yield Txn(txn, self._dbs)
+        except lmdb.MapFullError:
+            self._grow()
+            raise NoSpace(
+                f"{self.path}: the index map was full and has been grown; retry the operation"
+            ) from None
+        except lmdb.DiskError as e:
+            raise NoSpace(f"{self.path}: cannot write the index: {e}") from None
+        except lmdb.Error as e:
+            if "No space left" in str(e):
+                raise NoSpace(f"{self.path}: disk full while writing the index") from None
+            raise
+
+    def _grow(self) -> None:
+        with self._grow_lock:
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def sync(self) -> None:
+        """Flush everything committed so far (including the meta page) to disk."""
+        self.env.sync(True)
+
+    def used_bytes(self) -> int:
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    def copy_to(self, dest: Path) -> None:
+        """A consistent copy of the whole index (compacted) into directory ``dest``."""
+        os.makedirs(dest, exist_ok=True)
+        self.env.copy(str(dest), compact=True)
+
+    def close(self) -> None:
+        self.env.close()

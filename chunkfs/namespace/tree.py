@@ -1,0 +1,406 @@
+"""The directory tree: inodes, directory entries, symlinks, hard links, xattrs, file contents.
+
+Every operation is one LMDB transaction, so the tree is consistent after any
+crash: a rename is atomic (the old and new entries change in the same commit),
+and a file's content changes only by pointing its inode at a new manifest.
+Permission checks are the kernel's (``default_permissions``); this layer checks
+only what makes a tree a tree (no entry twice, no directory inside itself, no
+removing a non-empty directory).
+
+Inodes whose last name is gone but that a process still holds open are kept
+until ``release`` (POSIX unlink-while-open semantics); ``forget_orphans``
+removes the ones a crashed daemon left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import threading
+from collections import Counter
+
+from chunkfs import clock
+from chunkfs.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NoAttribute,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+)
+from chunkfs.index import Index, Txn
+from chunkfs.index.keys import ROOT_INODE
+from chunkfs.types import Extent, InodeRecord
+
+STEP_RE = re.compile(rb"\d+$")
+"""A directory whose name ends in a number is a checkpoint step (checkpoint-1500)."""
+
+
+def _name(name: bytes) -> bytes:
+    if not name or b"/" in name or name in (b".", b".."):
+        raise InvalidArgument(f"invalid file name {name!r}")
+    if len(name) > 255:
+        raise NameTooLong(f"file name too long (over 255 bytes): {name[:40]!r}…")
+    return name
+
+
+class Namespace:
+    """The file tree of one repository, stored in the index."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self._open = Counter()  # inode → open handles (unlink-while-open)
+        self._lock = threading.Lock()
+        with index.read() as t:
+            has_root = t.inode_get(ROOT_INODE) is not None
+        if not has_root:
+            now = clock.now_ns()
+            with index.write() as t:
+                t.inode_put(ROOT_INODE, InodeRecord(stat.S_IFDIR | 0o755, 0, 0, 2, 0, now, now, now))
+
+    # -- reading --------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> InodeRecord:
+        with self.index.read() as t:
+            return self._get(t, ino)
+
+    @staticmethod
+    def _get(t: Txn, ino: int) -> InodeRecord:
+        rec = t.inode_get(ino)
+        if rec is None:
+            raise NotFound(f"inode {ino}: no such file")
+        return rec
+
+    def lookup(self, parent: int, name: bytes) -> tuple[int, InodeRecord]:
+        with self.index.read() as t:
+            self._dir(t, parent)
+            child = t.dirent_get(parent, name)
+            if child is None:
+                raise NotFound(f"{name.decode(errors='replace')}: no such file or directory")
+            return child, self._get(t, child)
+
+    def _dir(self, t: Txn, ino: int) -> InodeRecord:
+        rec = self._get(t, ino)
+        if not stat.S_ISDIR(rec.mode):
+            raise NotADirectory(f"inode {ino}: not a directory")
+        return rec
+
+    def resolve(self, path: str) -> int:
+        """The inode of a repository path (``/a/b``); symlinks are not followed."""
+        ino = ROOT_INODE
+        for part in path.strip("/").split("/"):
+            if part:
+                ino, _ = self.lookup(ino, part.encode())
+        return ino
+
+    def readdir(self, ino: int, after: bytes | None = None, limit: int = 1 << 30):
+        """(name, inode, record) of a directory's entries in name order, after ``after``."""
+        out = []
+        with self.index.read() as t:
+            self._dir(t, ino)
+            for name, child in t.dirents(ino, after):
+                out.append((name, child, self._get(t, child)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def readlink(self, ino: int) -> bytes:
+        rec = self.getattr(ino)
+        if not stat.S_ISLNK(rec.mode):
+            raise InvalidArgument(f"inode {ino}: not a symbolic link")
+        return rec.target
+
+    def extents(self, ino: int) -> list[Extent]:
+        with self.index.read() as t:
+            rec = self._get(t, ino)
+            if stat.S_ISDIR(rec.mode):
+                raise IsADirectory(f"inode {ino}: is a directory")
+            return t.manifest_get(rec.manifest) or [] if rec.manifest else []
+
+    def parent_of(self, ino: int) -> int:
+        """The directory holding ``ino`` (the root is its own parent)."""
+        if ino == ROOT_INODE:
+            return ROOT_INODE
+        with self.index.read() as t:
+            links = t.parents(ino)
+        if not links:
+            raise NotFound(f"inode {ino}: has no parent (unlinked)")
+        return links[0][0]
+
+    def path_of(self, ino: int) -> str:
+        """One path of ``ino`` (the first of its names), '/' for the root."""
+        parts = []
+        with self.index.read() as t:
+            while ino != ROOT_INODE:
+                links = t.parents(ino)
+                if not links:
+                    return "/<unlinked>/" + "/".join(reversed(parts))
+                ino, name = links[0]
+                parts.append(name.decode(errors="surrogateescape"))
+        return "/" + "/".join(reversed(parts))
+
+    def group_of(self, ino: int) -> str:
+        """The pack group of a file: its run directory (the parent of its step
+        directory, e.g. ``/llama/8b/lora/run1`` for ``…/run1/checkpoint-500/x``),
+        or its own directory when the path has no step level."""
+        parts = self.path_of(ino).strip("/").split("/")[:-1]
+        for i in range(len(parts) - 1, -1, -1):
+            if STEP_RE.search(parts[i].encode()):
+                return "/" + "/".join(parts[:i])
+        return "/" + "/".join(parts)
+
+    # -- creating -------------------------------------------------------------------
+
+    def _create(self, parent: int, name: bytes, rec: InodeRecord) -> tuple[int, InodeRecord]:
+        name = _name(name)
+        with self.index.write() as t:
+            prec = self._dir(t, parent)
+            if t.dirent_get(parent, name) is not None:
+                raise AlreadyExists(f"{name.decode(errors='replace')}: already exists")
+            ino = t.next_inode()
+            t.inode_put(ino, rec)
+            t.dirent_put(parent, name, ino)
+            prec.mtime_ns = prec.ctime_ns = rec.ctime_ns
+            if stat.S_ISDIR(rec.mode):
+                prec.nlink += 1
+            t.inode_put(parent, prec)
+        return ino, rec
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> tuple[int, InodeRecord]:
+        now = clock.now_ns()
+        rec = InodeRecord(stat.S_IFDIR | (mode & 0o7777), uid, gid, 2, 0, now, now, now)
+        return self._create(parent, name, rec)
+
+    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0):
+        """A regular file (or another non-directory node) with no content."""
+        if stat.S_ISDIR(mode):
+            raise InvalidArgument("use mkdir for directories")
+        if not stat.S_IFMT(mode):
+            mode |= stat.S_IFREG
+        now = clock.now_ns()
+        return self._create(parent, name, InodeRecord(mode, uid, gid, 1, 0, now, now, now, rdev))
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int):
+        now = clock.now_ns()
+        rec = InodeRecord(stat.S_IFLNK | 0o777, uid, gid, 1, len(target), now, now, now, target=target)
+        return self._create(parent, name, rec)
+
+    def link(self, ino: int, parent: int, name: bytes) -> InodeRecord:
+        name = _name(name)
+        with self.index.write() as t:
+            rec = self._get(t, ino)
+            if stat.S_ISDIR(rec.mode):
+                raise IsADirectory("hard links to directories are not allowed")
+            prec = self._dir(t, parent)
+            if t.dirent_get(parent, name) is not None:
+                raise AlreadyExists(f"{name.decode(errors='replace')}: already exists")
+            t.dirent_put(parent, name, ino)
+            now = clock.now_ns()
+            rec.nlink += 1
+            rec.ctime_ns = prec.mtime_ns = prec.ctime_ns = now
+            t.inode_put(ino, rec)
+            t.inode_put(parent, prec)
+        return rec
+
+    # -- removing ---------------------------------------------------------------------
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        with self.index.write() as t:
+            self._dir(t, parent)
+            child = t.dirent_get(parent, name)
+            if child is None:
+                raise NotFound(f"{name.decode(errors='replace')}: no such file")
+            rec = self._get(t, child)
+            if stat.S_ISDIR(rec.mode):
+                raise IsADirectory(f"{name.decode(errors='replace')}: is a directory")
+            self._unlink_entry(t, parent, name, child, rec)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        with self.index.write() as t:
+            self._dir(t, parent)
+            child = t.dirent_get(parent, name)
+            if child is None:
+                raise NotFound(f"{name.decode(errors='replace')}: no such directory")
+            rec = self._dir(t, child)
+            if t.has_dirents(child):
+                raise NotEmpty(f"{name.decode(errors='replace')}: directory not empty")
+            self._unlink_entry(t, parent, name, child, rec)
+
+    def _unlink_entry(self, t: Txn, parent: int, name: bytes, child: int, rec: InodeRecord) -> None:
+        t.dirent_delete(parent, name)
+        now = clock.now_ns()
+        prec = self._get(t, parent)
+        prec.mtime_ns = prec.ctime_ns = now
+        if stat.S_ISDIR(rec.mode):
+            prec.nlink -= 1
+            rec.nlink = 0
+        else:
+            rec.nlink -= 1
+        t.inode_put(parent, prec)
+        rec.ctime_ns = now
+        if rec.nlink > 0 or self._open[child]:
+            t.inode_put(child, rec)
+        else:
+            self._drop(t, child, rec)
+
+    @staticmethod
+    def _drop(t: Txn, ino: int, rec: InodeRecord) -> None:
+        if rec.manifest:
+            t.manifest_delete(rec.manifest)
+        for xname in t.xattrs(ino):
+            t.xattr_delete(ino, xname)
+        t.inode_delete(ino)
+
+    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes, *, noreplace=False, exchange=False):
+        """Atomically move an entry, replacing the target if there is one (POSIX rename)."""
+        new = _name(new)
+        with self.index.write() as t:
+            self._dir(t, old_parent)
+            self._dir(t, new_parent)
+            child = t.dirent_get(old_parent, old)
+            if child is None:
+                raise NotFound(f"{old.decode(errors='replace')}: no such file or directory")
+            rec = self._get(t, child)
+            if stat.S_ISDIR(rec.mode) and self._is_ancestor(t, child, new_parent):
+                raise InvalidArgument("cannot move a directory into itself")
+            target = t.dirent_get(new_parent, new)
+            if target == child:
+                return
+            if exchange:
+                if target is None:
+                    raise NotFound(f"{new.decode(errors='replace')}: no such file or directory")
+                t.dirent_delete(old_parent, old)
+                t.dirent_delete(new_parent, new)
+                t.dirent_put(old_parent, old, target)
+                t.dirent_put(new_parent, new, child)
+                return
+            if target is not None:
+                if noreplace:
+                    raise AlreadyExists(f"{new.decode(errors='replace')}: already exists")
+                trec = self._get(t, target)
+                if stat.S_ISDIR(trec.mode):
+                    if not stat.S_ISDIR(rec.mode):
+                        raise IsADirectory(f"{new.decode(errors='replace')}: is a directory")
+                    if t.has_dirents(target):
+                        raise NotEmpty(f"{new.decode(errors='replace')}: directory not empty")
+                elif stat.S_ISDIR(rec.mode):
+                    raise NotADirectory(f"{new.decode(errors='replace')}: not a directory")
+                self._unlink_entry(t, new_parent, new, target, trec)
+            t.dirent_delete(old_parent, old)
+            t.dirent_put(new_parent, new, child)
+            now = clock.now_ns()
+            if stat.S_ISDIR(rec.mode) and old_parent != new_parent:
+                for ino, delta in ((old_parent, -1), (new_parent, 1)):
+                    p = self._get(t, ino)
+                    p.nlink += delta
+                    t.inode_put(ino, p)
+            for ino in {old_parent, new_parent}:
+                p = self._get(t, ino)
+                p.mtime_ns = p.ctime_ns = now
+                t.inode_put(ino, p)
+            rec.ctime_ns = now
+            t.inode_put(child, rec)
+
+    def _is_ancestor(self, t: Txn, ancestor: int, ino: int) -> bool:
+        while ino != ROOT_INODE:
+            if ino == ancestor:
+                return True
+            links = t.parents(ino)
+            if not links:
+                return False
+            ino = links[0][0]
+        return ancestor == ROOT_INODE
+
+    # -- open handles -----------------------------------------------------------------
+
+    def hold(self, ino: int) -> None:
+        """A process opened ``ino``: keep it even if its last name is removed."""
+        with self._lock:
+            self._open[ino] += 1
+
+    def release(self, ino: int) -> None:
+        with self._lock:
+            self._open[ino] -= 1
+            if self._open[ino] > 0:
+                return
+            del self._open[ino]
+        with self.index.write() as t:
+            rec = t.inode_get(ino)
+            if rec is not None and rec.nlink == 0:
+                self._drop(t, ino, rec)
+
+    def forget_orphans(self) -> int:
+        """Drop inodes with no name left (a crashed daemon held them open)."""
+        with self.index.write() as t:
+            orphans = [(i, r) for i, r in t.inodes() if r.nlink == 0 and i != ROOT_INODE]
+            for ino, rec in orphans:
+                self._drop(t, ino, rec)
+        return len(orphans)
+
+    # -- changing ---------------------------------------------------------------------
+
+    def setattr(self, ino: int, *, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None) -> InodeRecord:
+        with self.index.write() as t:
+            rec = self._get(t, ino)
+            if mode is not None:
+                rec.mode = stat.S_IFMT(rec.mode) | (mode & 0o7777)
+            if uid is not None:
+                rec.uid = uid
+            if gid is not None:
+                rec.gid = gid
+            if atime_ns is not None:
+                rec.atime_ns = atime_ns
+            if mtime_ns is not None:
+                rec.mtime_ns = mtime_ns
+            rec.ctime_ns = clock.now_ns()
+            t.inode_put(ino, rec)
+        return rec
+
+    def set_content(self, ino: int, extents: list[Extent], mtime_ns: int | None = None) -> InodeRecord:
+        """Point a file at new content (a new manifest) in one transaction."""
+        with self.index.write() as t:
+            rec = self._get(t, ino)
+            old = rec.manifest
+            rec.manifest = t.manifest_put(extents) if extents else 0
+            if old:
+                t.manifest_delete(old)
+            rec.size = sum(e.length for e in extents)
+            rec.mtime_ns = rec.ctime_ns = mtime_ns if mtime_ns is not None else clock.now_ns()
+            t.inode_put(ino, rec)
+        return rec
+
+    # -- extended attributes --------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        with self.index.read() as t:
+            self._get(t, ino)
+            value = t.xattr_get(ino, name)
+        if value is None:
+            raise NoAttribute(f"{name.decode(errors='replace')}: no such attribute")
+        return value
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        with self.index.write() as t:
+            rec = self._get(t, ino)
+            t.xattr_put(ino, name, value)
+            rec.ctime_ns = clock.now_ns()
+            t.inode_put(ino, rec)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        with self.index.read() as t:
+            self._get(t, ino)
+            return t.xattrs(ino)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        with self.index.write() as t:
+            self._get(t, ino)
+            if not t.xattr_delete(ino, name):
+                raise NoAttribute(f"{name.decode(errors='replace')}: no such attribute")
+
+    def counts(self) -> tuple[int, int]:
+        """(inodes, bytes of file content as users see it)."""
+        with self.index.read() as t:
+            files = [r for _, r in t.inodes()]
+        return len(files), sum(r.size for r in files if stat.S_ISREG(r.mode))

@@ -1,0 +1,157 @@
+"""The open-file table: what a mounted filesystem does between open and release.
+
+All handles of one inode share one ``FileContent``, so bytes written through
+one descriptor are readable through every other at once, before any commit.
+Commit points are the durability contract (docs/durability.md):
+
+* ``flush`` (every close): the writer's stream is finished and the content is
+  committed — durable and current once close() returns;
+* ``fsync``: committed too, but the stream keeps going (a provisional last
+  chunk), so a mid-write fsync does not shift later chunk boundaries;
+* ``release`` of the last handle: anything written after the last flush (mmap
+  write-back) is committed.
+
+A write that fails (disk full, broken pack) poisons the inode's open state: its
+later writes and its flush report the same error and nothing of it is
+committed, so the last committed content stays intact.
+
+Plain synchronous code, safe to call from many threads: calls for one inode are
+serialised by that inode's lock, different inodes proceed in parallel. The FUSE
+layer calls it from worker threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import stat
+import threading
+from dataclasses import dataclass, field
+
+from chunkfs.engine.file import FileContent
+from chunkfs.errors import ChunkfsError, IsADirectory
+from chunkfs.repo import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Open:
+    ino: int
+    content: FileContent
+    handles: int = 0
+    error: ChunkfsError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class OpenFiles:
+    """Open handles of a mounted repository, keyed by file handle number."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._by_ino: dict[int, _Open] = {}
+        self._by_fh: dict[int, _Open] = {}
+        self._fhs = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def open(self, ino: int) -> int:
+        rec = self.repo.ns.getattr(ino)
+        if stat.S_ISDIR(rec.mode):
+            raise IsADirectory(f"inode {ino}: is a directory")
+        with self._lock:
+            entry = self._by_ino.get(ino)
+        if entry is None:
+            content = self.repo.file_content(ino)  # reads the index: outside the table lock
+            with self._lock:
+                entry = self._by_ino.setdefault(ino, _Open(ino, content))
+        with self._lock:
+            entry.handles += 1
+            fh = next(self._fhs)
+            self._by_fh[fh] = entry
+        self.repo.ns.hold(ino)
+        return fh
+
+    def _entry(self, fh: int) -> _Open:
+        return self._by_fh[fh]
+
+    def size(self, ino: int) -> int | None:
+        """The current size of an open file (None if not open): includes uncommitted writes."""
+        entry = self._by_ino.get(ino)
+        return entry.content.size if entry is not None else None
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        entry = self._entry(fh)
+        with entry.lock:
+            return entry.content.read(offset, size)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        entry = self._entry(fh)
+        with entry.lock:
+            if entry.error is not None:
+                raise entry.error
+            try:
+                entry.content.write(offset, data)
+            except ChunkfsError as e:
+                log.error("write to %s failed: %s", self.repo.ns.path_of(entry.ino), e)
+                entry.error = e
+                raise
+        return len(data)
+
+    def truncate(self, ino: int, size: int) -> None:
+        """Set the size of ``ino``, open or not; committed at once."""
+        with self._lock:
+            entry = self._by_ino.get(ino)
+        if entry is None:
+            content = self.repo.file_content(ino)
+            content.truncate(size)
+            self.repo.commit_file(ino, content)
+            return
+        with entry.lock:
+            if entry.error is not None:
+                raise entry.error
+            entry.content.truncate(size)
+            self._commit(entry, final=True)
+
+    def _commit(self, entry: _Open, *, final: bool) -> None:
+        if entry.error is not None:
+            raise entry.error
+        if entry.content.modified:
+            self.repo.commit_file(entry.ino, entry.content, final=final)
+
+    def flush(self, fh: int) -> None:
+        entry = self._entry(fh)
+        with entry.lock:
+            self._commit(entry, final=True)
+
+    def fsync(self, fh: int) -> None:
+        entry = self._entry(fh)
+        with entry.lock:
+            self._commit(entry, final=False)
+        self.repo.flush()
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            entry = self._by_fh.pop(fh)
+            entry.handles -= 1
+            last = entry.handles == 0
+            if last:
+                del self._by_ino[entry.ino]
+        try:
+            if last:
+                with entry.lock:
+                    if entry.error is None:
+                        self._commit(entry, final=True)
+        finally:
+            self.repo.ns.release(entry.ino)
+
+    def close_all(self) -> None:
+        """Commit every open file (unmount)."""
+        with self._lock:
+            entries = list(self._by_ino.values())
+        for entry in entries:
+            with entry.lock:
+                if entry.error is None:
+                    try:
+                        self._commit(entry, final=True)
+                    except ChunkfsError as e:
+                        log.error("cannot commit %s at unmount: %s", self.repo.ns.path_of(entry.ino), e)

@@ -1,0 +1,127 @@
+"""Pack files on disk: naming, the open-pack writer, and reading a pack's entries.
+
+An open pack is appended to by one ``PackWriter`` (thread-safe: appends are
+serialised by its lock). Appends are plain ``pwrite`` calls; nothing is durable
+until ``sync`` has fsync'd the file — the chunk store calls it before it commits
+any index entry that points into the pack. ``seal`` writes the footer and makes
+the pack immutable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from chunkfs.errors import CorruptData
+from chunkfs.store import packfmt
+from chunkfs.store.backend import Backend, os_error
+from chunkfs.types import ChunkId, PackId
+
+
+def pack_name(pack: PackId) -> str:
+    """The object name of a pack on every backend: ``packs/ab/abcdef….pack``."""
+    h = pack.hex()
+    return f"packs/{h[:2]}/{h}.pack"
+
+
+def pack_id_from_name(name: str) -> PackId | None:
+    base = name.rsplit("/", 1)[-1]
+    if not base.endswith(".pack"):
+        return None
+    try:
+        pack = bytes.fromhex(base[:-5])
+    except ValueError:
+        return None
+    return pack if len(pack) == 16 else None
+
+
+class PackWriter:
+    """Appends chunk records to one open pack file on the hot tier."""
+
+    def __init__(self, pack: PackId, path: Path, group: str, *, resume_size: int | None = None):
+        self.pack = pack
+        self.path = path
+        self.group = group
+        self.entries: list[packfmt.Entry] = []
+        self._lock = threading.Lock()
+        self._dirty = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_size is None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self._write(packfmt.encode_header(pack), 0)
+            self.size = packfmt.HEADER.size
+        else:
+            self._fd = os.open(path, os.O_RDWR)
+            os.ftruncate(self._fd, resume_size)
+            data = memoryview(os.pread(self._fd, resume_size, 0))
+            packfmt.decode_header(bytes(data[: packfmt.HEADER.size]), path.name)
+            self.entries = list(packfmt.iter_records(data, packfmt.HEADER.size, resume_size))
+            self.size = self.entries[-1].offset + self.entries[-1].stored_len if self.entries else packfmt.HEADER.size
+            os.ftruncate(self._fd, self.size)
+            self._dirty = True
+
+    def _write(self, data: bytes, offset: int) -> None:
+        try:
+            os.pwrite(self._fd, data, offset)
+        except OSError as e:
+            os.ftruncate(self._fd, offset)  # never leave a torn record behind a good one
+            raise os_error(e, f"pack {self.path}") from None
+
+    def append(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int) -> packfmt.Entry:
+        """Append one chunk; return where its stored bytes are."""
+        record = packfmt.encode_record(chunk, flags, raw_len, len(stored))
+        with self._lock:
+            offset = self.size
+            self._write(record + stored, offset)
+            entry = packfmt.Entry(chunk, offset + len(record), len(stored), raw_len, flags)
+            self.size = entry.offset + entry.stored_len
+            self.entries.append(entry)
+            self._dirty = True
+        return entry
+
+    def sync(self) -> None:
+        """Make every appended record durable."""
+        with self._lock:
+            if self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
+
+    def seal(self) -> int:
+        """Write the footer, fsync and close; return the final size."""
+        with self._lock:
+            footer = packfmt.encode_footer(self.entries, self.size)
+            self._write(footer, self.size)
+            self.size += len(footer)
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            return self.size
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def read_entries(backend: Backend, name: str) -> tuple[list[packfmt.Entry], bool]:
+    """Every chunk entry of a pack, from its footer if sealed, else by walking records.
+
+    Returns (entries, sealed). Raises ``CorruptData`` for a pack that is not a
+    pack or whose footer is damaged.
+    """
+    size = backend.size(name)
+    head = backend.get_range(name, 0, min(size, packfmt.HEADER.size))
+    packfmt.decode_header(head, name)
+    tail = backend.get_range(name, max(0, size - packfmt.TRAILER.size), min(size, packfmt.TRAILER.size))
+    try:
+        located = packfmt.decode_trailer(tail, size, name)
+    except CorruptData:
+        located = None
+    if located is not None:
+        offset, _count = located
+        footer = backend.get_range(name, offset, size - offset)
+        return packfmt.decode_footer(footer, name), True
+    data = memoryview(backend.get(name))
+    return list(packfmt.iter_records(data, packfmt.HEADER.size, len(data))), False

@@ -1,0 +1,115 @@
+"""Value types shared by every layer (the vocabulary package).
+
+They hold data only; how they are encoded in LMDB lives in ``index/keys.py`` and
+how chunks are laid out in packs in ``store/packfmt.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+ChunkId = bytes
+"""BLAKE3-256 of a chunk's uncompressed bytes (32 bytes)."""
+
+PackId = bytes
+"""16 random bytes naming a pack; its file name is their hex."""
+
+CHUNK_ID_LEN = 32
+PACK_ID_LEN = 16
+
+HOLE = bytes(CHUNK_ID_LEN)
+"""The chunk id of a hole in a sparse file: reads as zeros, stores nothing."""
+
+
+class Compression(enum.IntEnum):
+    """How a chunk's bytes are stored (the low bits of its flags)."""
+
+    NONE = 0
+    ZSTD = 1
+
+
+class ChunkKind(enum.IntEnum):
+    """What the stored bytes are (bits 4-7 of the flags).
+
+    DELTA is reserved by the format for XOR-against-parent chunks; no writer
+    produces it yet and readers reject it with a clear error.
+    """
+
+    FULL = 0
+    DELTA = 1
+
+
+def chunk_flags(compression: Compression, kind: ChunkKind = ChunkKind.FULL) -> int:
+    return int(compression) | (int(kind) << 4)
+
+
+def flags_compression(flags: int) -> Compression:
+    return Compression(flags & 0x0F)
+
+
+def flags_kind(flags: int) -> ChunkKind:
+    return ChunkKind(flags >> 4)
+
+
+class Tier(enum.IntEnum):
+    HOT = 0
+    WARM = 1
+    COLD = 2
+
+
+class PackState(enum.IntEnum):
+    OPEN = 0  # being appended to; bytes after the last indexed record may be torn
+    SEALED = 1  # footer written, immutable
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    """Where a chunk's stored bytes are: a byte range of one pack."""
+
+    pack: PackId
+    offset: int  # of the stored bytes (after the record header) in the pack
+    stored_len: int
+    raw_len: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackInfo:
+    """What the index knows of one pack."""
+
+    tier: Tier
+    state: PackState
+    size: int
+    chunks: int
+    group: str
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A run of a file's bytes: ``length`` bytes that are chunk ``chunk`` (or a hole)."""
+
+    length: int
+    chunk: ChunkId
+
+
+@dataclass(slots=True)
+class InodeRecord:
+    """The stored attributes of one inode (file, directory or symlink).
+
+    ``manifest`` names the file's current content (0: empty or not a file);
+    ``target`` is a symlink's target.
+    """
+
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int = 0
+    manifest: int = 0
+    target: bytes = b""
