@@ -10,8 +10,9 @@ tensor, header or archive entry starts — and the cut rule is:
 * a region longer than ``chunk_size`` is cut into ``chunk_size`` pieces counted
   from the boundary that opened it (fixed-size from the tensor's start);
 * a piece shorter than ``min_chunk`` (a bias, a zip header) is merged with the
-  following pieces as long as the result stays within ``chunk_size``, so
-  thousands of tiny tensors do not become thousands of tiny chunks.
+  following tiny pieces until the run reaches ``min_chunk`` — never over the
+  start of a big piece — so thousands of tiny tensors do not become thousands
+  of tiny chunks, and no big tensor loses its alignment.
 
 The rule depends only on the boundaries, never on how the writer split its
 writes, so the same bytes always give the same chunks. Memory is bounded: the
@@ -21,6 +22,7 @@ chunker holds at most one chunk plus what the parser still needs to look at
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from chunkfs.engine.formats import detect
@@ -108,14 +110,23 @@ class Chunker:
         return out
 
     def _feed_parser(self) -> None:
+        """Show the parser what it has not seen, at most MAX_LOOKAHEAD past its need at a time.
+
+        A single huge write is handed over in windows, so it is parsed exactly
+        like the same bytes written in small pieces.
+        """
         parser = self._parser
         assert parser is not None
-        if parser.needed_from >= INFINITE:
-            return
-        if self.offset - parser.needed_from > MAX_LOOKAHEAD:
-            parser.give_up("parser needed more than the lookahead limit")
-            return
-        parser.feed(memoryview(self._buf), self._base, self._eof)
+        view = memoryview(self._buf)
+        while parser.needed_from < INFINITE:
+            need = parser.needed_from
+            window_end = min(self.offset, need + MAX_LOOKAHEAD)
+            last = window_end == self.offset
+            parser.feed(view[: window_end - self._base], self._base, self._eof and last)
+            if last or parser.needed_from >= INFINITE:
+                break
+            if parser.needed_from == need:
+                parser.give_up("parser needed more than the lookahead limit")
 
     def _next_end(self) -> int | None:
         """Where the chunk starting at ``_start`` ends, or None if not yet known."""
@@ -130,9 +141,9 @@ class Chunker:
         while i < len(bounds) and bounds[i] <= start:
             i += 1
         self._next_bound = i
-        window = bounds[i : i + 65]
-        candidates = [b for b in window[:64] if b <= limit]
-        beyond_known = len(window) > len(candidates)  # a reported boundary lies past these
+        hi = bisect.bisect_right(bounds, limit, lo=i)
+        candidates = bounds[i:hi]
+        beyond_known = hi < len(bounds)  # a reported boundary lies past these
         if self._eof:
             candidates = [b for b in candidates if b < avail]
             if avail <= limit:
@@ -152,6 +163,8 @@ class Chunker:
                     end = b
                     break
             elif beyond_known:
+                if not self._eof and avail < min(b + self.min_chunk, limit):
+                    return None  # is the piece after b big? the file might end first
                 end = b
                 break
             else:

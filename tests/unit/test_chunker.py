@@ -135,12 +135,6 @@ def test_rule_holds_and_does_not_depend_on_write_sizes(
         assert run(data, parser(bounds), splits) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chunker bug: _feed_parser gives up when offset - needed_from > MAX_LOOKAHEAD *before* the parser "
-    "has seen the new bytes, so one write of more than MAX_LOOKAHEAD bytes (chunk_bytes of any file over "
-    "64 MiB) disables the parser, while the same bytes in small writes are parsed",
-)
 def test_one_big_write_is_parsed_like_small_ones() -> None:
     header = b'{"a":{"dtype":"U8","shape":[%d],"data_offsets":[0,%d]}}' % (MAX_LOOKAHEAD, MAX_LOOKAHEAD)
     data = struct.pack("<Q", len(header)) + header + bytes(MAX_LOOKAHEAD)
@@ -155,11 +149,6 @@ def test_one_big_write_is_parsed_like_small_ones() -> None:
     assert big.parser is not None and big.parser.gave_up is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chunker bug: _next_end looks at only 64 boundaries past the chunk start, so a run of more than "
-    "64 small pieces is cut after the 64th even when the merged chunk is still below min_chunk",
-)
 def test_many_tiny_pieces_merge_up_to_min_chunk() -> None:
     bounds = list(range(10, 5000, 10))
     pieces = run(bytes(5000), Static(bounds), cs=4000, mn=1000)
