@@ -98,7 +98,9 @@ class Repository:
     def commit_file(self, ino: int, content: FileContent, *, final: bool = True, mtime_ns: int | None = None):
         """Make ``content`` durable and the current content of ``ino``."""
         extents = content.finish() if final else content.commit()
-        return self.ns.set_content(ino, extents, mtime_ns)
+        rec = self.ns.set_content(ino, extents, mtime_ns)
+        self.index.sync()  # metasync is off: without this a power cut could undo the commit
+        return rec
 
     def flush(self) -> None:
         """Make everything written so far durable (packs, then index)."""
