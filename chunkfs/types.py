@@ -113,3 +113,18 @@ class InodeRecord:
     rdev: int = 0
     manifest: int = 0
     target: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One committed state of an inode: its attributes and content at ``commit``.
+
+    ``blake3`` is the whole-file BLAKE3 of a regular file's content (32 zero
+    bytes when not known); ``writer_uid`` the user whose process wrote it.
+    """
+
+    ino: int
+    commit: int
+    record: InodeRecord
+    blake3: bytes
+    writer_uid: int

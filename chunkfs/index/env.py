@@ -67,6 +67,7 @@ class Index:
                 t.meta_put(keys.META_REPO_ID, secrets.token_bytes(16))
                 t.meta_put(keys.META_NEXT_INODE, keys.u64(keys.ROOT_INODE + 1))
                 t.meta_put(keys.META_NEXT_MANIFEST, keys.u64(1))
+                t.meta_put(keys.META_NEXT_COMMIT, keys.u64(1))
 
     def _check_format(self) -> None:
         with self.read() as t:

@@ -13,6 +13,7 @@ Databases
     ``repo_id``       → 16 bytes: random id of the repository, set at init.
     ``next_inode``    → u64: next inode number to hand out (1 is the root).
     ``next_manifest`` → u64: next manifest id (0 means 'no manifest').
+    ``next_commit``   → u64: next commit number (commits start at 1; 0 means 'before anything').
 
 ``chunks``    chunk id (32) → location of its stored bytes.
     value: pack id (16) | offset u64 | stored length u32 | raw length u32 | flags u8
@@ -50,6 +51,24 @@ Databases
     a changed file gets a new manifest id, so a version can keep the old one.
 
 ``xattrs``    inode u64 | name bytes → value bytes (extended attributes).
+
+History (docs/versions.md). Every change of the tree gets a *commit number*
+from ``meta/next_commit``; the tables below record each change under it, so
+the tree as it was at any commit can be read back.
+
+``commits``   commit u64 → time ns i64 (monotonic: never less than the previous commit's).
+
+``dirhist``   parent inode u64 | name | 0x00 | ~commit u64 → child inode u64 (0: removed).
+    One entry per change of a directory entry. ``~commit`` (bitwise not) sorts
+    each name's entries newest first, so "the entry as of commit C" is one
+    ``set_range`` away. Names never contain 0x00, so the separator is unambiguous.
+
+``inohist``   inode u64 | ~commit u64 → a version of an inode:
+    blake3 (32; zeros if unknown) | writer uid u32 | inode value as in ``inodes``.
+    Written when an inode is created and each time a file's content is committed.
+    The manifest it names is never deleted while the entry exists.
+
+``tags``      name bytes → commit u64 | created ns i64 | path (utf-8, rest; empty: the whole tree).
 """
 
 from __future__ import annotations
@@ -69,7 +88,10 @@ from chunkfs.types import (
 
 FORMAT_VERSION = 1
 
-DATABASES = ("meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs")
+DATABASES = (
+    "meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",
+    "commits", "dirhist", "inohist", "tags",
+)  # fmt: skip
 
 ROOT_INODE = 1
 
@@ -77,6 +99,7 @@ META_FORMAT = b"format"
 META_REPO_ID = b"repo_id"
 META_NEXT_INODE = b"next_inode"
 META_NEXT_MANIFEST = b"next_manifest"
+META_NEXT_COMMIT = b"next_commit"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -183,3 +206,61 @@ def decode_manifest(b: bytes) -> list[Extent]:
 
 def xattr_key(inode: int, name: bytes) -> bytes:
     return _U64.pack(inode) + name
+
+
+# -- history ------------------------------------------------------------------
+
+_NOT = (1 << 64) - 1
+_VERSION_HEAD = struct.Struct(">32sI")
+_COMMIT = struct.Struct(">q")
+_TAG = struct.Struct(">Qq")
+
+
+def dirhist_prefix(parent: int, name: bytes) -> bytes:
+    return _U64.pack(parent) + name + b"\x00"
+
+
+def dirhist_key(parent: int, name: bytes, commit: int) -> bytes:
+    return dirhist_prefix(parent, name) + _U64.pack(_NOT ^ commit)
+
+
+def decode_dirhist_key(key: bytes) -> tuple[int, bytes, int]:
+    """(parent, name, commit) of a ``dirhist`` key."""
+    parent = _U64.unpack_from(key)[0]
+    return parent, bytes(key[8:-9]), _NOT ^ _U64.unpack_from(key, len(key) - 8)[0]
+
+
+def inohist_key(ino: int, commit: int) -> bytes:
+    return _U64.pack(ino) + _U64.pack(_NOT ^ commit)
+
+
+def decode_inohist_commit(key: bytes) -> int:
+    return _NOT ^ _U64.unpack_from(key, 8)[0]
+
+
+def encode_version(blake: bytes, writer_uid: int, fields: tuple, target: bytes) -> bytes:
+    return _VERSION_HEAD.pack(blake, writer_uid) + encode_inode(fields, target)
+
+
+def decode_version(b: bytes) -> tuple[bytes, int, tuple, bytes]:
+    """(blake3, writer uid, inode fields, symlink target)."""
+    blake, uid = _VERSION_HEAD.unpack_from(b)
+    fields, target = decode_inode(b[_VERSION_HEAD.size :])
+    return blake, uid, fields, target
+
+
+def encode_commit_time(ns: int) -> bytes:
+    return _COMMIT.pack(ns)
+
+
+def decode_commit_time(b: bytes) -> int:
+    return _COMMIT.unpack(b)[0]
+
+
+def encode_tag(commit: int, created_ns: int, path: str) -> bytes:
+    return _TAG.pack(commit, created_ns) + path.encode()
+
+
+def decode_tag(b: bytes) -> tuple[int, int, str]:
+    commit, created = _TAG.unpack_from(b)
+    return commit, created, bytes(b[_TAG.size :]).decode()

@@ -1,0 +1,238 @@
+"""The tree as it was: versions of paths, points in time, tags, read-only views.
+
+Every change of the tree is a numbered commit (``Txn.next_commit``): the
+directory entries it changed are recorded in ``dirhist`` and the inode states it
+created in ``inohist`` (index/keys.py). This module reads them back: the tree as
+of any commit — which is what ``.snapshots/…`` in the mount shows and what
+``restore`` and ``diff`` use — and the history of one path (``chunkfs log``).
+
+Reading a historic file is as cheap as reading a current one: one ``set_range``
+for each path component and one for the inode's version, then its manifest.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from chunkfs import clock
+from chunkfs.errors import AlreadyExists, InvalidArgument, NotFound
+from chunkfs.index import Index
+from chunkfs.index.keys import ROOT_INODE
+from chunkfs.types import Extent, Version
+
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+"""Tag names: safe as a directory name in .snapshots/, never starting with '@'."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of ``chunkfs log``: a version, or the removal of the path."""
+
+    commit: int
+    time_ns: int
+    path: str
+    event: str  # "created", "written", "removed"
+    ino: int
+    size: int
+    blake3: str  # hex; empty when unknown or not a file
+    writer_uid: int | None
+    kind: str  # "file", "directory", "symlink"
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "file"
+
+
+def parse_time(text: str) -> int | None:
+    """An ISO-8601 time (``2026-11-30T12:00``, ``…Z``, ``…+01:00``) in ns, or None."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as a person types it
+    return int(when.timestamp() * 1e9)
+
+
+class History:
+    """Read access to past states of a repository's tree, and its tags."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    # -- points in time ---------------------------------------------------------------
+
+    def last_commit(self) -> int:
+        with self.index.read() as t:
+            return t.last_commit()
+
+    def commit_time(self, commit: int) -> int:
+        with self.index.read() as t:
+            ns = t.commit_time(commit)
+        if ns is None:
+            raise NotFound(f"commit {commit}: no such commit (the newest is {self.last_commit()})")
+        return ns
+
+    def resolve_point(self, spec: str) -> int:
+        """A commit number from ``123``, ``@123``, an ISO time (``@2026-11-30T12:00``) or a tag name."""
+        text = spec[1:] if spec.startswith("@") else spec
+        with self.index.read() as t:
+            if text.isdigit():
+                commit = int(text)
+                if not 0 < commit <= t.last_commit():
+                    raise NotFound(f"commit {commit}: no such commit (the newest is {t.last_commit()})")
+                return commit
+            if not spec.startswith("@"):
+                tag = t.tag_get(spec)
+                if tag is not None:
+                    return tag[0]
+            ns = parse_time(text)
+            if ns is not None:
+                commit = t.commit_at_time(ns)
+                if commit == 0:
+                    raise NotFound(f"{text}: the repository has no commit that old")
+                return commit
+        raise NotFound(f"{spec}: not a commit number, an ISO time or a tag (see `chunkfs tag --list`)")
+
+    # -- the tree as of a commit ---------------------------------------------------------
+
+    def getattr_at(self, ino: int, commit: int) -> Version:
+        with self.index.read() as t:
+            v = t.version_at(ino, commit)
+        if v is None:
+            raise NotFound(f"inode {ino}: did not exist at commit {commit}")
+        return v
+
+    def lookup_at(self, parent: int, name: bytes, commit: int) -> Version:
+        with self.index.read() as t:
+            child = t.dirent_at(parent, name, commit)
+            v = t.version_at(child, commit) if child else None
+        if v is None:
+            raise NotFound(f"{name.decode(errors='replace')}: did not exist at commit {commit}")
+        return v
+
+    def readdir_at(self, ino: int, commit: int) -> list[tuple[bytes, Version]]:
+        with self.index.read() as t:
+            out = []
+            for name, child in t.dirents_at(ino, commit):
+                v = t.version_at(child, commit)
+                if v is not None:
+                    out.append((name, v))
+        return out
+
+    def resolve_at(self, path: str, commit: int) -> Version:
+        """The version of repository path ``path`` as of ``commit``."""
+        v = self.getattr_at(ROOT_INODE, commit)
+        for part in (p for p in path.strip("/").split("/") if p):
+            if not stat.S_ISDIR(v.record.mode):
+                raise NotFound(f"{path}: not a directory at commit {commit}")
+            v = self.lookup_at(v.ino, part.encode(), commit)
+        return v
+
+    def extents(self, v: Version) -> list[Extent]:
+        if not v.record.manifest:
+            return []
+        with self.index.read() as t:
+            extents = t.manifest_get(v.record.manifest)
+        if extents is None:
+            raise NotFound(f"inode {v.ino} at commit {v.commit}: its content was removed by gc")
+        return extents
+
+    # -- the history of a path ------------------------------------------------------------
+
+    def _entry_any_time(self, path: str) -> tuple[int, bytes]:
+        """(parent inode, name) of ``path``, following names that no longer exist."""
+        parts = [p.encode() for p in path.strip("/").split("/") if p]
+        if not parts:
+            raise InvalidArgument("the root has no history of its own; give a path below it")
+        parent = ROOT_INODE
+        with self.index.read() as t:
+            for part in parts[:-1]:
+                child = t.dirent_get(parent, part) or next((c for _, c in t.dirhist(parent, part) if c), None)
+                if child is None:
+                    raise NotFound(f"{path}: {part.decode(errors='replace')} never existed")
+                parent = child
+        return parent, parts[-1]
+
+    def log(self, path: str) -> list[LogEntry]:
+        """Every version of ``path`` (and its removals), newest first.
+
+        For a file: each committed content of every inode that was ever at this
+        path. For a directory: its creation and removals, and every entry
+        created or removed in it.
+        """
+        parent, name = self._entry_any_time(path)
+        entries: list[LogEntry] = []
+        path = "/" + path.strip("/")
+        with self.index.read() as t:
+            history = t.dirhist(parent, name)
+            if not history:
+                raise NotFound(f"{path}: no such path, now or in the past")
+            seen = set()
+            for commit, child in history:
+                if child == 0:
+                    entries.append(LogEntry(commit, t.commit_time(commit) or 0, path, "removed", 0, 0, "", None, ""))
+                    continue
+                if child in seen:
+                    continue
+                seen.add(child)
+                versions = t.versions(child)
+                for i, v in enumerate(versions):
+                    entries.append(self._entry(t, v, path, "created" if i == len(versions) - 1 else "written"))
+                if versions and stat.S_ISDIR(versions[0].record.mode):
+                    entries += self._dir_changes(t, child, path)
+        entries.sort(key=lambda e: (e.commit, e.event != "removed"), reverse=True)
+        return entries
+
+    @staticmethod
+    def _entry(t, v: Version, path: str, event: str) -> LogEntry:
+        rec = v.record
+        blake = v.blake3.hex() if any(v.blake3) else ""
+        return LogEntry(
+            v.commit, t.commit_time(v.commit) or 0, path, event, v.ino, rec.size, blake, v.writer_uid, _kind(rec.mode)
+        )
+
+    def _dir_changes(self, t, ino: int, path: str) -> list[LogEntry]:
+        out = []
+        for name in t.dirhist_names(ino):
+            sub = f"{path.rstrip('/')}/{name.decode(errors='replace')}"
+            for commit, child in t.dirhist(ino, name):
+                if child == 0:
+                    out.append(LogEntry(commit, t.commit_time(commit) or 0, sub, "removed", 0, 0, "", None, ""))
+                elif (v := t.version_at(child, commit)) is not None:
+                    out.append(self._entry(t, v, sub, "created"))
+        return out
+
+    # -- tags -------------------------------------------------------------------------------
+
+    def tag(self, name: str, commit: int | None = None, path: str = "") -> int:
+        """Pin ``commit`` (default: now) under ``name``; return the commit."""
+        if not TAG_RE.match(name):
+            raise InvalidArgument(f"{name!r}: a tag name is letters, digits and . _ + - (not starting with @)")
+        with self.index.write() as t:
+            if t.tag_get(name) is not None:
+                raise AlreadyExists(f"tag {name}: already exists; delete it first with `chunkfs tag --delete {name}`")
+            if commit is None:
+                commit = t.last_commit()
+            elif not 0 < commit <= t.last_commit():
+                raise NotFound(f"commit {commit}: no such commit (the newest is {t.last_commit()})")
+            t.tag_put(name, commit, clock.now_ns(), path)
+        return commit
+
+    def delete_tag(self, name: str) -> None:
+        with self.index.write() as t:
+            if not t.tag_delete(name):
+                raise NotFound(f"tag {name}: no such tag (see `chunkfs tag --list`)")
+
+    def tags(self) -> list[tuple[str, int, int, str]]:
+        """(name, commit, created ns, path) of every tag, by name."""
+        with self.index.read() as t:
+            return t.tags()
+

@@ -1,0 +1,68 @@
+"""The layering of DESIGN.md, checked on every import statement of the package.
+
+Data flows one way: a module may import only from its own layer or the layers
+below it; only index/ imports lmdb, only fs/ imports pyfuse3 (and trio, which
+the FUSE loop needs), only the S3 backend imports boto3. A violation names the
+file and the import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import chunkfs
+
+PACKAGE = Path(chunkfs.__file__).parent
+
+# Higher number = higher layer. Vocabulary modules are layer 0 and import nothing above.
+LAYERS = {
+    "errors": 0, "types": 0, "config": 0, "clock": 0,
+    "index": 1,
+    "store": 2,
+    "engine": 3,
+    "namespace": 4,
+    "repo": 5,
+    "openfiles": 6, "ops": 6,
+    "fs": 7,
+    "cli": 8,
+}  # fmt: skip
+
+ONLY_IN = {"lmdb": {"index"}, "pyfuse3": {"fs"}, "trio": {"fs"}, "boto3": {"store"}, "botocore": {"store"}}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in ("__init__.py", "__main__.py"):
+            continue
+        yield path, rel.parts[0].removesuffix(".py")
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+
+
+def test_every_module_has_a_layer():
+    assert {layer for _, layer in _modules()} <= set(LAYERS)
+
+
+def test_imports_flow_downward_and_third_party_stays_in_its_layer():
+    problems = []
+    for path, layer in _modules():
+        for line, name in _imports(path):
+            top = name.split(".")[0]
+            where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+            if top == "chunkfs" and name != "chunkfs":
+                target = name.split(".")[1]
+                if LAYERS[target] > LAYERS[layer]:
+                    problems.append(f"{where} (layer {layer} may not import the higher layer {target})")
+            elif top in ONLY_IN and layer not in ONLY_IN[top]:
+                problems.append(f"{where} (only {', '.join(sorted(ONLY_IN[top]))} may import {top})")
+    assert not problems, "\n".join(problems)
