@@ -84,6 +84,11 @@ class Chunker:
         self._eof = True
         return self._advance()
 
+    @property
+    def pending_size(self) -> int:
+        """How many fed bytes are not yet cut into a chunk (no copy, unlike ``pending``)."""
+        return self.offset - self._start
+
     def pending(self) -> tuple[int, bytes]:
         """The bytes fed but not yet cut into a chunk, with their file offset.
 

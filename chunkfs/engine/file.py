@@ -28,6 +28,8 @@ from __future__ import annotations
 import bisect
 from itertools import accumulate
 
+import blake3
+
 from chunkfs.config import ChunkingSettings
 from chunkfs.engine.chunker import Chunker, Piece
 from chunkfs.engine.chunks import ChunkIO
@@ -36,6 +38,15 @@ from chunkfs.types import HOLE, Extent
 
 MAX_PATCHED = 32
 """Extents held in memory for random writes before the oldest are stored."""
+
+REORDER_BYTES = 64 << 20
+"""Writes arriving ahead of the file's end are held back up to this many bytes.
+
+The kernel's writeback cache sends a sequential writer's pages as several
+concurrent requests, and they reach us in any order. Applied as they come, a
+request beyond the end would leave a hole that the next one patches: the
+stream — and with it tensor-aligned chunking and dedup — would break. Held
+back until the gap before them is filled, they stream in order."""
 
 
 class FileContent:
@@ -49,16 +60,22 @@ class FileContent:
         self._starts = [0, *accumulate(e.length for e in self._extents)]
         self._stream: Chunker | None = None
         self._patched: dict[int, bytearray] = {}  # extent index → its bytes, patched
+        self._ahead: dict[int, bytes] = {}  # offset → a write beyond the end, held back
+        self._ahead_bytes = 0
+        # BLAKE3 of the whole file, kept up to date while every byte so far was
+        # written in order from offset 0 (the usual case); None otherwise.
+        self._hasher: blake3.blake3 | None = None if self._extents else blake3.blake3()
         self.modified = False
 
     # -- shape ------------------------------------------------------------------
 
+    def _end(self) -> int:
+        """Where the stored extents and the stream end (writes held back not counted)."""
+        return self._starts[-1] + (self._stream.pending_size if self._stream is not None else 0)
+
     @property
     def size(self) -> int:
-        size = self._starts[-1]
-        if self._stream is not None:
-            size += len(self._stream.pending()[1])
-        return size
+        return max([self._end()] + [o + len(d) for o, d in self._ahead.items()])
 
     @property
     def format(self) -> str | None:
@@ -78,7 +95,26 @@ class FileContent:
         if not data:
             return
         self.modified = True
-        end = self.size
+        overlaps = any(o < offset + len(data) and offset < o + len(d) for o, d in self._ahead.items())
+        if offset > self._end() and not overlaps and self._ahead_bytes + len(data) <= REORDER_BYTES:
+            self._ahead[offset] = bytes(data)
+            self._ahead_bytes += len(data)
+            return
+        if overlaps or offset > self._end():
+            self._drain()
+        self._apply(offset, data)
+        while self._ahead and (held := self._ahead.pop(self._end(), None)) is not None:
+            self._ahead_bytes -= len(held)
+            self._apply(self._end(), held)
+
+    def _drain(self) -> None:
+        """Apply every held-back write, in offset order (gaps become holes)."""
+        ahead, self._ahead, self._ahead_bytes = self._ahead, {}, 0
+        for offset in sorted(ahead):
+            self._apply(offset, ahead[offset])
+
+    def _apply(self, offset: int, data: bytes) -> None:
+        end = self._end()
         if offset > end:
             self._end_stream()
             self._add_hole(offset - end)
@@ -97,6 +133,8 @@ class FileContent:
             first = self._starts[-1] == 0 and not self._patched
             parser = None if first else FixedParser()
             self._stream = Chunker(self.chunking.chunk_size, self.chunking.min_chunk, parser)
+        if self._hasher is not None:
+            self._hasher.update(data)
         self._store_pieces(self._stream.feed(data))
 
     def _end_stream(self) -> None:
@@ -106,6 +144,7 @@ class FileContent:
             self._store_pieces(stream.finish())
 
     def _add_hole(self, length: int) -> None:
+        self._hasher = None
         step = self.chunking.chunk_size
         for _ in range(length // step):
             self._append_extent(step, HOLE)
@@ -120,6 +159,7 @@ class FileContent:
         return self.chunks.get(e.chunk, e.length)
 
     def _patch(self, offset: int, data: memoryview) -> None:
+        self._hasher = None
         pos = 0
         i = bisect.bisect_right(self._starts, offset) - 1
         while pos < len(data):
@@ -139,10 +179,12 @@ class FileContent:
         self._extents[i] = Extent(len(data), self.chunks.put(data, self.group))
 
     def truncate(self, size: int) -> None:
+        self._drain()
         if size == self.size:
             return
         self.modified = True
         self._end_stream()
+        self._hasher = blake3.blake3() if size == 0 else None
         if size > self._starts[-1]:
             self._add_hole(size - self._starts[-1])
             return
@@ -160,6 +202,7 @@ class FileContent:
     # -- reading ------------------------------------------------------------------
 
     def read(self, offset: int, size: int) -> bytes:
+        self._drain()
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -174,15 +217,17 @@ class FileContent:
             out.append(bytes(memoryview(data)[lo : lo + n]))
             pos += n
             i += 1
-        if pos < end:  # the stream's uncut tail
-            tail_start, tail = self._stream.pending()
-            out.append(tail[pos - tail_start : end - tail_start])
+        if pos < end:  # the stream's uncut tail: it starts where the stored extents end
+            # (pending()'s offset counts from the stream's start, not the file's)
+            _, tail = self._stream.pending()
+            out.append(tail[pos - stored_end : end - stored_end])
         return b"".join(out)
 
     # -- committing ---------------------------------------------------------------
 
     def commit(self) -> list[Extent]:
         """Store everything written so far durably; return the file's extents."""
+        self._drain()
         for i in list(self._patched):
             self._store_patch(i)
         extents = list(self._extents)
@@ -193,6 +238,15 @@ class FileContent:
         self.chunks.flush()
         self.modified = False
         return extents
+
+    def digest(self) -> bytes:
+        """BLAKE3-256 of the whole current content (read back only if it was not written in order)."""
+        if self._hasher is None:
+            hasher = blake3.blake3()
+            for offset in range(0, self.size, 8 << 20):
+                hasher.update(self.read(offset, 8 << 20))
+            self._hasher = hasher
+        return self._hasher.copy().digest()
 
     def finish(self) -> list[Extent]:
         """Commit after the writer is done: the stream's tail becomes final chunks."""

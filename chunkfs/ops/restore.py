@@ -1,0 +1,104 @@
+"""``chunkfs restore PATH --at POINT [--to DEST]``: bring an old version back.
+
+With ``--to`` the file or tree as of POINT is copied out to a local path (an
+export from a past commit). Without it, it becomes the current content again:
+every file that differs gets a *new* version pointing at the old content — no
+bytes are copied, the chunks are already stored, and the history in between
+stays. Entries created since POINT are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkfs.errors import Conflict, NotFound
+from chunkfs.index.keys import ROOT_INODE
+from chunkfs.namespace.views import CommitView
+from chunkfs.ops.transfer import Progress, TransferResult, export_tree
+from chunkfs.repo import Repository
+
+
+@dataclass
+class RestoreResult:
+    commit: int
+    restored: int = 0  # files, symlinks and directories brought back or rewritten
+    unchanged: int = 0  # already identical to the old version
+    bytes: int = 0
+
+
+def restore_copy(repo: Repository, path: str, commit: int, dest: Path, progress: Progress) -> TransferResult:
+    """Copy ``path`` as of ``commit`` to the local path ``dest``."""
+    return export_tree(repo, path, dest, progress, CommitView(repo.history, commit))
+
+
+def restore_in_place(repo: Repository, path: str, commit: int) -> RestoreResult:
+    """Make ``path`` (file or tree) current again as it was at ``commit``."""
+    view = CommitView(repo.history, commit)
+    old = view.resolve(path)
+    parts = [p for p in path.strip("/").split("/") if p]
+    if not parts:
+        raise NotFound("give a path below the root to restore (e.g. /llama/run1)")
+    parent = ROOT_INODE
+    for part in parts[:-1]:
+        parent = _ensure_dir(repo, parent, part.encode(), 0o755)
+    result = RestoreResult(commit)
+    _restore(repo, view, old, parent, parts[-1].encode(), result)
+    return result
+
+
+def _ensure_dir(repo: Repository, parent: int, name: bytes, mode: int) -> int:
+    try:
+        ino, rec = repo.ns.lookup(parent, name)
+        if stat.S_ISDIR(rec.mode):
+            return ino
+        repo.ns.unlink(parent, name)
+    except NotFound:
+        pass
+    ino, _ = repo.ns.mkdir(parent, name, mode, os.getuid(), os.getgid())
+    return ino
+
+
+def _restore(repo: Repository, view: CommitView, old: int, parent: int, name: bytes, result: RestoreResult) -> None:
+    rec = view.attrs(old)
+    if stat.S_ISDIR(rec.mode):
+        ino = _ensure_dir(repo, parent, name, rec.mode)
+        for child_name, child, _ in view.entries(old):
+            _restore(repo, view, child, ino, child_name, result)
+        return
+    try:
+        cur, cur_rec = repo.ns.lookup(parent, name)
+    except NotFound:
+        cur, cur_rec = None, None
+    if stat.S_ISLNK(rec.mode):
+        if cur_rec is not None and stat.S_ISLNK(cur_rec.mode) and cur_rec.target == rec.target:
+            result.unchanged += 1
+            return
+        _unlink(repo, parent, name, cur_rec)
+        repo.ns.symlink(parent, name, rec.target, rec.uid, rec.gid)
+        result.restored += 1
+        return
+    extents = view.extents(old)
+    if cur_rec is not None and stat.S_ISREG(cur_rec.mode) and repo.ns.extents(cur) == extents:
+        result.unchanged += 1
+        return
+    if cur_rec is None or not stat.S_ISREG(cur_rec.mode):
+        _unlink(repo, parent, name, cur_rec)
+        cur, _ = repo.ns.mknod(parent, name, rec.mode, rec.uid, rec.gid)
+    repo.ns.set_content(cur, extents, blake3=view.history.getattr_at(old, view.commit).blake3)
+    repo.ns.setattr(cur, mode=rec.mode)
+    result.restored += 1
+    result.bytes += rec.size
+
+
+def _unlink(repo: Repository, parent: int, name: bytes, rec) -> None:
+    """Make room for the restored entry; a directory in the way is not removed."""
+    if rec is None:
+        return
+    if stat.S_ISDIR(rec.mode):
+        raise Conflict(
+            f"{name.decode(errors='replace')}: is a directory now; move it away to restore the old file"
+        )
+    repo.ns.unlink(parent, name)
