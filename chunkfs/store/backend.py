@@ -15,7 +15,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-from chunkfs.errors import BackendUnavailable, NoSpace, NotFound
+import blake3
+
+from chunkfs.errors import BackendUnavailable, CorruptData, NoSpace, NotFound
 
 
 class Backend(ABC):
@@ -46,6 +48,19 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, name: str) -> None:
         """Remove ``name``; removing a missing object is not an error."""
+
+    def verify(self, name: str, blake3_digest: bytes, size: int, *, reread: bool = False) -> None:
+        """Raise ``CorruptData`` unless ``name`` holds ``size`` bytes whose BLAKE3 is ``blake3_digest``.
+
+        This default always reads the object back; S3 checks its stored metadata first.
+        """
+        if (actual := self.size(name)) != size:
+            raise CorruptData(f"{self.url}/{name}: {actual} bytes stored, expected {size}")
+        hasher = blake3.blake3()
+        for offset in range(0, size, 8 << 20):
+            hasher.update(self.get_range(name, offset, min(8 << 20, size - offset)))
+        if hasher.digest() != blake3_digest:
+            raise CorruptData(f"{self.url}/{name}: content does not match BLAKE3 {blake3_digest.hex()[:16]}…")
 
     def exists(self, name: str) -> bool:
         try:
