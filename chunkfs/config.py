@@ -50,6 +50,7 @@ def _size(lo: int, hi: int):
             raise ValueError(f"must be between {format_size(lo)} and {format_size(hi)}")
         return n
 
+    check.is_size = True  # render() writes these as "4MiB"; plain integers stay integers
     return check
 
 
@@ -123,6 +124,64 @@ class CacheSettings:
     )
 
 
+_LEVEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _levels(value: Any) -> str:
+    """``["model", "base", "adapter", "run"]`` or ``"model/base/adapter/run"`` → the latter."""
+    names = value.split("/") if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'expected a list of level names such as ["model", "run"], got {value!r}')
+    for n in names:
+        if not _LEVEL_RE.match(n) or n in ("step", "path", "commit", "time"):
+            raise ValueError(f"{n!r} is not a usable level name (letters, digits, _; not a builtin key)")
+    if len(set(names)) != len(names):
+        raise ValueError("level names must be distinct")
+    return "/".join(names)
+
+
+def _choice(*choices: str):
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _step_pattern(value: Any) -> str:
+    value = _string(value)
+    try:
+        pattern = re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a regular expression: {e}") from None
+    if pattern.groups > 1:
+        raise ValueError("at most one group (the step number)")
+    return value
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    levels: str = _setting(
+        "model/base/adapter/run",
+        _levels,
+        "names of the directory levels above a checkpoint's step directory (a list or 'a/b/c')",
+    )
+    step_pattern: str = _setting(
+        r"(\d+)$",
+        _step_pattern,
+        "a directory whose name matches this is a checkpoint; the step is its group (or the match)",
+    )
+    best_metric: str = _setting("eval_loss", _string, "the metric @best and `find` rank checkpoints by")
+    best_mode: str = _setting(
+        "min", _choice("min", "max"), "whether the best checkpoint has the min or max metric"
+    )
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(self.levels.split("/"))
+
+
 @dataclass(frozen=True)
 class Settings:
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
@@ -130,6 +189,7 @@ class Settings:
     packs: PackSettings = field(default_factory=PackSettings)
     tiers: TierSettings = field(default_factory=TierSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
 
 
 def parse(document: dict[str, Any], source: str = CONFIG_NAME) -> Settings:
@@ -161,6 +221,15 @@ def _parse_section(cls, name: str, table: dict[str, Any], source: str):
     return cls(**values)
 
 
+def parse_text(text: str, source: str = CONFIG_NAME) -> Settings:
+    """Validate the text of a config file."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return parse(document, source)
+
+
 def load(path: Path) -> Settings:
     """Read and validate a config file."""
     try:
@@ -173,6 +242,17 @@ def load(path: Path) -> Settings:
     return parse(document, str(path))
 
 
+def _toml_string(value: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+
+    def escape(c: str) -> str:
+        if ord(c) < 0x20 or ord(c) == 0x7F:
+            return f"\\u{ord(c):04x}"
+        return "\\" + c if c in '"\\' else c
+
+    return '"' + "".join(map(escape, value)) + '"'
+
+
 def render(settings: Settings) -> str:
     """The TOML text of ``settings``, every key with its meaning as a comment."""
     lines = ["# chunkfs repository settings; every key is optional (defaults shown).", ""]
@@ -182,8 +262,8 @@ def render(settings: Settings) -> str:
         for f in dataclasses.fields(values):
             value = getattr(values, f.name)
             if isinstance(value, str):
-                text = f'"{value}"'
-            elif isinstance(value, int) and format_size(value) != str(value):
+                text = _toml_string(value)
+            elif getattr(f.metadata["check"], "is_size", False) and format_size(value) != str(value):
                 text = f'"{format_size(value)}"'
             else:
                 text = repr(value)

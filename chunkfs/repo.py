@@ -24,8 +24,10 @@ from chunkfs.engine.file import FileContent
 from chunkfs.errors import AlreadyExists, Conflict, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace import Namespace
+from chunkfs.namespace.history import History
 from chunkfs.store.backend import LocalBackend
 from chunkfs.store.packstore import PackStore
+from chunkfs.types import Extent
 
 LOCK_NAME = "lock"
 
@@ -39,12 +41,19 @@ class Repository:
             raise NotFound(f"{self.path}: not a chunkfs repository (no {config.CONFIG_NAME}); create one with `chunkfs init`")
         self.settings = config.load(self.path / config.CONFIG_NAME)
         self.writable = writable
+        self._closed = False
         self._lock_fd = self._take_lock() if writable else None
-        self.index = Index(self.path / "index", readonly=False)
+        try:
+            self.index = Index(self.path / "index", readonly=False)
+        except BaseException:  # a failed open must not keep the repository locked
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            raise
         self.hot = LocalBackend(self.hot_path)
         self.packs = PackStore(self.index, self.hot, self.settings.packs)
         self.chunks = ChunkIO(self.packs, self.settings.compression, self.settings.cache.memory)
         self.ns = Namespace(self.index)
+        self.history = History(self.index)
         if writable:
             self.packs.recover()
             self.ns.forget_orphans()
@@ -81,11 +90,13 @@ class Repository:
             settings = config.Settings(
                 **{**settings.__dict__, "tiers": config.TierSettings(hot=str(Path(hot).resolve()))}
             )
+        text = config.render(settings)
+        config.parse_text(text)  # settings the next open would refuse: fail before creating anything
         path.mkdir(parents=True, exist_ok=True)
         Index(path / "index", create=True).close()
         (path / settings.tiers.hot).mkdir(parents=True, exist_ok=True)
         tmp = path / (config.CONFIG_NAME + ".tmp")
-        tmp.write_text(config.render(settings))
+        tmp.write_text(text)
         os.replace(tmp, path / config.CONFIG_NAME)
         return cls(path)
 
@@ -94,6 +105,10 @@ class Repository:
     def file_content(self, ino: int) -> FileContent:
         """The content of file ``ino``, ready to read and modify."""
         return FileContent(self.chunks, self.ns.extents(ino), self.ns.group_of(ino), self.settings.chunking)
+
+    def content_of(self, extents: list[Extent]) -> FileContent:
+        """Read access to any content (a historic version, say) by its extents."""
+        return FileContent(self.chunks, extents, "", self.settings.chunking)
 
     def commit_file(self, ino: int, content: FileContent, *, final: bool = True, mtime_ns: int | None = None):
         """Make ``content`` durable and the current content of ``ino``."""
@@ -108,6 +123,10 @@ class Repository:
         self.index.sync()
 
     def close(self) -> None:
+        """Seal open packs (if writable), close the index, release the lock; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self.writable:
             self.packs.close()
         self.index.close()

@@ -13,10 +13,10 @@ import os
 import sys
 
 from chunkfs import __version__
-from chunkfs.cli import mount_cmds, output, repo_cmds
-from chunkfs.errors import ChunkfsError, UsageError
+from chunkfs.cli import mount_cmds, output, registry_cmds, repo_cmds, version_cmds
+from chunkfs.errors import ChunkfsError
 
-COMMAND_MODULES = [repo_cmds, mount_cmds]
+COMMAND_MODULES = [repo_cmds, mount_cmds, version_cmds, registry_cmds]
 
 
 def repo_argument(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args) or 0
-    except UsageError as e:
-        parser.print_usage(sys.stderr)
+    except ChunkfsError as e:  # UsageError included: one line, exit 2
         output.error(str(e))
         return e.exit_code
-    except ChunkfsError as e:
-        output.error(str(e))
-        return e.exit_code
+    except OSError as e:  # a local path the user named: missing, not writable, disk full...
+        logging.getLogger("chunkfs").info("details", exc_info=True)
+        output.error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        return 1
     except KeyboardInterrupt:
         output.error("interrupted")
         return 130

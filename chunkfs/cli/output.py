@@ -66,3 +66,13 @@ def human_bytes(n: float) -> str:
 
 def error(message: str) -> None:
     err.print(f"chunkfs: error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_rows(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table with a header row (listings: log, tags, find)."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)

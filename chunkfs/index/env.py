@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lmdb
 
-from chunkfs.errors import CorruptData, FormatVersionError, NoSpace, NotFound
+from chunkfs.errors import Conflict, CorruptData, FormatVersionError, NoSpace, NotFound
 from chunkfs.index import keys
 from chunkfs.index.txn import Txn
 
@@ -51,6 +51,10 @@ class Index:
                 lock=True,
             )
         except lmdb.Error as e:
+            if "already open in this process" in str(e):  # LMDB allows one handle per process
+                raise Conflict(
+                    f"{self.path}: the index is already open in this process; reuse that handle"
+                ) from None
             raise CorruptData(f"{self.path}: cannot open the LMDB index: {e}") from None
         self._dbs = {
             name: self.env.open_db(name.encode(), create=not readonly) for name in keys.DATABASES

@@ -23,7 +23,8 @@ Databases
     nibble kind (0 full, 1 delta — reserved).
 
 ``packs``     pack id (16) → what the index knows of the pack.
-    value: tier u8 | state u8 | size u64 | chunk count u32 | created ns u64 | group (utf-8, rest)
+    value: tier u8 | state u8 | size u64 | chunk count u32 | created ns u64 | group (rest)
+    group: the run directory's path, UTF-8 with surrogateescape (names are any bytes).
     tier: 0 hot, 1 warm, 2 cold. state: 0 open (appending), 1 sealed (footer
     written, immutable). size counts bytes up to the last indexed record while
     open, the whole file once sealed.
@@ -69,6 +70,46 @@ the tree as it was at any commit can be read back.
     The manifest it names is never deleted while the entry exists.
 
 ``tags``      name bytes → commit u64 | created ns i64 | path (utf-8, rest; empty: the whole tree).
+
+Registry (docs/registry.md). One *checkpoint record* per checkpoint directory,
+under a composite key parsed from its path (``namespace/registry.py``):
+``F1 … FN`` are the names of the levels above the step directory
+(``registry.levels``, by default model, base, adapter, run), each as UTF-8
+(``surrogateescape`` for names that are not); a level the path lacks is ''.
+Level names come from path components, which never contain 0x00, so 0x00
+terminates each field without escaping and the byte order of keys is: by F1,
+then F2, …, then step, then inode — "every checkpoint of model M" and
+"every checkpoint of one run, by step" are prefix range scans, "the newest of
+one run" is the last key of its range. A *group* is the set of keys with the
+same F1…FN (one run); prefix queries over several groups seek group by group.
+
+``ckpts``     F1 0x00 … FN 0x00 | step u64 | inode u64 → a checkpoint record:
+    commit u64 | time ns i64 | metric f64 | compact JSON object (UTF-8, surrogateescape):
+    ``{"path": repository path, "src": {sidecar file: {key: value}}, "user": {key: value}}``.
+    ``commit``/``time``: the newest commit number and the time when the record
+    last changed (created, moved, metadata). ``metric``: the record's value of
+    the metric named in ``meta/registry`` (NaN: none). ``src`` holds what
+    was extracted from each sidecar file (replaced whole when the file is
+    rewritten), ``user`` what users set (xattrs, ``chunkfs meta set``, which
+    win over ``src``). Invariant: exactly one ``ckpt_ino`` entry points here.
+
+``ckpt_ino``  inode u64 → the ``ckpts`` key of the directory's record (finds the
+    record of a directory to update, re-key or drop it).
+
+``ckpt_run``  FN 0x00 F1 0x00 … F(N-1) 0x00 | step u64 | inode u64 → empty.
+    The ``ckpts`` key with its last level (the run) moved first: "run R at step
+    S" is a prefix scan whatever the levels above the run are. One entry per
+    ``ckpts`` entry.
+
+``ckpt_metric`` F1 0x00 … FN 0x00 | metric f64, order-preserving | step u64 | inode u64 → empty.
+    One entry per record that has a number for the metric of ``meta/registry``; the
+    f64 is stored with its sign bit flipped (negative numbers: all bits), so
+    byte order is numeric order: the smallest metric of a run is the first key
+    of its group, the largest the last.
+
+``meta/registry`` → JSON object ``{"levels": [names], "step_pattern": regex, "metric": name}``:
+the settings the four databases above were built with. When the repository's
+settings differ, the registry rebuilds them (keeping every record's metadata).
 """
 
 from __future__ import annotations
@@ -91,6 +132,7 @@ FORMAT_VERSION = 1
 DATABASES = (
     "meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",
     "commits", "dirhist", "inohist", "tags",
+    "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",
 )  # fmt: skip
 
 ROOT_INODE = 1
@@ -144,12 +186,12 @@ def decode_location(b: bytes) -> ChunkLocation:
 
 def encode_pack(info: PackInfo) -> bytes:
     head = _PACK.pack(info.tier, info.state, info.size, info.chunks, info.created_ns)
-    return head + info.group.encode()
+    return head + info.group.encode("utf-8", "surrogateescape")  # a group is a path: any bytes
 
 
 def decode_pack(b: bytes) -> PackInfo:
     tier, state, size, chunks, created = _PACK.unpack_from(b)
-    group = bytes(b[_PACK.size :]).decode()
+    group = bytes(b[_PACK.size :]).decode("utf-8", "surrogateescape")
     return PackInfo(Tier(tier), PackState(state), size, chunks, group, created)
 
 
@@ -264,3 +306,119 @@ def encode_tag(commit: int, created_ns: int, path: str) -> bytes:
 def decode_tag(b: bytes) -> tuple[int, int, str]:
     commit, created = _TAG.unpack_from(b)
     return commit, created, bytes(b[_TAG.size :]).decode()
+
+
+# -- checkpoint registry -----------------------------------------------------------------
+
+import json as _json  # noqa: E402  (used only by the registry encodings below)
+
+META_REGISTRY = b"registry"
+
+CKPT_TRAILER = 16  # step u64 | inode u64 after the fields
+CKPT_METRIC_TRAILER = 24  # metric f64 | step u64 | inode u64
+_CKPT_HEAD = struct.Struct(">Qqd")
+_F64 = struct.Struct(">d")
+_SIGN = 1 << 63
+
+
+def _field(name: str) -> bytes:
+    b = name.encode("utf-8", "surrogateescape")
+    if b"\x00" in b:
+        raise ValueError(f"a checkpoint key field cannot contain NUL: {name!r}")
+    return b
+
+
+def ckpt_prefix(fields, open_last: bool = False) -> bytes:
+    """Key prefix of the records whose first levels are ``fields``.
+
+    With ``open_last`` the last field is left unterminated: the prefix then also
+    matches records whose field at that level merely starts with it.
+    """
+    out = b"".join(_field(f) + b"\x00" for f in fields)
+    return out[:-1] if open_last and fields else out
+
+
+def ckpt_key(fields, step: int, ino: int) -> bytes:
+    return ckpt_prefix(fields) + _U64.pack(step) + _U64.pack(ino)
+
+
+def decode_ckpt_fields(key: bytes, trailer: int = CKPT_TRAILER) -> tuple[str, ...]:
+    return tuple(
+        f.decode("utf-8", "surrogateescape") for f in bytes(key[: len(key) - trailer - 1]).split(b"\x00")
+    )
+
+
+def decode_ckpt_key(key: bytes) -> tuple[tuple[str, ...], int, int]:
+    """(fields, step, inode) of a ``ckpts`` key."""
+    n = len(key)
+    return decode_ckpt_fields(key), _U64.unpack_from(key, n - 16)[0], _U64.unpack_from(key, n - 8)[0]
+
+
+def ckpt_group_end(key: bytes, trailer: int = CKPT_TRAILER) -> bytes:
+    """The smallest key after every key of ``key``'s group (same fields)."""
+    return bytes(key[: len(key) - trailer - 1]) + b"\x01"
+
+
+def ckpt_run_key(fields, step: int, ino: int) -> bytes:
+    return ckpt_key((fields[-1], *fields[:-1]), step, ino)
+
+
+def ckpt_run_prefix(run: str) -> bytes:
+    return _field(run) + b"\x00"
+
+
+def decode_ckpt_run_key(key: bytes) -> tuple[tuple[str, ...], int, int]:
+    """(fields in level order, step, inode) of a ``ckpt_run`` key."""
+    rotated, step, ino = decode_ckpt_key(key)
+    return (*rotated[1:], rotated[0]), step, ino
+
+
+def _f64_key(x: float) -> bytes:
+    n = int.from_bytes(_F64.pack(x), "big")
+    return (n ^ ((1 << 64) - 1) if n & _SIGN else n | _SIGN).to_bytes(8, "big")
+
+
+def _f64_from_key(b: bytes) -> float:
+    n = int.from_bytes(b, "big")
+    return _F64.unpack((n ^ _SIGN if n & _SIGN else n ^ ((1 << 64) - 1)).to_bytes(8, "big"))[0]
+
+
+def ckpt_metric_key(fields, metric: float, step: int, ino: int) -> bytes:
+    return ckpt_prefix(fields) + _f64_key(metric) + _U64.pack(step) + _U64.pack(ino)
+
+
+def decode_ckpt_metric_key(key: bytes) -> tuple[tuple[str, ...], float, int, int]:
+    """(fields, metric, step, inode) of a ``ckpt_metric`` key."""
+    n = len(key)
+    fields = decode_ckpt_fields(key, CKPT_METRIC_TRAILER)
+    metric = _f64_from_key(bytes(key[n - 24 : n - 16]))
+    return fields, metric, _U64.unpack_from(key, n - 16)[0], _U64.unpack_from(key, n - 8)[0]
+
+
+def encode_ckpt(commit: int, time_ns: int, metric: float | None, doc: dict) -> bytes:
+    head = _CKPT_HEAD.pack(commit, time_ns, float("nan") if metric is None else metric)
+    text = _json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return head + text.encode("utf-8", "surrogateescape")
+
+
+def decode_ckpt_head(b: bytes) -> tuple[int, int, float | None]:
+    """(commit, time ns, metric or None) of a ``ckpts`` value, without parsing its JSON."""
+    commit, time_ns, metric = _CKPT_HEAD.unpack_from(b)
+    return commit, time_ns, None if metric != metric else metric
+
+
+def decode_ckpt(b: bytes) -> tuple[int, int, float | None, dict]:
+    """(commit, time ns, metric or None, document) of a ``ckpts`` value."""
+    try:
+        doc = _json.loads(bytes(b[_CKPT_HEAD.size :]).decode("utf-8", "surrogateescape"))
+    except ValueError as e:
+        raise CorruptData(f"checkpoint record does not parse ({e}); run `chunkfs meta scan`") from None
+    return (*decode_ckpt_head(b), doc)
+
+
+def encode_registry_settings(settings: dict) -> bytes:
+    return _json.dumps(settings, sort_keys=True).encode()
+
+
+def decode_registry_settings(b: bytes) -> dict:
+    return _json.loads(b)

@@ -2,9 +2,11 @@
 
 Packs are self-describing (store/packfmt.py): a sealed pack's footer lists its
 chunks; an unsealed one (a writer died) is walked record by record and every
-record is verified against its hash before it is indexed. The namespace
-(inodes, directories, manifests) is kept; afterwards every manifest is checked
-against the rebuilt index and missing chunks are reported.
+record is verified against its hash before it is indexed; so is every record of
+a pack whose footer is damaged (the pack is reported, and re-sealed with a fresh
+footer like an unsealed one). The namespace (inodes, directories, manifests) is
+kept; afterwards every manifest is checked against the rebuilt index and missing
+chunks are reported.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from chunkfs import clock
 from chunkfs.engine import codec
 from chunkfs.errors import CorruptData
 from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_id_from_name, read_entries
+from chunkfs.store.packs import pack_id_from_name, read_entries, walk_records
 from chunkfs.types import HOLE, ChunkLocation, PackInfo, PackState, Tier
 
 
@@ -25,7 +27,7 @@ class RebuildResult:
     packs: int = 0
     chunks: int = 0
     unsealed_packs: int = 0
-    damaged: list[str] = field(default_factory=list)  # packs that could not be read
+    damaged: list[str] = field(default_factory=list)  # packs with a bad header or footer
     missing_chunks: int = 0  # referenced by a manifest but in no pack
 
 
@@ -38,13 +40,17 @@ def rebuild(repo: Repository, progress: Callable[[int], None] = lambda n: None) 
         pack = pack_id_from_name(name)
         if pack is None:
             continue
+        damaged = False
         try:
             entries, sealed = read_entries(repo.hot, name)
         except CorruptData as e:
             result.damaged.append(str(e))
-            continue
+            try:  # a damaged footer: its records may still be good; verify and keep those
+                entries, sealed, damaged = walk_records(repo.hot, name), False, True
+            except CorruptData:
+                continue  # not a pack at all
         if not sealed:
-            result.unsealed_packs += 1
+            result.unsealed_packs += not damaged
             entries = [e for e in entries if _verifies(repo, name, e)]
         for e in entries:
             found.setdefault(e.chunk, ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags))

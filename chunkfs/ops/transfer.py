@@ -15,6 +15,7 @@ from pathlib import Path
 
 from chunkfs.errors import AlreadyExists, IsADirectory, NotFound
 from chunkfs.index.keys import ROOT_INODE
+from chunkfs.namespace.views import CurrentView, TreeView
 from chunkfs.repo import Repository
 
 BLOCK = 1 << 20
@@ -42,9 +43,9 @@ def _ensure_dir(repo: Repository, path: str) -> int:
     ino = ROOT_INODE
     for part in (p for p in path.strip("/").split("/") if p):
         try:
-            ino, _ = repo.ns.lookup(ino, part.encode())
+            ino, _ = repo.ns.lookup(ino, os.fsencode(part))
         except NotFound:
-            ino, _ = repo.ns.mkdir(ino, part.encode(), 0o755, os.getuid(), os.getgid())
+            ino, _ = repo.ns.mkdir(ino, os.fsencode(part), 0o755, os.getuid(), os.getgid())
     return ino
 
 
@@ -66,7 +67,7 @@ def import_tree(repo: Repository, src: Path, dest: str, progress: Progress = lam
         pass
     parent_path, name = dest.rsplit("/", 1)
     parent = _ensure_dir(repo, parent_path)
-    _import_one(repo, src, parent, name.encode(), result, progress)
+    _import_one(repo, src, parent, os.fsencode(name), result, progress)
     repo.packs.seal_all()
     repo.flush()
     return result
@@ -82,17 +83,17 @@ def _import_one(repo, src: Path, parent: int, name: bytes, result: TransferResul
             ino, _ = repo.ns.lookup(parent, name)
         result.directories += 1
         for child in sorted(os.listdir(src)):
-            _import_one(repo, src / child, ino, child.encode(), result, progress)
+            _import_one(repo, src / child, ino, os.fsencode(child), result, progress)
         repo.ns.setattr(ino, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
     elif stat.S_ISLNK(st.st_mode):
         _replace(repo, parent, name)
-        repo.ns.symlink(parent, name, os.readlink(src).encode(), uid, gid)
+        repo.ns.symlink(parent, name, os.fsencode(os.readlink(src)), uid, gid)
         result.symlinks += 1
     elif stat.S_ISREG(st.st_mode):
         try:
             ino, rec = repo.ns.lookup(parent, name)
             if stat.S_ISDIR(rec.mode):
-                raise IsADirectory(f"{src}: cannot replace directory {name.decode()} with a file")
+                raise IsADirectory(f"{src}: cannot replace directory {os.fsdecode(name)} with a file")
         except NotFound:
             ino, _ = repo.ns.mknod(parent, name, st.st_mode, uid, gid)
         content = repo.file_content(ino)
@@ -116,27 +117,31 @@ def _replace(repo: Repository, parent: int, name: bytes) -> None:
         pass
 
 
-def export_tree(repo: Repository, src: str, dest: Path, progress: Progress = lambda n: None) -> TransferResult:
-    """Copy repository path ``src`` (file or tree) to local path ``dest``."""
+def export_tree(
+    repo: Repository, src: str, dest: Path, progress: Progress = lambda n: None, view: TreeView | None = None
+) -> TransferResult:
+    """Copy repository path ``src`` (file or tree) to local path ``dest``.
+
+    ``view`` picks the tree to copy from: the current one by default, or the
+    tree as of a past commit (``namespace.views.CommitView``).
+    """
     result = TransferResult()
-    ino = repo.ns.resolve(src)
+    view = view or CurrentView(repo.ns)
+    ino = view.resolve(src)
     dest = Path(dest)
     if dest.is_dir():
         dest = dest / (src.rstrip("/").rsplit("/", 1)[-1] or "root")
-    _export_one(repo, ino, dest, result, progress)
+    _export_one(repo, view, ino, dest, result, progress)
     return result
 
 
-def _export_one(repo: Repository, ino: int, dest: Path, result: TransferResult, progress: Progress) -> None:
-    rec = repo.ns.getattr(ino)
+def _export_one(repo: Repository, view: TreeView, ino: int, dest: Path, result: TransferResult, progress: Progress) -> None:
+    rec = view.attrs(ino)
     if stat.S_ISDIR(rec.mode):
         dest.mkdir(exist_ok=True)
         result.directories += 1
-        after = None
-        while batch := repo.ns.readdir(ino, after, limit=1000):
-            for name, child, _ in batch:
-                _export_one(repo, child, dest / os.fsdecode(name), result, progress)
-            after = batch[-1][0]
+        for name, child, _ in view.entries(ino):
+            _export_one(repo, view, child, dest / os.fsdecode(name), result, progress)
         os.chmod(dest, stat.S_IMODE(rec.mode))
     elif stat.S_ISLNK(rec.mode):
         if dest.is_symlink() or dest.exists():
@@ -145,15 +150,19 @@ def _export_one(repo: Repository, ino: int, dest: Path, result: TransferResult, 
         result.symlinks += 1
         return
     else:
-        content = repo.file_content(ino)
+        content = repo.content_of(view.extents(ino))
         tmp = dest.with_name(dest.name + ".chunkfs-export")
-        with open(tmp, "wb") as f:
-            offset = 0
-            while block := content.read(offset, 8 * BLOCK):
-                f.write(block)
-                offset += len(block)
-                progress(len(block))
-        os.replace(tmp, dest)
+        try:
+            with open(tmp, "wb") as f:
+                offset = 0
+                while block := content.read(offset, 8 * BLOCK):
+                    f.write(block)
+                    offset += len(block)
+                    progress(len(block))
+            os.replace(tmp, dest)
+        except BaseException:  # corrupt chunk, full disk, ^C: leave no partial file behind
+            tmp.unlink(missing_ok=True)
+            raise
         os.chmod(dest, stat.S_IMODE(rec.mode))
         result.files += 1
         result.bytes += offset

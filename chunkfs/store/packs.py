@@ -9,6 +9,7 @@ the pack immutable.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -62,16 +63,23 @@ class PackWriter:
             self._dirty = True
 
     def _write(self, data: bytes, offset: int) -> None:
+        view, pos = memoryview(data), offset
         try:
-            os.pwrite(self._fd, data, offset)
+            while view:  # a nearly full disk writes short: write the rest, which then fails with ENOSPC
+                n = os.pwrite(self._fd, view, pos)
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view, pos = view[n:], pos + n
         except OSError as e:
             os.ftruncate(self._fd, offset)  # never leave a torn record behind a good one
             raise os_error(e, f"pack {self.path}") from None
 
-    def append(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int) -> packfmt.Entry:
-        """Append one chunk; return where its stored bytes are."""
+    def append(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int) -> packfmt.Entry | None:
+        """Append one chunk; return where its stored bytes are (None: sealed meanwhile, use another)."""
         record = packfmt.encode_record(chunk, flags, raw_len, len(stored))
         with self._lock:
+            if self._fd < 0:
+                return None
             offset = self.size
             self._write(record + stored, offset)
             entry = packfmt.Entry(chunk, offset + len(record), len(stored), raw_len, flags)
@@ -123,5 +131,17 @@ def read_entries(backend: Backend, name: str) -> tuple[list[packfmt.Entry], bool
         offset, _count = located
         footer = backend.get_range(name, offset, size - offset)
         return packfmt.decode_footer(footer, name), True
+    return walk_records(backend, name), False
+
+
+def walk_records(backend: Backend, name: str) -> list[packfmt.Entry]:
+    """A pack's entries found by walking its record headers, ignoring any footer.
+
+    For a pack without a footer, or whose footer is damaged: the walk stops at
+    the first torn or invalid record header, which is also where a footer
+    starts. Stored bytes are not verified. ``CorruptData`` if the header is not
+    a pack's.
+    """
     data = memoryview(backend.get(name))
-    return list(packfmt.iter_records(data, packfmt.HEADER.size, len(data))), False
+    packfmt.decode_header(bytes(data[: packfmt.HEADER.size]), name)
+    return list(packfmt.iter_records(data, packfmt.HEADER.size, len(data)))

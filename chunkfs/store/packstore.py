@@ -21,17 +21,21 @@ each pack still marked open to its indexed size and seals it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections import OrderedDict
 
 from chunkfs import clock
 from chunkfs.config import PackSettings
-from chunkfs.errors import CorruptData, NotFound
+from chunkfs.errors import CorruptData, NoSpace, NotFound
 from chunkfs.index import Index
+from chunkfs.store import packfmt
 from chunkfs.store.backend import LocalBackend
 from chunkfs.store.packs import PackWriter, pack_name
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
+
+log = logging.getLogger(__name__)
 
 FLUSH_PENDING = 4096
 """Flush on its own once this many chunks are unindexed, to keep memory bounded."""
@@ -62,9 +66,17 @@ class PackStore:
     def read_stored(self, chunk: ChunkId) -> tuple[bytes, ChunkLocation]:
         """The stored bytes of ``chunk`` as they lie in their pack, unverified."""
         loc = self.locate(chunk)
-        if loc is None:
-            raise NotFound(f"chunk {chunk.hex()}: not in the index; run `chunkfs fsck`")
-        data = self.hot.get_range(pack_name(loc.pack), loc.offset, loc.stored_len)
+        if loc is None:  # a manifest names it, so this is damage (EIO), not a missing file (ENOENT)
+            raise CorruptData(
+                f"chunk {chunk.hex()}: not in the index; run `chunkfs index rebuild` or `chunkfs fsck`"
+            )
+        try:
+            data = self.hot.get_range(pack_name(loc.pack), loc.offset, loc.stored_len)
+        except NotFound:
+            raise CorruptData(
+                f"chunk {chunk.hex()} in pack {loc.pack.hex()}: the pack file is missing from "
+                f"{self.hot.url}; run `chunkfs fsck`"
+            ) from None
         if len(data) != loc.stored_len:
             raise CorruptData(
                 f"chunk {chunk.hex()} in pack {loc.pack.hex()}: pack is truncated "
@@ -76,8 +88,12 @@ class PackStore:
 
     def append(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, group: str) -> ChunkLocation:
         """Store a chunk's bytes in the open pack of ``group`` (unless already there)."""
-        writer = self._writer(group)
-        entry = writer.append(chunk, stored, raw_len, flags)
+        while True:
+            writer = self._writer(group)
+            entry = writer.append(chunk, stored, raw_len, flags)
+            if entry is not None:
+                break
+            # another thread sealed this pack between the lookup and the append: take the next one
         loc = ChunkLocation(writer.pack, entry.offset, entry.stored_len, raw_len, flags)
         with self._lock:
             self._pending.setdefault(chunk, loc)
@@ -156,13 +172,22 @@ class PackStore:
             if pack in active:
                 continue
             path = self.hot.path(pack_name(pack))
-            if not path.exists():
+            if not path.exists() or info.size <= packfmt.HEADER.size:
+                # it never held an indexed record; a power cut may have left it empty, headerless
+                self.hot.delete(pack_name(pack))
                 with self.index.write() as t:
                     t.pack_delete(pack)
                 continue
             self.hot.forget(pack_name(pack))
             writer = PackWriter(pack, path, info.group, resume_size=info.size)
-            writer.seal()
+            try:
+                writer.seal()
+            except NoSpace as e:
+                # Its indexed records stay readable without a footer; sealing
+                # waits for the next open. A full disk must not lock users out.
+                writer.close()
+                log.warning("cannot seal pack %s yet: %s", pack.hex(), e)
+                continue
             with self.index.write() as t:
                 t.pack_put(pack, self._info(writer, PackState.SEALED))
             recovered.append(pack)
