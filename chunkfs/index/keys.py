@@ -110,6 +110,59 @@ same F1…FN (one run); prefix queries over several groups seek group by group.
 ``meta/registry`` → JSON object ``{"levels": [names], "step_pattern": regex, "metric": name}``:
 the settings the four databases above were built with. When the repository's
 settings differ, the registry rebuilds them (keeping every record's metadata).
+
+Tiers (docs/tiers.md). A sealed pack's *home* is the tier in its ``packs``
+value; the databases below record extra verified copies, the write-back queue,
+tier operations in flight, runs, pins and counters. Pack ids are the 16 bytes
+of ``packs``; tiers are the u8 of ``packs`` (0 hot, 1 warm, 2 cold); a *group*
+is a ``packs`` group (a run directory, UTF-8 with surrogateescape).
+
+``uploads``   pack id (16) → queued ns i64.
+    The write-back queue: sealed packs on the hot tier that have no verified
+    copy on the warm tier yet. Added in the transaction that seals the pack
+    (only when a warm tier is configured); removed in the transaction that
+    records the copy in ``copies`` or moves the pack off the hot tier. The
+    uploader takes the oldest first; "oldest age" is the smallest value.
+
+``copies``    pack id (16) | tier u8 → verified ns i64 | BLAKE3 of the whole pack (32).
+    A copy of the pack on ``tier`` besides its home, whose size and BLAKE3 were
+    verified at ``verified ns`` (write-back uploads, a warm copy kept when a
+    pack is brought back to hot). A hint, never trusted alone: a move to that
+    tier verifies the object again before it switches the home. Never names
+    the home tier itself. Dropped with the pack.
+
+``moves``     pack id (16) | tier u8 → kind u8 | started ns i64.
+    Tier operations in flight, for the crash analysis of docs/tiers.md. kind 0
+    *new*: the object of the pack on ``tier`` is being created; kind 1 *old*:
+    it is to be deleted. Written before the object is touched, removed once
+    the operation is done. Whoever next takes the tier lock resolves every
+    entry with one rule: the pack is *placed* on ``tier`` if its home is
+    ``tier`` or ``copies`` has (pack, tier). A *new* object that is not placed
+    is deleted (the operation is undone); an *old* object that is not placed
+    is deleted (the operation is finished); a placed one is kept. Either way
+    the entry goes.
+
+``runs``      group (UTF-8, surrogateescape) → completed ns i64 | last read ns i64 | held tier u8.
+    Lifecycle state of a run. ``completed``: when `chunkfs run complete`
+    marked it (0: not marked; the policy also finds idle runs on its own).
+    ``last read``: when a chunk of one of its packs was last read from the warm
+    or cold tier, recorded at most once a minute per process (0: never).
+    ``held``: the tier a `chunkfs tier move` put it on by hand and the policy
+    must not move it from (only hot is held; 255: none).
+
+``pins``      path (UTF-8, surrogateescape) → pinned ns i64 | chunk ids (32 each).
+    `chunkfs prefetch --pin PATH`: the chunks of every file under PATH at the
+    time of the pin. The disk read cache never evicts a chunk named by a pin,
+    and a pack leaving the hot tier first copies its pinned chunks to the
+    cache. `chunkfs unpin PATH` deletes the entry.
+
+``counters``  name (ASCII) → u64.
+    Cumulative activity figures (bytes written, read, deduplicated, cache
+    hits, uploads, tier moves, …) added by every process that did the work;
+    `chunkfs status` and the metrics endpoint show them.
+
+``meta/upload_error`` → time ns i64 | message (UTF-8): the last failure of the
+uploader, cleared by its next success (absent: none).
 """
 
 from __future__ import annotations
@@ -133,6 +186,7 @@ DATABASES = (
     "meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",
     "commits", "dirhist", "inohist", "tags",
     "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",
+    "uploads", "copies", "moves", "runs", "pins", "counters",
 )  # fmt: skip
 
 ROOT_INODE = 1
@@ -422,3 +476,81 @@ def encode_registry_settings(settings: dict) -> bytes:
 
 def decode_registry_settings(b: bytes) -> dict:
     return _json.loads(b)
+
+
+# -- tiers (docs/tiers.md; the "Tiers" section above) ---------------------------------
+
+META_UPLOAD_ERROR = b"upload_error"
+
+NO_TIER = 255
+_I64 = struct.Struct(">q")
+_COPY = struct.Struct(">q32s")
+_MOVE = struct.Struct(">Bq")
+_RUN = struct.Struct(">qqB")
+
+
+def encode_i64(n: int) -> bytes:
+    return _I64.pack(n)
+
+
+def decode_i64(b: bytes) -> int:
+    return _I64.unpack(b)[0]
+
+
+def pack_tier_key(pack: bytes, tier: int) -> bytes:
+    return bytes(pack) + bytes((tier,))
+
+
+def decode_pack_tier_key(key: bytes) -> tuple[bytes, Tier]:
+    return bytes(key[:PACK_ID_LEN]), Tier(key[PACK_ID_LEN])
+
+
+def encode_copy(verified_ns: int, digest: bytes) -> bytes:
+    return _COPY.pack(verified_ns, digest)
+
+
+def decode_copy(b: bytes) -> tuple[int, bytes]:
+    return _COPY.unpack(b)
+
+
+def encode_move(kind: int, started_ns: int) -> bytes:
+    return _MOVE.pack(kind, started_ns)
+
+
+def decode_move(b: bytes) -> tuple[int, int]:
+    return _MOVE.unpack(b)
+
+
+def group_key(group: str) -> bytes:
+    return group.encode("utf-8", "surrogateescape")
+
+
+def decode_group_key(key: bytes) -> str:
+    return bytes(key).decode("utf-8", "surrogateescape")
+
+
+def encode_run(completed_ns: int, last_read_ns: int, held: int) -> bytes:
+    return _RUN.pack(completed_ns, last_read_ns, held)
+
+
+def decode_run(b: bytes) -> tuple[int, int, int]:
+    return _RUN.unpack(b)
+
+
+def encode_pin(pinned_ns: int, chunks: list[bytes]) -> bytes:
+    return _I64.pack(pinned_ns) + b"".join(chunks)
+
+
+def decode_pin(b: bytes) -> tuple[int, list[bytes]]:
+    body = bytes(b[8:])
+    if len(body) % CHUNK_ID_LEN:
+        raise CorruptData("pin entry of a wrong length; run `chunkfs unpin` and pin again")
+    return _I64.unpack_from(b)[0], [body[i : i + CHUNK_ID_LEN] for i in range(0, len(body), CHUNK_ID_LEN)]
+
+
+def encode_upload_error(time_ns: int, message: str) -> bytes:
+    return _I64.pack(time_ns) + message.encode("utf-8", "replace")
+
+
+def decode_upload_error(b: bytes) -> tuple[int, str]:
+    return _I64.unpack_from(b)[0], bytes(b[8:]).decode("utf-8", "replace")
