@@ -28,9 +28,11 @@ import stat
 import threading
 from dataclasses import dataclass, field
 
+from chunkfs import clock
 from chunkfs.engine.file import FileContent
 from chunkfs.errors import ChunkfsError, IsADirectory
 from chunkfs.repo import Repository
+from chunkfs.types import InodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class _Open:
     content: FileContent
     handles: int = 0
     error: ChunkfsError | None = None
+    mtime_ns: int | None = None  # recorded at the next commit: the last write's time, or a later utime
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -54,7 +57,8 @@ class OpenFiles:
         self._fhs = itertools.count(1)
         self._lock = threading.Lock()
 
-    def open(self, ino: int) -> int:
+    def open(self, ino: int, *, truncate: bool = False) -> int:
+        """A new handle of ``ino``; ``truncate`` (O_TRUNC) empties the file and commits that at once."""
         rec = self.repo.ns.getattr(ino)
         if stat.S_ISDIR(rec.mode):
             raise IsADirectory(f"inode {ino}: is a directory")
@@ -69,6 +73,12 @@ class OpenFiles:
             fh = next(self._fhs)
             self._by_fh[fh] = entry
         self.repo.ns.hold(ino)
+        if truncate:
+            try:
+                self.truncate(ino, 0)
+            except BaseException:
+                self.release(fh)
+                raise
         return fh
 
     def _entry(self, fh: int) -> _Open:
@@ -95,7 +105,21 @@ class OpenFiles:
                 log.error("write to %s failed: %s", self.repo.ns.path_of(entry.ino), e)
                 entry.error = e
                 raise
+            entry.mtime_ns = clock.now_ns()
         return len(data)
+
+    def setattr(self, ino: int, **changes) -> InodeRecord:
+        """Change attributes (``Namespace.setattr``); an explicit mtime on an open file also
+        holds for its next commit. With the kernel's writeback cache, data reaches us only
+        at flush, after a utime the writer made before close (``cp -a`` does), and the
+        kernel sends its own mtime after the data it covers: both must win over commit time."""
+        with self._lock:
+            entry = self._by_ino.get(ino)
+        if entry is None or changes.get("mtime_ns") is None:
+            return self.repo.ns.setattr(ino, **changes)
+        with entry.lock:
+            entry.mtime_ns = changes["mtime_ns"]
+            return self.repo.ns.setattr(ino, **changes)
 
     def truncate(self, ino: int, size: int) -> None:
         """Set the size of ``ino``, open or not; committed at once."""
@@ -110,13 +134,14 @@ class OpenFiles:
             if entry.error is not None:
                 raise entry.error
             entry.content.truncate(size)
+            entry.mtime_ns = clock.now_ns()
             self._commit(entry, final=True)
 
     def _commit(self, entry: _Open, *, final: bool) -> None:
         if entry.error is not None:
             raise entry.error
         if entry.content.modified:
-            self.repo.commit_file(entry.ino, entry.content, final=final)
+            self.repo.commit_file(entry.ino, entry.content, final=final, mtime_ns=entry.mtime_ns)
 
     def flush(self, fh: int) -> None:
         entry = self._entry(fh)

@@ -92,17 +92,27 @@ class ChunkfsOperations(pyfuse3.Operations):
         a.st_ctime_ns = rec.ctime_ns
         return a
 
+    def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that gives the kernel a reference to ``ino``.
+
+        The kernel may send requests for that inode number until it FORGETs it
+        (an ``open`` right after a ``rename`` replaced the file, say), so the
+        namespace keeps the inode, even once nameless, until then.
+        """
+        self.ns.hold(ino)
+        return self._attrs(ino, rec)
+
     # -- names and attributes -------------------------------------------------------------
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
         if name == b".":
-            return self._attrs(parent_inode, self.ns.getattr(parent_inode))
+            return self._entry(parent_inode, self.ns.getattr(parent_inode))
         if name == b"..":
             parent = self.ns.parent_of(parent_inode)
-            return self._attrs(parent, self.ns.getattr(parent))
+            return self._entry(parent, self.ns.getattr(parent))
         ino, rec = self.ns.lookup(parent_inode, name)
-        return self._attrs(ino, rec)
+        return self._entry(ino, rec)
 
     @_errors
     async def getattr(self, inode, ctx=None):
@@ -124,7 +134,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
         if changes:
-            rec = await self._blocking(functools.partial(self.ns.setattr, inode, **changes))
+            rec = await self._blocking(functools.partial(self.files.setattr, inode, **changes))
         else:
             rec = self.ns.getattr(inode)
         return self._attrs(inode, rec)
@@ -136,22 +146,22 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid, rdev)
-        return self._attrs(ino, rec)
+        return self._entry(ino, rec)
 
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         ino, rec = await self._blocking(self.ns.mkdir, parent_inode, name, mode, ctx.uid, ctx.gid)
-        return self._attrs(ino, rec)
+        return self._entry(ino, rec)
 
     @_errors
     async def symlink(self, parent_inode, name, target, ctx):
         ino, rec = await self._blocking(self.ns.symlink, parent_inode, name, target, ctx.uid, ctx.gid)
-        return self._attrs(ino, rec)
+        return self._entry(ino, rec)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
         rec = await self._blocking(self.ns.link, inode, new_parent_inode, new_name)
-        return self._attrs(inode, rec)
+        return self._entry(inode, rec)
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):
@@ -194,6 +204,7 @@ class ChunkfsOperations(pyfuse3.Operations):
                 continue  # removed since opendir
             if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), offset + 1):
                 return
+            self.ns.hold(ino)  # readdirplus: each entry the kernel took counts as a lookup
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
@@ -210,14 +221,16 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        fh = await self._blocking(self.files.open, inode)
+        # The kernel leaves O_TRUNC to us (libfuse enables atomic_o_trunc) and
+        # has already dropped its cached pages and size: the file must be empty.
+        fh = await self._blocking(functools.partial(self.files.open, inode, truncate=bool(flags & os.O_TRUNC)))
         return self._file_info(fh)
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid)
         fh = await self._blocking(self.files.open, ino)
-        return self._file_info(fh), self._attrs(ino, rec)
+        return self._file_info(fh), self._entry(ino, rec)
 
     @_errors
     async def read(self, fh, off, size):
@@ -243,6 +256,12 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        if name.startswith(b"system."):
+            # POSIX ACLs (system.posix_acl_*) reach us as plain xattrs because we
+            # do not claim ACL support; storing them would make `cp -a` set an
+            # ACL instead of the mode, which the kernel never applies. Refusing
+            # makes tools fall back to chmod.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self._blocking(self.ns.setxattr, inode, name, value)
 
     @_errors
@@ -281,9 +300,15 @@ class ChunkfsOperations(pyfuse3.Operations):
         return s
 
     async def forget(self, inode_list):
-        """Nothing to do: inodes are not cached per kernel lookup."""
+        """The kernel dropped its references (``_entry``); must not raise (no request to answer)."""
+        try:
+            await self._blocking(self.ns.release_many, list(inode_list))
+        except ChunkfsError as e:
+            log.error("forget: %s", e)
 
     def close(self) -> None:
-        """Commit every open file (the filesystem is being unmounted)."""
+        """Commit every open file and drop the nameless inodes that only the kernel still
+        referenced (it need not FORGET everything before unmounting)."""
         with contextlib.suppress(ChunkfsError):
             self.files.close_all()
+            self.ns.forget_orphans()

@@ -7,9 +7,11 @@ Permission checks are the kernel's (``default_permissions``); this layer checks
 only what makes a tree a tree (no entry twice, no directory inside itself, no
 removing a non-empty directory).
 
-Inodes whose last name is gone but that a process still holds open are kept
-until ``release`` (POSIX unlink-while-open semantics); ``forget_orphans``
-removes the ones a crashed daemon left behind.
+Inodes whose last name is gone but that someone still references — a process
+holding them open, or the kernel, which may use an inode number it looked up
+until it sends FORGET — are kept until the last ``release`` (POSIX
+unlink-while-open semantics, and an ``open`` racing a ``rename`` over the
+file); ``forget_orphans`` removes the ones a crashed daemon left behind.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from chunkfs.index import Index, Txn
 from chunkfs.index.keys import ROOT_INODE
 from chunkfs.types import Extent, InodeRecord
 
+NO_HASH = bytes(32)
+"""The whole-file hash of a version that has none (directories, symlinks, unknown)."""
+
 STEP_RE = re.compile(rb"\d+$")
 """A directory whose name ends in a number is a checkpoint step (checkpoint-1500)."""
 
@@ -51,14 +56,16 @@ class Namespace:
 
     def __init__(self, index: Index) -> None:
         self.index = index
-        self._open = Counter()  # inode → open handles (unlink-while-open)
+        self._refs = Counter()  # inode → references (open handles, kernel lookups)
         self._lock = threading.Lock()
         with index.read() as t:
             has_root = t.inode_get(ROOT_INODE) is not None
         if not has_root:
             now = clock.now_ns()
+            root = InodeRecord(stat.S_IFDIR | 0o755, 0, 0, 2, 0, now, now, now)
             with index.write() as t:
-                t.inode_put(ROOT_INODE, InodeRecord(stat.S_IFDIR | 0o755, 0, 0, 2, 0, now, now, now))
+                t.inode_put(ROOT_INODE, root)
+                t.version_put(ROOT_INODE, t.commit, root, NO_HASH, 0)
 
     # -- reading --------------------------------------------------------------------
 
@@ -162,6 +169,7 @@ class Namespace:
             ino = t.next_inode()
             t.inode_put(ino, rec)
             t.dirent_put(parent, name, ino)
+            t.version_put(ino, t.commit, rec, NO_HASH, rec.uid)
             prec.mtime_ns = prec.ctime_ns = rec.ctime_ns
             if stat.S_ISDIR(rec.mode):
                 prec.nlink += 1
@@ -240,15 +248,15 @@ class Namespace:
             rec.nlink -= 1
         t.inode_put(parent, prec)
         rec.ctime_ns = now
-        if rec.nlink > 0 or self._open[child]:
+        if rec.nlink > 0 or self._refs[child]:
             t.inode_put(child, rec)
         else:
             self._drop(t, child, rec)
 
     @staticmethod
     def _drop(t: Txn, ino: int, rec: InodeRecord) -> None:
-        if rec.manifest:
-            t.manifest_delete(rec.manifest)
+        """Forget an inode that has no name and no user left. Its versions and their
+        manifests stay: history and snapshots still show it until gc drops them."""
         for xname in t.xattrs(ino):
             t.xattr_delete(ino, xname)
         t.inode_delete(ino)
@@ -313,23 +321,37 @@ class Namespace:
             ino = links[0][0]
         return ancestor == ROOT_INODE
 
-    # -- open handles -----------------------------------------------------------------
+    # -- references (open handles, kernel lookups) ---------------------------------------
 
     def hold(self, ino: int) -> None:
-        """A process opened ``ino``: keep it even if its last name is removed."""
+        """Someone references ``ino``: keep it even if its last name is removed."""
         with self._lock:
-            self._open[ino] += 1
+            self._refs[ino] += 1
 
-    def release(self, ino: int) -> None:
+    def release(self, ino: int, n: int = 1) -> None:
+        self.release_many([(ino, n)])
+
+    def release_many(self, refs: list[tuple[int, int]]) -> None:
+        """Drop ``n`` references of each inode; an inode with no name and no reference left goes."""
+        unreferenced = []
         with self._lock:
-            self._open[ino] -= 1
-            if self._open[ino] > 0:
-                return
-            del self._open[ino]
-        with self.index.write() as t:
-            rec = t.inode_get(ino)
-            if rec is not None and rec.nlink == 0:
-                self._drop(t, ino, rec)
+            for ino, n in refs:
+                left = self._refs[ino] - n
+                if left > 0:
+                    self._refs[ino] = left
+                else:
+                    self._refs.pop(ino, None)
+                    unreferenced.append(ino)
+        if not unreferenced:
+            return
+        with self.index.read() as t:  # most have names: no write transaction (an fdatasync) for them
+            nameless = [ino for ino in unreferenced if (r := t.inode_get(ino)) is not None and r.nlink == 0]
+        if nameless:
+            with self.index.write() as t:
+                for ino in nameless:
+                    rec = t.inode_get(ino)
+                    if rec is not None and rec.nlink == 0 and not self._refs[ino]:
+                        self._drop(t, ino, rec)
 
     def forget_orphans(self) -> int:
         """Drop inodes with no name left (a crashed daemon held them open)."""
@@ -358,17 +380,27 @@ class Namespace:
             t.inode_put(ino, rec)
         return rec
 
-    def set_content(self, ino: int, extents: list[Extent], mtime_ns: int | None = None) -> InodeRecord:
-        """Point a file at new content (a new manifest) in one transaction."""
+    def set_content(
+        self,
+        ino: int,
+        extents: list[Extent],
+        mtime_ns: int | None = None,
+        *,
+        blake3: bytes = NO_HASH,
+        writer_uid: int | None = None,
+    ) -> InodeRecord:
+        """Point a file at new content (a new manifest): one transaction, one new version.
+
+        The previous manifest is kept: the previous version still names it.
+        ``blake3`` is the whole-file hash, ``writer_uid`` who wrote the content.
+        """
         with self.index.write() as t:
             rec = self._get(t, ino)
-            old = rec.manifest
             rec.manifest = t.manifest_put(extents) if extents else 0
-            if old:
-                t.manifest_delete(old)
             rec.size = sum(e.length for e in extents)
             rec.mtime_ns = rec.ctime_ns = mtime_ns if mtime_ns is not None else clock.now_ns()
             t.inode_put(ino, rec)
+            t.version_put(ino, t.commit, rec, blake3, rec.uid if writer_uid is None else writer_uid)
         return rec
 
     # -- extended attributes --------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""The mount command line: one-line errors, the mount(8) helper, the ways a daemon is stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fusetest import CHUNKFS, cli, is_mounted, wait_dead
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chunkfs: error: "), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_mountpoint(mnt, tmp_path):
+    done = cli("mount", mnt.repo, tmp_path / "nowhere", check=False)
+    assert_one_line_error(done, "does not exist")
+
+
+def test_mountpoint_is_a_file(mnt, tmp_path):
+    (tmp_path / "file").touch()
+    done = cli("mount", mnt.repo, tmp_path / "file", check=False)
+    assert_one_line_error(done, "not a directory")
+
+
+def test_missing_repository(mnt, tmp_path):
+    (tmp_path / "empty-mnt").mkdir()
+    done = cli("mount", tmp_path / "no-repo", tmp_path / "empty-mnt", check=False)
+    assert_one_line_error(done, "not a chunkfs repository")
+    assert not is_mounted(tmp_path / "empty-mnt")
+
+
+def test_mountpoint_already_mounted(make_mount, tmp_path):
+    first = make_mount()
+    cli("init", tmp_path / "other")
+    done = cli("mount", tmp_path / "other", first.path, check=False)
+    assert_one_line_error(done, "already mounted")
+    assert (first / ".").is_dir() and is_mounted(first.path)
+
+
+def test_repository_already_mounted(mnt, mount_root):
+    mnt.expect_log(r"chunkfs: error: .* in use by pid")  # the second daemon says why it exits
+    (mount_root / "second").mkdir()
+    done = cli("mount", mnt.repo, mount_root / "second", check=False)
+    assert_one_line_error(done, "in use by pid")
+    assert not is_mounted(mount_root / "second")
+    (mnt / "still-works").write_bytes(b"yes")  # the first daemon is unharmed
+    assert (mnt / "still-works").read_bytes() == b"yes"
+
+
+def test_umount_errors(mnt, tmp_path):
+    assert_one_line_error(cli("umount", tmp_path, check=False), "no chunkfs filesystem is mounted")
+    with open(mnt / "busy", "wb"):
+        assert_one_line_error(cli("umount", mnt.path, check=False), "busy")
+    assert is_mounted(mnt.path)
+
+
+def test_daemon_stops_on_signal(mnt):
+    """SIGTERM (systemd stop): commit open files, unmount, exit."""
+    f = open(mnt / "open-at-stop", "wb")
+    f.write(b"committed by the daemon at shutdown")
+    f.flush()
+    pid = mnt.daemon_pid()
+    os.kill(pid, signal.SIGTERM)
+    assert wait_dead(pid, 60)
+    with contextlib.suppress(OSError):  # the connection is gone: close may say so
+        f.close()
+    assert not is_mounted(mnt.path)
+    mnt.mount()
+    assert (mnt / "open-at-stop").read_bytes() == b"committed by the daemon at shutdown"
+
+
+def test_plain_umount(mnt):
+    """umount(8) without chunkfs: the kernel tells the daemon, which exits."""
+    (mnt / "f").write_bytes(b"x")
+    pid = mnt.daemon_pid()
+    subprocess.run(["umount", str(mnt.path)], check=True)
+    assert wait_dead(pid, 60), "the daemon must exit when its filesystem is unmounted"
+    assert "unmounted" in mnt.log()
+
+
+MOUNT_HELPER = Path("/sbin/mount.fuse.chunkfs")
+
+
+@pytest.fixture
+def mount_helper_installed():
+    """/sbin/mount.fuse.chunkfs → this venv's mount.chunkfs, as docs/mount.md says to install it."""
+    helper = Path(sys.executable).parent / "mount.chunkfs"
+    if not helper.exists():
+        pytest.fail(f"{helper} is missing: chunkfs is not installed in this venv (pip install -e .)")
+    if os.geteuid() != 0:
+        pytest.skip("installing a mount(8) helper in /sbin needs root")
+    try:
+        MOUNT_HELPER.symlink_to(helper)
+    except FileExistsError:  # installed for real, or by a test run in parallel: not ours to replace
+        pytest.skip(f"{MOUNT_HELPER} already exists; not replacing it")
+    yield
+    MOUNT_HELPER.unlink()
+
+
+def test_mount_t_fuse_chunkfs(mount_helper_installed, make_mount):
+    m = make_mount()  # for the repository, the cleanup and the log checks; mounted again below by mount(8)
+    m.umount()
+    done = subprocess.run(["mount", "-t", "fuse.chunkfs", "-o", "rw,allow_other,noauto", str(m.repo), str(m.path)],
+                          capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert is_mounted(m.path)
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    line = next(ln for ln in mountinfo.splitlines() if ln.split()[4] == str(m.path))
+    assert " - fuse.chunkfs " in line and "allow_other" in line
+    (m / "via-mount-t").write_bytes(b"ok")
+    m.remount()  # chunkfs umount works on it too
+    assert (m / "via-mount-t").read_bytes() == b"ok"
+
+
+def test_mount_helper_error_is_one_line(mount_helper_installed, tmp_path):
+    (tmp_path / "mnt").mkdir()
+    done = subprocess.run(["mount", "-t", "fuse.chunkfs", str(tmp_path / "no-repo"), str(tmp_path / "mnt")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "not a chunkfs repository" in done.stderr
+
+
+def test_foreground_mount(make_mount):
+    """--foreground serves in the calling process and returns when unmounted."""
+    m = make_mount()
+    m.umount()
+    proc = subprocess.Popen([*CHUNKFS, "mount", str(m.repo), str(m.path), "--foreground"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        for _ in range(200):
+            if is_mounted(m.path):
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        assert is_mounted(m.path)
+        (m / "fg").write_bytes(b"foreground")
+        cli("umount", m.path)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = proc.stdout.read()
+    assert "Traceback" not in out and "ERROR" not in out, out
+    m.mount()
+    assert (m / "fg").read_bytes() == b"foreground"
+
+
+def test_read_only_mount(make_mount):
+    m = make_mount()
+    (m / "f").write_bytes(b"written before")
+    m.umount()
+    m.options = ["ro"]
+    m.mount()
+    assert (m / "f").read_bytes() == b"written before"
+    with pytest.raises(OSError) as e:
+        (m / "g").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:
+        os.unlink(m / "f")
+    assert e.value.errno == errno.EROFS
