@@ -112,15 +112,100 @@ class PackSettings:
     max_open: int = _setting(8, _int(1, 1024), "open packs (one per pack group) before the oldest is sealed")
 
 
+def _choice(*choices: str):
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _optional_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """``3600``, ``"3600"``, ``"60m"``, ``"1h"``, ``"30d"`` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as 3600 or "1h"')
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return value
+    if isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        return int(m.group(1)) * _SECONDS[m.group(2)]
+    raise ValueError(f'expected a duration such as 3600, "30m", "1h" or "30d", got {value!r}')
+
+
+def _duration(value: Any) -> int:
+    return parse_duration(value)
+
+
 @dataclass(frozen=True)
 class TierSettings:
     hot: str = _setting("hot", _string, "directory of the hot tier (relative to the repository)")
+    warm: str = _setting(
+        "", _optional_string, 'warm tier: "s3://bucket/prefix" or a directory; "" for none (docs/tiers.md)'
+    )
+    cold: str = _setting(
+        "", _optional_string, 'cold tier: "s3://bucket/prefix" or a directory (NFS); "" for none'
+    )
+    endpoint_url: str = _setting(
+        "", _optional_string, 'S3 endpoint (MinIO, Ceph: "https://host:9000"); "" for AWS S3'
+    )
+    region: str = _setting("", _optional_string, 'S3 region; "" for the credential chain\'s default')
+    addressing_style: str = _setting(
+        "", _choice("", "path", "virtual", "auto"), 'S3 addressing: path, virtual, auto; "" picks for the endpoint'
+    )
+    warm_storage_class: str = _setting("", _optional_string, 'S3 storage class of warm packs ("" default)')
+    cold_storage_class: str = _setting(
+        "", _optional_string, 'S3 storage class of cold packs, e.g. "GLACIER_IR" or "DEEP_ARCHIVE"'
+    )
+    cold_archive: bool = _setting(
+        False, _bool, "cold packs must be restored before reading: reads need `chunkfs thaw PATH`"
+    )
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     memory: int = _setting(
         128 << 20, _size(0, 64 << 30), "in-memory cache of decoded chunks, per process"
+    )
+    disk: int = _setting(
+        10 << 30, _size(0, 1 << 50), "local disk cache of chunks read from warm/cold (0: none); LRU, pins kept"
+    )
+    dir: str = _setting("cache", _string, "directory of the disk cache (relative to the repository)")
+    prefetch: int = _setting(
+        64 << 20, _size(0, 4 << 30), "sequential reads of warm/cold data fetch this far ahead (0: off)"
+    )
+    fetch_threads: int = _setting(4, _int(1, 64), "parallel ranged GETs for read-ahead and prefetch")
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    run_idle: int = _setting(
+        3600, _duration, 'a run with no new data for this long is complete ("1h"; 0: only `chunkfs run complete`)'
+    )
+    cold_after_days: int = _setting(60, _int(0, 36500), "warm packs older than this go cold (0: never)")
+    cold_idle_days: int = _setting(30, _int(0, 36500), "... and only once the run was not read for this long")
+    cold_level: int = _setting(
+        9, _int(1, 22), "zstd level of cold packs (chunks that do not shrink stay as they are; docs/tiers.md)"
+    )
+    interval: int = _setting(
+        600, _duration, "how often a mount applies the policies (seals idle runs, moves packs; 0: never)"
     )
 
 
@@ -138,15 +223,6 @@ def _levels(value: Any) -> str:
     if len(set(names)) != len(names):
         raise ValueError("level names must be distinct")
     return "/".join(names)
-
-
-def _choice(*choices: str):
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
 
 
 def _step_pattern(value: Any) -> str:
@@ -190,6 +266,7 @@ class Settings:
     tiers: TierSettings = field(default_factory=TierSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
 
 
 def parse(document: dict[str, Any], source: str = CONFIG_NAME) -> Settings:
@@ -205,6 +282,8 @@ def parse(document: dict[str, Any], source: str = CONFIG_NAME) -> Settings:
     settings = Settings(**values)
     if settings.chunking.min_chunk > settings.chunking.chunk_size:
         raise ConfigError(f"{source}: chunking.min_chunk must not exceed chunking.chunk_size")
+    if settings.tiers.cold_archive and not settings.tiers.cold:
+        raise ConfigError(f"{source}: tiers.cold_archive is set but tiers.cold names no cold tier")
     return settings
 
 
@@ -261,7 +340,9 @@ def render(settings: Settings) -> str:
         values = getattr(settings, section.name)
         for f in dataclasses.fields(values):
             value = getattr(values, f.name)
-            if isinstance(value, str):
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
                 text = _toml_string(value)
             elif getattr(f.metadata["check"], "is_size", False) and format_size(value) != str(value):
                 text = f'"{format_size(value)}"'

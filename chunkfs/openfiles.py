@@ -44,6 +44,7 @@ class _Open:
     handles: int = 0
     error: ChunkfsError | None = None
     mtime_ns: int | None = None  # recorded at the next commit: the last write's time, or a later utime
+    writer_uid: int | None = None  # who opened it for writing last: recorded in its versions
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -57,8 +58,11 @@ class OpenFiles:
         self._fhs = itertools.count(1)
         self._lock = threading.Lock()
 
-    def open(self, ino: int, *, truncate: bool = False) -> int:
-        """A new handle of ``ino``; ``truncate`` (O_TRUNC) empties the file and commits that at once."""
+    def open(self, ino: int, *, truncate: bool = False, writer_uid: int | None = None) -> int:
+        """A new handle of ``ino``; ``truncate`` (O_TRUNC) empties the file and commits that at once.
+
+        ``writer_uid``: the user opening it for writing (recorded in the versions it commits).
+        """
         rec = self.repo.ns.getattr(ino)
         if stat.S_ISDIR(rec.mode):
             raise IsADirectory(f"inode {ino}: is a directory")
@@ -70,6 +74,8 @@ class OpenFiles:
                 entry = self._by_ino.setdefault(ino, _Open(ino, content))
         with self._lock:
             entry.handles += 1
+            if writer_uid is not None:
+                entry.writer_uid = writer_uid
             fh = next(self._fhs)
             self._by_fh[fh] = entry
         self.repo.ns.hold(ino)
@@ -122,7 +128,9 @@ class OpenFiles:
             return self.repo.ns.setattr(ino, **changes)
 
     def truncate(self, ino: int, size: int) -> None:
-        """Set the size of ``ino``, open or not; committed at once."""
+        """Set the size of ``ino``. A file nobody has open is committed at once; an open
+        one when it is closed or fsync'd, like its writes — so ``open(O_TRUNC)``
+        followed by a rewrite is one new version, not an empty one and then the data."""
         with self._lock:
             entry = self._by_ino.get(ino)
         if entry is None:
@@ -135,13 +143,14 @@ class OpenFiles:
                 raise entry.error
             entry.content.truncate(size)
             entry.mtime_ns = clock.now_ns()
-            self._commit(entry, final=True)
 
     def _commit(self, entry: _Open, *, final: bool) -> None:
         if entry.error is not None:
             raise entry.error
         if entry.content.modified:
-            self.repo.commit_file(entry.ino, entry.content, final=final, mtime_ns=entry.mtime_ns)
+            self.repo.commit_file(
+                entry.ino, entry.content, final=final, mtime_ns=entry.mtime_ns, writer_uid=entry.writer_uid
+            )
 
     def flush(self, fh: int) -> None:
         entry = self._entry(fh)
@@ -154,7 +163,8 @@ class OpenFiles:
             self._commit(entry, final=False)
         self.repo.flush()
 
-    def release(self, fh: int) -> None:
+    def release(self, fh: int) -> int:
+        """Close handle ``fh`` (the last one commits what is left); return its inode."""
         with self._lock:
             entry = self._by_fh.pop(fh)
             entry.handles -= 1
@@ -168,6 +178,7 @@ class OpenFiles:
                         self._commit(entry, final=True)
         finally:
             self.repo.ns.release(entry.ino)
+        return entry.ino
 
     def close_all(self) -> None:
         """Commit every open file (unmount)."""

@@ -5,7 +5,16 @@ A repository on disk::
     REPO/chunkfs.toml     settings (config.py)
     REPO/index/           the LMDB index (index/)
     REPO/hot/             the hot tier: packs/ab/<pack id>.pack (store/)
+    REPO/cache/           the disk read cache of warm/cold chunks (store/readcache.py)
     REPO/lock             flock'd by the one process that may write
+    REPO/tiers.lock       flock'd by whoever creates or deletes pack objects on a tier (store/tiers.py)
+    REPO/tmp/             scratch files of tier moves and repacks
+
+Background work (``start_background``, called by the mount daemon and by long
+writing commands): the uploader drains the write-back queue to the warm tier,
+and every ``lifecycle.interval`` the policies run (idle runs' open packs are
+sealed, packs move between tiers); activity counters are saved every few
+seconds. Only a writable repository runs it (docs/tiers.md, "Who does what").
 
 The CLI, the FUSE daemon and the admin operations all go through
 ``Repository``. One process at a time opens a repository for writing (the
@@ -14,22 +23,58 @@ lock); any number may open it read-only alongside (LMDB readers never block).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import functools
+import logging
 import os
+import threading
+import time
 from pathlib import Path
 
-from chunkfs import config
+from chunkfs import clock, config
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
-from chunkfs.errors import AlreadyExists, Conflict, NotFound
+from chunkfs.errors import AlreadyExists, ChunkfsError, Conflict, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace import Namespace
 from chunkfs.namespace.history import History
+from chunkfs.namespace.registry import MAX_SIDECAR, Registry
+from chunkfs.store import lifecycle
 from chunkfs.store.backend import LocalBackend
+from chunkfs.store.fetch import RemoteReader
 from chunkfs.store.packstore import PackStore
-from chunkfs.types import Extent
+from chunkfs.store.readcache import ReadCache
+from chunkfs.store.tiers import Tiers, tier_name
+from chunkfs.store.uploads import Uploader
+from chunkfs.types import Extent, Tier
+
+log = logging.getLogger(__name__)
+
+COUNTERS_EVERY = 10.0
+"""Seconds between rounds of the background thread: counters saved, complete runs' open packs sealed."""
+SEAL_QUIET = 60.0
+"""A complete run's open pack is sealed once no write touched it for this long (a run marked
+complete while its trainer still writes gets one pack per minute at most, not one per round)."""
 
 LOCK_NAME = "lock"
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the repository lock at ``path`` (its "pid N" line), or None when nobody does."""
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class Repository:
@@ -49,18 +94,179 @@ class Repository:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
             raise
-        self.hot = LocalBackend(self.hot_path)
-        self.packs = PackStore(self.index, self.hot, self.settings.packs)
-        self.chunks = ChunkIO(self.packs, self.settings.compression, self.settings.cache.memory)
-        self.ns = Namespace(self.index)
+        try:
+            self._wire()
+        except BaseException:
+            self.index.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            raise
+        self.registry = Registry(self.index, self.settings.registry)
+        self.ns = Namespace(self.index, self.registry)
         self.history = History(self.index)
         if writable:
+            self.registry.ensure_built()
             self.packs.recover()
             self.ns.forget_orphans()
+            if self.uploader is not None:
+                self.uploader.requeue()
+
+    def _wire(self) -> None:
+        s = self.settings
+        self.hot = LocalBackend(self.hot_path)
+        self.tiers = Tiers(self.path, s, self.index, self.hot)
+        self.readcache = ReadCache(self.cache_path, s.cache.disk, self.pinned_chunks)
+        self.tiers.readcache = self.readcache
+        self.remote = (
+            RemoteReader(self.index, self.tiers, self.readcache, window=s.cache.prefetch, threads=s.cache.fetch_threads)
+            if self.tiers.remote
+            else None
+        )
+        warm = self.tiers.configured(Tier.WARM)
+        self.packs = PackStore(self.index, self.hot, s.packs, tiers=self.tiers, remote=self.remote, write_back=warm)
+        self.chunks = ChunkIO(self.packs, s.compression, s.cache.memory)
+        self.tiers.transform = functools.partial(self.chunks.recompress, level=s.lifecycle.cold_level)
+        self.uploader = Uploader(self.index, self.tiers) if warm else None
+        if self.uploader is not None:
+            self.packs.on_sealed = self.uploader.wake
+        self._background: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._saved: dict[str, int] = {}
+        self._counters_lock = threading.Lock()
 
     @property
     def hot_path(self) -> Path:
         return self.path / self.settings.tiers.hot
+
+    @property
+    def cache_path(self) -> Path:
+        return self.path / self.settings.cache.dir
+
+    def pinned_chunks(self) -> set[bytes]:
+        """Every chunk named by a pin (``chunkfs prefetch --pin``)."""
+        with self.index.read() as t:
+            return {c for _, _, chunks in t.pins() for c in chunks}
+
+    def drop_caches(self, *, keep_pinned: bool = False) -> None:
+        """Empty the in-memory chunk cache and the disk read cache (all of it, or all but pinned chunks)."""
+        self.chunks.cache.clear()
+        self.readcache.clear(keep_pinned=keep_pinned)
+        if self.remote is not None:
+            self.remote.drop_staged()
+
+    # -- background work --------------------------------------------------------------------
+
+    def start_background(self, *, policies: bool = True) -> None:
+        """Start the uploader and the periodic work (lifecycle policies if ``policies``, counters).
+
+        Only for the process that holds the repository lock; ``stop_background`` (or ``close``) ends it.
+        """
+        if not self.writable:
+            raise Conflict(f"{self.path}: background work needs the repository opened for writing")
+        if self._background is not None:
+            return
+        if self.uploader is not None:
+            self.uploader.start()
+        self._stop.clear()
+        self._background = threading.Thread(
+            target=self._periodic, args=(policies,), name="chunkfs-lifecycle", daemon=True
+        )
+        self._background.start()
+
+    def stop_background(self, timeout: float = 10.0) -> None:
+        """Stop the background threads (an upload in progress is redone later) and save the counters."""
+        thread, self._background = self._background, None
+        if self.uploader is not None:
+            self.uploader.stop(timeout)
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout)
+        self.save_counters()
+
+    def _periodic(self, policies: bool) -> None:
+        interval = self.settings.lifecycle.interval
+        next_policy = time.monotonic() + interval
+        while not self._stop.wait(COUNTERS_EVERY):
+            try:
+                self.save_counters()
+                self.seal_complete()
+                if policies and interval and time.monotonic() >= next_policy:
+                    next_policy = time.monotonic() + interval
+                    self.run_policies()
+            except ChunkfsError as e:
+                log.warning("background tier work: %s", e)
+            except Exception:  # a bug: keep running and say so
+                log.exception("background tier work: unexpected error")
+
+    def seal_complete(self) -> int:
+        """Seal the open packs of complete runs (marked, or idle for ``lifecycle.run_idle``) that no
+        write touched for ``SEAL_QUIET`` seconds, so that all their data can move."""
+        if not self.packs.open_groups():
+            return 0
+        now = clock.now_ns()
+        complete = lifecycle.complete_runs(self.index, self.settings.lifecycle, now)
+        return self.packs.seal_groups(complete, now - int(SEAL_QUIET * 1e9))
+
+    def run_policies(self) -> lifecycle.Outcome:
+        """Seal the open packs of complete runs, then apply the lifecycle policies (if the tier lock is
+        free: a `chunkfs tier` running elsewhere does it)."""
+        self.seal_complete()
+        outcome = lifecycle.Outcome()
+        with self.tiers.lock.hold(blocking=False) as got:
+            if got:
+                outcome = lifecycle.apply(self.tiers, lifecycle.plan(self.index, self.tiers, self.settings.lifecycle))
+        for problem in outcome.errors:
+            log.error("tier policy: %s", problem)
+        return outcome
+
+    # -- activity counters --------------------------------------------------------------------
+
+    def activity(self) -> dict[str, int]:
+        """This process's activity since it opened the repository (cumulative figures)."""
+        c = self.chunks
+        with c._stats_lock:
+            figures = {
+                "written_bytes": c.new_bytes + c.reused_bytes,
+                "new_bytes": c.new_bytes,
+                "dedup_bytes": c.reused_bytes,
+                "stored_bytes": c.stored_bytes,
+                "new_chunks": c.new_chunks,
+                "reused_chunks": c.reused_chunks,
+                "read_bytes": c.read_bytes,
+            }
+        figures["read_cache_hits"] = self.readcache.hits
+        figures["read_cache_misses"] = self.readcache.misses
+        if self.remote is not None:
+            figures["remote_requests"] = self.remote.requests
+            figures["readahead_bytes"] = self.remote.readahead_bytes
+            for tier, n in self.remote.bytes_by_tier.items():
+                figures[f"remote_read_bytes_{tier_name(tier)}"] = n
+        figures.update(self.tiers.counts())
+        return figures
+
+    def save_counters(self) -> None:
+        """Add this process's activity since the last save to the index's ``counters``."""
+        with self._counters_lock:
+            now = self.activity()
+            deltas = {k: v - self._saved.get(k, 0) for k, v in now.items() if v != self._saved.get(k, 0)}
+            if not deltas:
+                return
+            try:
+                with self.index.write() as t:
+                    t.counters_add(deltas)
+            except ChunkfsError as e:
+                log.warning("cannot save activity counters: %s", e)
+                return
+            self._saved = now
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative activity of every process, including this one's unsaved part."""
+        with self.index.read() as t:
+            total = t.counters()
+        with self._counters_lock:
+            for k, v in self.activity().items():
+                total[k] = total.get(k, 0) + v - self._saved.get(k, 0)
+        return total
 
     def _take_lock(self) -> int:
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -87,11 +293,12 @@ class Repository:
             raise AlreadyExists(f"{path}: directory is not empty; choose a new or empty directory")
         settings = settings or config.Settings()
         if hot is not None:
-            settings = config.Settings(
-                **{**settings.__dict__, "tiers": config.TierSettings(hot=str(Path(hot).resolve()))}
-            )
+            tiers = dataclasses.replace(settings.tiers, hot=str(Path(hot).resolve()))
+            settings = dataclasses.replace(settings, tiers=tiers)
         text = config.render(settings)
         config.parse_text(text)  # settings the next open would refuse: fail before creating anything
+        if settings.tiers.warm or settings.tiers.cold:  # a wrong bucket or credentials: fail before creating
+            Tiers(path, settings, None, LocalBackend(path / settings.tiers.hot)).check_reachable()
         path.mkdir(parents=True, exist_ok=True)
         Index(path / "index", create=True).close()
         (path / settings.tiers.hot).mkdir(parents=True, exist_ok=True)
@@ -110,10 +317,25 @@ class Repository:
         """Read access to any content (a historic version, say) by its extents."""
         return FileContent(self.chunks, extents, "", self.settings.chunking)
 
-    def commit_file(self, ino: int, content: FileContent, *, final: bool = True, mtime_ns: int | None = None):
-        """Make ``content`` durable and the current content of ``ino``."""
+    def commit_file(
+        self,
+        ino: int,
+        content: FileContent,
+        *,
+        final: bool = True,
+        mtime_ns: int | None = None,
+        writer_uid: int | None = None,
+    ):
+        """Make ``content`` durable and the current content of ``ino``: a new version,
+        with its whole-file BLAKE3 and who wrote it; sidecar files (trainer_state.json,
+        …) also update their checkpoint's record."""
         extents = content.finish() if final else content.commit()
-        rec = self.ns.set_content(ino, extents, mtime_ns)
+        sidecar = None
+        if content.size <= MAX_SIDECAR and self.ns.sidecar_name(ino) is not None:
+            sidecar = content.read(0, content.size)
+        rec = self.ns.set_content(
+            ino, extents, mtime_ns, blake3=content.digest(), writer_uid=writer_uid, sidecar=sidecar
+        )
         self.index.sync()  # metasync is off: without this a power cut could undo the commit
         return rec
 
@@ -127,12 +349,19 @@ class Repository:
         if self._closed:
             return
         self._closed = True
-        if self.writable:
-            self.packs.close()
-        self.index.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        try:
+            self.stop_background()
+            if self.remote is not None:
+                self.remote.close()
+            if self.writable:
+                self.packs.close()
+            self.save_counters()
+            self.tiers.close()
+        finally:
+            self.index.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def __enter__(self) -> Repository:
         return self

@@ -39,6 +39,9 @@ def register(sub, repo_argument) -> None:
         help="comma-separated FUSE mount options, e.g. allow_other",
     )  # fmt: skip
     p.add_argument("-f", "--foreground", action="store_true", help="serve in this process (systemd, debugging)")
+    p.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there while mounted (e.g. 127.0.0.1:9464)"
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_mount)
 
@@ -54,7 +57,7 @@ def register(sub, repo_argument) -> None:
 def cmd_mount(args) -> int:
     repo, mountpoint = Path(args.repo_dir).resolve(), Path(args.mountpoint)
     if args.foreground or args.ready_fd is not None:
-        return _serve(repo, mountpoint, args.options, args.ready_fd)
+        return _serve(repo, mountpoint, args.options, args.ready_fd, args.metrics)
     fsmount.check_mountpoint(mountpoint.resolve())
     if not repo.is_dir():
         raise NotFound(f"{repo}: not a chunkfs repository; create one with `chunkfs init`")
@@ -62,6 +65,8 @@ def cmd_mount(args) -> int:
     cmd = [sys.executable, "-m", "chunkfs"] + (["-v"] if args.verbose else [])
     cmd += ["mount", str(repo), str(mountpoint), "--ready-fd", str(write_fd)]
     cmd += [f"-o{o}" for o in args.options]
+    if args.metrics:
+        cmd += ["--metrics", args.metrics]
     with open(repo / "mount.log", "ab") as log:
         child = subprocess.Popen(
             cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -76,7 +81,7 @@ def cmd_mount(args) -> int:
     return 0
 
 
-def _serve(repo: Path, mountpoint: Path, options: list[str], ready_fd: int | None) -> int:
+def _serve(repo: Path, mountpoint: Path, options: list[str], ready_fd: int | None, metrics: str | None) -> int:
     logging.getLogger().setLevel(logging.INFO)
 
     def ready(problem: str | None) -> None:
@@ -85,7 +90,7 @@ def _serve(repo: Path, mountpoint: Path, options: list[str], ready_fd: int | Non
         os.write(ready_fd, b"ok\n" if problem is None else problem.encode() + b"\n")
         os.close(ready_fd)
 
-    fsmount.serve(repo, mountpoint, options, ready)
+    fsmount.serve(repo, mountpoint, options, ready, metrics)
     return 0
 
 

@@ -1,12 +1,15 @@
-"""Repository commands: init, import, export, stats, index rebuild."""
+"""Repository commands: init, import, export, stats, du, index rebuild."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from chunkfs.cli import output
+from chunkfs import config
+from chunkfs.cli import output, paths
 from chunkfs.errors import UsageError
 from chunkfs.ops import rebuild, stats, transfer
+from chunkfs.ops import status as statusop
 from chunkfs.repo import Repository
 
 
@@ -20,6 +23,13 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser("init", help="create a repository", description="Create a new, empty repository.")
     p.add_argument("repo_dir", metavar="REPO", help="directory to create (must be new or empty)")
     p.add_argument("--hot", metavar="DIR", help="directory of the hot tier (default: REPO/hot)")
+    p.add_argument("--warm", metavar="URL", help="warm tier: s3://bucket/prefix or a directory")
+    p.add_argument("--cold", metavar="URL", help="cold tier: s3://bucket/prefix or a directory (NFS)")
+    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (MinIO, Ceph): https://host:port")
+    p.add_argument("--region", metavar="NAME", help="S3 region")
+    p.add_argument(
+        "--cold-archive", action="store_true", help="the cold tier is an archive: reads need `chunkfs thaw`"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_init)
 
@@ -55,6 +65,18 @@ def register(sub, repo_argument) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=cmd_stats)
 
+    p = sub.add_parser(
+        "du",
+        help="logical and stored bytes per run and tier",
+        description="For every run (pack group) under PATH: its files and their logical size, and the "
+        "bytes of the run's own packs on each tier (data shared with earlier runs counts where it was "
+        "first stored).",
+    )
+    repo_argument(p)
+    p.add_argument("path", metavar="PATH", nargs="?", default=None, help="default: the whole repository")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(handler=cmd_du)
+
     p = sub.add_parser("index", help="index maintenance", description="Index maintenance.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     r = isub.add_parser(
@@ -68,13 +90,24 @@ def register(sub, repo_argument) -> None:
 
 
 def cmd_init(args) -> int:
-    repo = Repository.create(Path(args.repo_dir), hot=Path(args.hot) if args.hot else None)
+    settings = config.Settings()
+    tiers = {"warm": args.warm, "cold": args.cold, "endpoint_url": args.endpoint_url, "region": args.region}
+    tiers = {k: v for k, v in tiers.items() if v}
+    if args.cold_archive:
+        tiers["cold_archive"] = True
+    if tiers:
+        settings = dataclasses.replace(settings, tiers=dataclasses.replace(settings.tiers, **tiers))
+    repo = Repository.create(Path(args.repo_dir), hot=Path(args.hot) if args.hot else None, settings=settings)
     result = {"repository": str(repo.path), "hot": str(repo.hot_path)}
+    for tier in ("warm", "cold"):
+        if getattr(args, tier):
+            result[tier] = getattr(args, tier)
     repo.close()
     if args.json:
         output.print_json(result)
     else:
-        output.out.print(f"created repository {result['repository']} (hot tier: {result['hot']})")
+        more = "".join(f", {t} tier: {result[t]}" for t in ("warm", "cold") if t in result)
+        output.out.print(f"created repository {result['repository']} (hot tier: {result['hot']}{more})")
     return 0
 
 
@@ -108,8 +141,10 @@ def cmd_export(args) -> int:
 def cmd_stats(args) -> int:
     with Repository(need_repo(args), writable=False) as repo:
         s = stats.collect(repo)
+        usage = statusop.tier_usage(repo)
+    bytes_by_tier = {t: u.bytes for t, u in usage.items() if u.configured or u.packs}
     if args.json:
-        output.print_json(s.as_dict())
+        output.print_json(s.as_dict() | {"bytes_by_tier": bytes_by_tier})
         return 0
     h = output.human_bytes
     output.print_table(
@@ -125,9 +160,30 @@ def cmd_stats(args) -> int:
             ("chunks", f"{s.chunks}"),
             ("packs", ", ".join(f"{n} {t}" for t, n in s.packs_by_tier.items()) or "0"),
             ("pack bytes", h(s.pack_bytes)),
+            *((f"  on {t}", h(n)) for t, n in bytes_by_tier.items()),
             ("index", h(s.index_bytes)),
         ],
     )
+    return 0
+
+
+def cmd_du(args) -> int:
+    if args.path is not None:
+        repo_dir, path = paths.resolve(args.path, args.repo)
+    else:
+        repo_dir, path = need_repo(args), "/"
+    with Repository(repo_dir, writable=False) as repo:
+        runs = statusop.du(repo, path)
+    if args.json:
+        output.print_json([r.as_dict() for r in runs])
+        return 0
+    h = output.human_bytes
+    rows = [
+        (r.run, str(r.files), h(r.logical_bytes), h(r.stored_bytes),
+         *(h(r.stored[t]) if t in r.stored else "" for t in ("hot", "warm", "cold")))
+        for r in runs
+    ]  # fmt: skip
+    output.print_rows(("run", "files", "logical", "stored", "hot", "warm", "cold"), rows)
     return 0
 
 

@@ -2,18 +2,25 @@
 
 ``ChunkIO`` is what the streaming file writer and reader use. It is
 thread-safe: the FUSE layer calls it from worker threads, several files at once.
+
+Chunks of warm and cold packs come through the pack store's remote reader
+(disk read cache, ranged GETs, read-ahead along the pack); whatever their
+source, ``get`` verifies them (``codec.decode``), and a chunk from the disk
+cache that fails is dropped and fetched again from its tier.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from chunkfs.config import CompressionSettings
 from chunkfs.engine import codec
+from chunkfs.errors import CorruptData
 from chunkfs.store.packs import pack_name
 from chunkfs.store.packstore import PackStore
-from chunkfs.types import HOLE, ChunkId
+from chunkfs.types import HOLE, ChunkId, Compression, chunk_flags, flags_compression
 
 
 def is_zero(data: bytes) -> bool:
@@ -41,6 +48,11 @@ class ChunkCache:
             self.hits += 1
             return data
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
     def put(self, chunk: ChunkId, data: bytes) -> None:
         if len(data) > self.capacity:
             return
@@ -63,6 +75,7 @@ class ChunkIO:
         self._stats_lock = threading.Lock()
         self.new_chunks = self.reused_chunks = 0
         self.new_bytes = self.reused_bytes = self.stored_bytes = 0
+        self.read_bytes = 0
 
     def put(self, data: bytes, group: str) -> ChunkId:
         """Store ``data`` unless an identical chunk exists; return its id."""
@@ -83,15 +96,43 @@ class ChunkIO:
         return chunk
 
     def get(self, chunk: ChunkId, length: int) -> bytes:
-        """The verified bytes of ``chunk`` (``length`` zeros for a hole)."""
+        """The verified bytes of ``chunk`` (``length`` zeros for a hole). A chunk read ahead from a
+        remote tier may come as a read-only memoryview: use it as bytes-like."""
+        with self._stats_lock:
+            self.read_bytes += length
         if chunk == HOLE:
             return bytes(length)
         data = self.cache.get(chunk)
         if data is None:
             stored, loc = self.packs.read_stored(chunk)
-            data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}")
+            try:
+                data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}")
+            except CorruptData:
+                if not self.packs.drop_cached(chunk):  # not from the read cache: the pack is damaged
+                    raise
+                stored, loc = self.packs.read_stored(chunk)
+                data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}")
             self.cache.put(chunk, data)
         return data
+
+    def prefetch(self, chunks: Iterable[ChunkId], progress: Callable[[int], None] = lambda n: None) -> tuple[int, int]:
+        """Stage chunks of warm/cold packs in the disk read cache; (bytes fetched, bytes on the hot tier)."""
+        return self.packs.stage(dict.fromkeys(c for c in chunks if c != HOLE), progress)
+
+    def recompress(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, level: int) -> tuple[bytes, int]:
+        """Re-encode a chunk for the cold tier: zstd at ``level`` when that is smaller than what is
+        stored, the stored bytes otherwise. The chunk is verified on the way (never repack damage)."""
+        raw = codec.decode(chunk, stored, raw_len, flags, "repack")
+        sample = raw[: self.compression.sample]
+        compressor = codec._compressor(level)
+        if len(sample) >= 512 and len(compressor.compress(sample)) > 0.97 * len(sample):
+            return stored, flags  # does not shrink: keep as it is
+        packed = compressor.compress(raw)
+        if len(packed) < len(stored):
+            return packed, chunk_flags(Compression.ZSTD)
+        if flags_compression(flags) != Compression.NONE and len(raw) <= len(stored):
+            return raw, chunk_flags(Compression.NONE)
+        return stored, flags
 
     def flush(self) -> None:
         """Make every chunk put so far durable and findable by other processes."""

@@ -21,6 +21,7 @@ import trio
 
 from chunkfs.errors import ChunkfsError, Conflict, NotADirectory, NotFound, UsageError
 from chunkfs.fs.operations import ChunkfsOperations
+from chunkfs.metrics import start_metrics_server
 from chunkfs.repo import Repository
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,30 @@ def _tune_read_ahead(mountpoint: Path) -> None:
         log.info("cannot raise read-ahead (%s): %s", path, e)
 
 
-def serve(repo_path: Path, mountpoint: Path, options: list[str], ready: Callable[[str | None], None]) -> None:
-    """Mount and serve until unmounted. ``ready(None)`` once mounted, ``ready(msg)`` on failure."""
+def serve(
+    repo_path: Path,
+    mountpoint: Path,
+    options: list[str],
+    ready: Callable[[str | None], None],
+    metrics: str | None = None,
+) -> None:
+    """Mount and serve until unmounted. ``ready(None)`` once mounted, ``ready(msg)`` on failure.
+
+    ``metrics`` (``HOST:PORT``) serves Prometheus metrics while mounted. The
+    repository's background work (write-back uploads to the warm tier, sealing
+    idle packs) runs as long as the mount does.
+    """
     mountpoint = mountpoint.resolve()
     try:
         check_mountpoint(mountpoint)
         repo = Repository(repo_path)
     except Exception as e:
+        ready(str(e))
+        raise
+    try:
+        metrics_server = start_metrics_server(metrics, repo) if metrics else None
+    except ChunkfsError as e:
+        repo.close()
         ready(str(e))
         raise
     ops = ChunkfsOperations(repo)
@@ -99,6 +117,7 @@ def serve(repo_path: Path, mountpoint: Path, options: list[str], ready: Callable
         message = f"{mountpoint}: cannot mount ({e}); is /dev/fuse available and fuse3 installed?"
         ready(message)
         raise UsageError(message) from None
+    repo.start_background()
     _tune_read_ahead(mountpoint)
     signalled: list[int] = []
     try:
@@ -110,6 +129,9 @@ def serve(repo_path: Path, mountpoint: Path, options: list[str], ready: Callable
         # main() returns by itself only when the kernel unmounted us; after a
         # signal (or an error) the mount is still there and we take it down.
         pyfuse3.close(unmount=bool(signalled) or not _unmounted(mountpoint))
+        repo.stop_background()
+        if metrics_server is not None:
+            metrics_server.stop()
         try:
             repo.close()
         except ChunkfsError as e:  # committed data is safe; open packs get sealed at the next mount

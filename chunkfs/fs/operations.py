@@ -19,7 +19,8 @@ import os
 import pyfuse3
 import trio
 
-from chunkfs.errors import ChunkfsError, NoAttribute
+from chunkfs.errors import ChunkfsError, NoAttribute, NotFound, ReadOnly
+from chunkfs.fs.virtual import Virtual
 from chunkfs.openfiles import OpenFiles
 from chunkfs.repo import Repository
 from chunkfs.types import InodeRecord
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 1.0
 """Seconds the kernel may cache attributes and names (admin commands change them too)."""
+
+SNAPSHOT_TIMEOUT = 60.0
+"""Snapshot contents never change: the kernel may cache them longer."""
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 WORKERS = 8
 """Worker threads for blocking calls: enough to overlap hashing, pack writes and index commits."""
@@ -66,6 +72,8 @@ class ChunkfsOperations(pyfuse3.Operations):
         self.repo = repo
         self.ns = repo.ns
         self.files = OpenFiles(repo)
+        self.virtual = Virtual(repo)
+        self._seen: dict[int, int] = {}  # inode → manifest when this mount last opened or closed it
         self._limiter = trio.CapacityLimiter(WORKERS)
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_dir = 0
@@ -92,6 +100,21 @@ class ChunkfsOperations(pyfuse3.Operations):
         a.st_ctime_ns = rec.ctime_ns
         return a
 
+    def _virtual_attrs(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        """Attributes of a snapshot entry or query link (``fs/virtual.py``): never cached for
+        the links (``@latest`` must follow the next checkpoint at once), longer for snapshots."""
+        a = self._attrs(ino, rec)
+        timeout = 0.0 if self.virtual.is_link(ino) else SNAPSHOT_TIMEOUT
+        a.entry_timeout = a.attr_timeout = timeout
+        return a
+
+    def _read_only(self, *inodes: int, name: tuple[int, bytes] | None = None) -> None:
+        """Refuse changes inside snapshots, and to the names the mount reserves."""
+        if any(Virtual.owns(i) for i in inodes):
+            raise ReadOnly("snapshots and query links are read-only")
+        if name is not None and self.virtual.reserved(*name) is not None:
+            raise ReadOnly(f"{name[1].decode()}: reserved for snapshots")
+
     def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that gives the kernel a reference to ``ino``.
 
@@ -106,20 +129,34 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
+        if Virtual.owns(parent_inode):
+            return self._virtual_attrs(*self.virtual.lookup(parent_inode, name))
         if name == b".":
             return self._entry(parent_inode, self.ns.getattr(parent_inode))
         if name == b"..":
             parent = self.ns.parent_of(parent_inode)
             return self._entry(parent, self.ns.getattr(parent))
-        ino, rec = self.ns.lookup(parent_inode, name)
+        special = self.virtual.reserved(parent_inode, name)
+        if special is not None:
+            return self._virtual_attrs(*special)
+        try:
+            ino, rec = self.ns.lookup(parent_inode, name)
+        except NotFound:
+            special = self.virtual.lookup_in_real(parent_inode, name)
+            if special is None:
+                raise
+            return self._virtual_attrs(*special)
         return self._entry(ino, rec)
 
     @_errors
     async def getattr(self, inode, ctx=None):
+        if Virtual.owns(inode):
+            return self._virtual_attrs(inode, self.virtual.getattr(inode))
         return self._attrs(inode, self.ns.getattr(inode))
 
     @_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
+        self._read_only(inode)
         if fields.update_size:
             await self._blocking(self.files.truncate, inode, attr.st_size)
         changes = {}
@@ -141,38 +178,47 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def readlink(self, inode, ctx):
+        if Virtual.owns(inode):
+            return self.virtual.readlink(inode)
         return self.ns.readlink(inode)
 
     @_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._read_only(parent_inode, name=(parent_inode, name))
         ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid, rdev)
         return self._entry(ino, rec)
 
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
+        self._read_only(parent_inode, name=(parent_inode, name))
         ino, rec = await self._blocking(self.ns.mkdir, parent_inode, name, mode, ctx.uid, ctx.gid)
         return self._entry(ino, rec)
 
     @_errors
     async def symlink(self, parent_inode, name, target, ctx):
+        self._read_only(parent_inode, name=(parent_inode, name))
         ino, rec = await self._blocking(self.ns.symlink, parent_inode, name, target, ctx.uid, ctx.gid)
         return self._entry(ino, rec)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._read_only(inode, new_parent_inode, name=(new_parent_inode, new_name))
         rec = await self._blocking(self.ns.link, inode, new_parent_inode, new_name)
         return self._entry(inode, rec)
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):
+        self._read_only(parent_inode)
         await self._blocking(self.ns.unlink, parent_inode, name)
 
     @_errors
     async def rmdir(self, parent_inode, name, ctx):
+        self._read_only(parent_inode)
         await self._blocking(self.ns.rmdir, parent_inode, name)
 
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._read_only(parent_inode_old, parent_inode_new, name=(parent_inode_new, name_new))
         await self._blocking(
             functools.partial(
                 self.ns.rename,
@@ -190,7 +236,10 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def opendir(self, inode, ctx):
         self._next_dir += 1
-        self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.ns.readdir(inode)]
+        if Virtual.owns(inode):
+            self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.virtual.readdir(inode)]
+        else:
+            self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.ns.readdir(inode)]
         return self._next_dir
 
     @_errors
@@ -198,6 +247,11 @@ class ChunkfsOperations(pyfuse3.Operations):
         entries = self._dirs[fh]
         for offset in range(start_id, len(entries)):
             name, ino = entries[offset]
+            if Virtual.owns(ino):
+                attrs = self._virtual_attrs(ino, self.virtual.getattr(ino))
+                if not pyfuse3.readdir_reply(token, name, attrs, offset + 1):
+                    return
+                continue
             try:
                 rec = self.ns.getattr(ino)
             except ChunkfsError:
@@ -214,26 +268,39 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------------
 
-    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
-        # Content changes only through this mount, which the kernel sees, so its
-        # page cache may keep file pages across opens.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+    def _file_info(self, fh: int, ino: int) -> pyfuse3.FileInfo:
+        """The kernel may keep a file's cached pages across opens unless its content
+        changed behind the mount's back since this mount last saw it (``chunkfs
+        restore`` from another process): then they are dropped."""
+        manifest = self.ns.getattr(ino).manifest
+        keep = self._seen.get(ino) == manifest
+        self._seen[ino] = manifest
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @_errors
     async def open(self, inode, flags, ctx):
+        if Virtual.owns(inode):
+            fh = await self._blocking(self.virtual.open, inode, bool(flags & WRITE_FLAGS))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         # The kernel leaves O_TRUNC to us (libfuse enables atomic_o_trunc) and
         # has already dropped its cached pages and size: the file must be empty.
-        fh = await self._blocking(functools.partial(self.files.open, inode, truncate=bool(flags & os.O_TRUNC)))
-        return self._file_info(fh)
+        writer = ctx.uid if flags & WRITE_FLAGS else None
+        fh = await self._blocking(
+            functools.partial(self.files.open, inode, truncate=bool(flags & os.O_TRUNC), writer_uid=writer)
+        )
+        return self._file_info(fh, inode)
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self._read_only(parent_inode, name=(parent_inode, name))
         ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid)
-        fh = await self._blocking(self.files.open, ino)
-        return self._file_info(fh), self._entry(ino, rec)
+        fh = await self._blocking(functools.partial(self.files.open, ino, writer_uid=ctx.uid))
+        return self._file_info(fh, ino), self._entry(ino, rec)
 
     @_errors
     async def read(self, fh, off, size):
+        if Virtual.owns_handle(fh):
+            return await self._blocking(self.virtual.read, fh, off, size)
         return await self._blocking(self.files.read, fh, off, size)
 
     @_errors
@@ -242,20 +309,28 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh):
-        await self._blocking(self.files.flush, fh)
+        if not Virtual.owns_handle(fh):
+            await self._blocking(self.files.flush, fh)
 
     @_errors
     async def fsync(self, fh, datasync):
-        await self._blocking(self.files.fsync, fh)
+        if not Virtual.owns_handle(fh):
+            await self._blocking(self.files.fsync, fh)
 
     @_errors
     async def release(self, fh):
-        await self._blocking(self.files.release, fh)
+        if Virtual.owns_handle(fh):
+            self.virtual.release(fh)
+            return
+        ino = await self._blocking(self.files.release, fh)
+        with contextlib.suppress(ChunkfsError):
+            self._seen[ino] = self.ns.getattr(ino).manifest  # our own commits keep the cache valid
 
     # -- extended attributes ----------------------------------------------------------------------
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        self._read_only(inode)
         if name.startswith(b"system."):
             # POSIX ACLs (system.posix_acl_*) reach us as plain xattrs because we
             # do not claim ACL support; storing them would make `cp -a` set an
@@ -266,6 +341,8 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode, name, ctx):
+        if Virtual.owns(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
             return self.ns.getxattr(inode, name)
         except NoAttribute:
@@ -273,10 +350,13 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def listxattr(self, inode, ctx):
+        if Virtual.owns(inode):
+            return []
         return self.ns.listxattr(inode)
 
     @_errors
     async def removexattr(self, inode, name, ctx):
+        self._read_only(inode)
         try:
             await self._blocking(self.ns.removexattr, inode, name)
         except NoAttribute:

@@ -83,25 +83,23 @@ class Virtual:
 
     # -- entries in real directories ---------------------------------------------------------
 
-    def lookup_in_real(self, parent: int, name: bytes) -> tuple[int, InodeRecord] | None:
-        """A virtual entry named ``name`` in real directory ``parent``, or None."""
+    def reserved(self, parent: int, name: bytes) -> tuple[int, InodeRecord] | None:
+        """The entry if ``name`` in real directory ``parent`` is taken by the mount itself
+        (``/.snapshots``): it hides any real entry of that name."""
         if parent == ROOT_INODE and name == SNAPSHOTS:
             return SNAPSHOTS_INO, self._dir_record
-        if name in QUERY_LINKS:
-            target = self._query_target(parent, name)
-            if target is not None:
-                return self._link(target)
         return None
 
-    def _query_target(self, parent: int, name: bytes) -> bytes | None:
-        registry = getattr(self.repo, "registry", None)
-        if registry is None:
+    def lookup_in_real(self, parent: int, name: bytes) -> tuple[int, InodeRecord] | None:
+        """A query link (``@latest``, ``@best``) in real directory ``parent``, or None."""
+        if name not in QUERY_LINKS:
             return None
-        path = self.repo.ns.path_of(parent)
-        found = registry.latest(path) if name == b"@latest" else registry.best(path)
-        if found is None:
-            return None
-        return _relative(path, found).encode()
+        target = self.repo.registry.links(parent).get(name.decode())
+        return self._link(target.encode()) if target else None
+
+    def is_link(self, vino: int) -> bool:
+        node = self._nodes.get(vino)
+        return node is not None and node.ino == 0
 
     def _link(self, target: bytes) -> tuple[int, InodeRecord]:
         now = clock.now_ns()
@@ -170,12 +168,3 @@ class Virtual:
         with self._lock:
             self._files.pop(fh, None)
 
-
-def _relative(start: str, target: str) -> str:
-    """``target`` as a path relative to directory ``start`` (both repository paths)."""
-    a = [p for p in start.strip("/").split("/") if p]
-    b = [p for p in target.strip("/").split("/") if p]
-    common = 0
-    while common < min(len(a), len(b)) and a[common] == b[common]:
-        common += 1
-    return "/".join([".."] * (len(a) - common) + b[common:]) or "."

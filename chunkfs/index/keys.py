@@ -72,7 +72,7 @@ the tree as it was at any commit can be read back.
 ``tags``      name bytes → commit u64 | created ns i64 | path (utf-8, rest; empty: the whole tree).
 
 Registry (docs/registry.md). One *checkpoint record* per checkpoint directory,
-under a composite key parsed from its path (``namespace/registry.py``):
+under a composite key parsed from its path (``namespace/registry/``):
 ``F1 … FN`` are the names of the levels above the step directory
 (``registry.levels``, by default model, base, adapter, run), each as UTF-8
 (``surrogateescape`` for names that are not); a level the path lacks is ''.

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import lmdb
 
+from chunkfs import clock
 from chunkfs.index import keys
 from chunkfs.types import ChunkId, ChunkLocation, Extent, InodeRecord, PackId, PackInfo, Tier, Version
 
@@ -30,6 +31,18 @@ class Txn:
     def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._commit: int | None = None
+
+    @property
+    def commit(self) -> int:
+        """This transaction's commit number, allocated on first use.
+
+        Every change of a directory entry and every new inode version made in
+        one transaction shares it: a rename is one commit, not two.
+        """
+        if self._commit is None:
+            self._commit = self.next_commit(clock.now_ns())
+        return self._commit
 
     def _get(self, db: str, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._dbs[db])
@@ -137,14 +150,18 @@ class Txn:
         return keys.decode_u64(raw) if raw is not None else None
 
     def dirent_put(self, parent: int, name: bytes, child: int) -> None:
+        """Link ``name`` in ``parent`` to ``child``; recorded in the history under ``commit``."""
         self._put("dirents", keys.dirent_key(parent, name), keys.u64(child))
         self._put("parents", keys.parent_key(child, parent, name), b"")
+        self.dirhist_put(parent, name, self.commit, child)
 
     def dirent_delete(self, parent: int, name: bytes) -> None:
+        """Unlink ``name`` from ``parent``; the history keeps a removal marker."""
         child = self.dirent_get(parent, name)
         self._delete("dirents", keys.dirent_key(parent, name))
         if child is not None:
             self._delete("parents", keys.parent_key(child, parent, name))
+            self.dirhist_put(parent, name, self.commit, 0)
 
     def dirents(self, parent: int, after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         """Entries of a directory in name order, starting after name ``after``."""
@@ -326,7 +343,7 @@ class Txn:
     def tags(self) -> list[tuple[str, int, int, str]]:
         return [(k.decode(), *keys.decode_tag(v)) for k, v in self._prefix("tags", b"")]
 
-    # -- checkpoint registry (namespace/registry.py; keys.py "Registry") ----------------
+    # -- checkpoint registry (namespace/registry/; keys.py "Registry") ----------------
 
     def ckpt_key_of(self, ino: int) -> tuple[tuple[str, ...], int] | None:
         """(fields, step) of directory ``ino``'s checkpoint record, or None."""

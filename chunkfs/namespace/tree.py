@@ -34,6 +34,7 @@ from chunkfs.errors import (
 )
 from chunkfs.index import Index, Txn
 from chunkfs.index.keys import ROOT_INODE
+from chunkfs.namespace.registry import Registry
 from chunkfs.types import Extent, InodeRecord
 
 NO_HASH = bytes(32)
@@ -54,8 +55,9 @@ def _name(name: bytes) -> bytes:
 class Namespace:
     """The file tree of one repository, stored in the index."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, registry: Registry | None = None) -> None:
         self.index = index
+        self.registry = registry
         self._refs = Counter()  # inode → references (open handles, kernel lookups)
         self._lock = threading.Lock()
         with index.read() as t:
@@ -170,6 +172,8 @@ class Namespace:
             t.inode_put(ino, rec)
             t.dirent_put(parent, name, ino)
             t.version_put(ino, t.commit, rec, NO_HASH, rec.uid)
+            if self.registry is not None and stat.S_ISDIR(rec.mode):
+                self.registry.on_dir_changed(t, ino)
             prec.mtime_ns = prec.ctime_ns = rec.ctime_ns
             if stat.S_ISDIR(rec.mode):
                 prec.nlink += 1
@@ -238,6 +242,11 @@ class Namespace:
 
     def _unlink_entry(self, t: Txn, parent: int, name: bytes, child: int, rec: InodeRecord) -> None:
         t.dirent_delete(parent, name)
+        if self.registry is not None:
+            if stat.S_ISDIR(rec.mode):
+                self.registry.on_dir_removed(t, child)
+            else:
+                self.registry.on_file_removed(t, parent, name)
         now = clock.now_ns()
         prec = self._get(t, parent)
         prec.mtime_ns = prec.ctime_ns = now
@@ -283,6 +292,8 @@ class Namespace:
                 t.dirent_delete(new_parent, new)
                 t.dirent_put(old_parent, old, target)
                 t.dirent_put(new_parent, new, child)
+                self._moved(t, child, rec)
+                self._moved(t, target, self._get(t, target))
                 return
             if target is not None:
                 if noreplace:
@@ -310,6 +321,14 @@ class Namespace:
                 t.inode_put(ino, p)
             rec.ctime_ns = now
             t.inode_put(child, rec)
+            if self.registry is not None and not stat.S_ISDIR(rec.mode):
+                self.registry.on_file_removed(t, old_parent, old)
+            self._moved(t, child, rec)
+
+    def _moved(self, t: Txn, ino: int, rec: InodeRecord) -> None:
+        """A directory got a new path: its checkpoint records (and those below) follow."""
+        if self.registry is not None and stat.S_ISDIR(rec.mode):
+            self.registry.on_dir_changed(t, ino)
 
     def _is_ancestor(self, t: Txn, ancestor: int, ino: int) -> bool:
         while ino != ROOT_INODE:
@@ -388,11 +407,14 @@ class Namespace:
         *,
         blake3: bytes = NO_HASH,
         writer_uid: int | None = None,
+        sidecar: bytes | None = None,
     ) -> InodeRecord:
         """Point a file at new content (a new manifest): one transaction, one new version.
 
         The previous manifest is kept: the previous version still names it.
-        ``blake3`` is the whole-file hash, ``writer_uid`` who wrote the content.
+        ``blake3`` is the whole-file hash, ``writer_uid`` who wrote the content;
+        ``sidecar`` is the content itself when the registry wants it
+        (``Registry.wants``: trainer_state.json and friends) to extract metadata.
         """
         with self.index.write() as t:
             rec = self._get(t, ino)
@@ -401,7 +423,18 @@ class Namespace:
             rec.mtime_ns = rec.ctime_ns = mtime_ns if mtime_ns is not None else clock.now_ns()
             t.inode_put(ino, rec)
             t.version_put(ino, t.commit, rec, blake3, rec.uid if writer_uid is None else writer_uid)
+            if self.registry is not None:
+                for parent, name in t.parents(ino):
+                    self.registry.on_file_committed(parent, name, sidecar, txn=t)
         return rec
+
+    def sidecar_name(self, ino: int) -> bytes | None:
+        """The name of file ``ino`` if the registry wants its content at commit (``set_content``)."""
+        if self.registry is None:
+            return None
+        with self.index.read() as t:
+            names = [name for _, name in t.parents(ino)]
+        return next((n for n in names if self.registry.wants(n)), None)
 
     # -- extended attributes --------------------------------------------------------------
 
@@ -417,6 +450,8 @@ class Namespace:
         with self.index.write() as t:
             rec = self._get(t, ino)
             t.xattr_put(ino, name, value)
+            if self.registry is not None:
+                self.registry.on_xattr(t, ino, name, value)
             rec.ctime_ns = clock.now_ns()
             t.inode_put(ino, rec)
 
@@ -430,6 +465,8 @@ class Namespace:
             self._get(t, ino)
             if not t.xattr_delete(ino, name):
                 raise NoAttribute(f"{name.decode(errors='replace')}: no such attribute")
+            if self.registry is not None:
+                self.registry.on_xattr(t, ino, name, None)
 
     def counts(self) -> tuple[int, int]:
         """(inodes, bytes of file content as users see it)."""

@@ -146,7 +146,7 @@ def test_repository_from_the_environment(tmp_path, repo, checkpoints):
 
 STATS_KEYS = {
     "files", "logical_bytes", "unique_bytes", "stored_bytes", "chunks", "packs", "pack_bytes",
-    "packs_by_tier", "index_bytes", "dedup_ratio", "compression_ratio", "stored_fraction",
+    "packs_by_tier", "bytes_by_tier", "index_bytes", "dedup_ratio", "compression_ratio", "stored_fraction",
 }  # fmt: skip
 
 

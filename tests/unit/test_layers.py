@@ -23,12 +23,13 @@ LAYERS = {
     "engine": 3,
     "namespace": 4,
     "repo": 5,
-    "openfiles": 6, "ops": 6,
+    "openfiles": 6, "ops": 6, "metrics": 6,
     "fs": 7,
     "cli": 8,
 }  # fmt: skip
 
-ONLY_IN = {"lmdb": {"index"}, "pyfuse3": {"fs"}, "trio": {"fs"}, "boto3": {"store/s3.py"}, "botocore": {"store/s3.py"}}
+ONLY_IN = {"lmdb": {"index"}, "pyfuse3": {"fs"}, "trio": {"fs"}, "boto3": {"store/s3.py"}, "botocore": {"store/s3.py"},
+           "prometheus_client": {"metrics"}}
 
 
 def _modules():

@@ -1,0 +1,303 @@
+"""Tier commands: tier, tier move, run complete, thaw, sync, status, prefetch, unpin.
+
+They work the same whether or not the repository is mounted (docs/tiers.md,
+"Who does what"): they open it read-only, moves take the tier lock, and sync
+lets a running mount's uploader do the uploading.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from chunkfs.cli import output, paths
+from chunkfs.errors import UsageError
+from chunkfs.ops import prefetch as prefetchop
+from chunkfs.ops import status as statusop
+from chunkfs.ops import tier as tierop
+from chunkfs.repo import Repository
+from chunkfs.store.tiers import parse_tier
+
+TIERS = ("hot", "warm", "cold")
+
+
+def register(sub, repo_argument) -> None:
+    p = sub.add_parser(
+        "tier",
+        help="apply the tier policies, or move a run by hand",
+        description="Apply the lifecycle policies of chunkfs.toml: complete runs move from hot to warm, "
+        "old and unread runs from warm to cold (repacked, recompressed). `tier move PATH --to TIER` moves "
+        "one run (or every run under PATH) by hand. Safe to interrupt: a rerun finishes or undoes it.",
+    )
+    repo_argument(p)
+    p.add_argument("--dry-run", action="store_true", help="show what would move, move nothing")
+    p.add_argument("--check", action="store_true", help="check that every pack is where the index says")
+    p.add_argument("--json", action="store_true", help="print the plan or the result as JSON")
+    p.set_defaults(handler=cmd_tier)
+    tsub = p.add_subparsers(dest="tier_action", metavar="ACTION")
+    m = tsub.add_parser("move", help="move the runs under PATH to a tier", description="Move every sealed "
+                        "pack of the runs under PATH to TIER. Moving to hot keeps them there until "
+                        "`chunkfs run complete PATH`.")  # fmt: skip
+    repo_argument(m)
+    m.add_argument("path", metavar="PATH", help="run directory in a mount, or a repository path with --repo")
+    m.add_argument("--to", required=True, choices=TIERS, help="destination tier")
+    m.add_argument("--json", action="store_true", help="print the result as JSON")
+    m.set_defaults(handler=cmd_tier_move)
+
+    p = sub.add_parser("run", help="run lifecycle", description="Run lifecycle actions.")
+    rsub = p.add_subparsers(dest="run_action", metavar="ACTION", required=True)
+    c = rsub.add_parser(
+        "complete",
+        help="mark a run complete",
+        description="Mark the run at PATH (or every run under it) complete: the next `chunkfs tier` moves "
+        "its packs off the hot tier.",
+    )
+    repo_argument(c)
+    c.add_argument("path", metavar="PATH")
+    c.add_argument("--json", action="store_true", help="print the runs marked as JSON")
+    c.set_defaults(handler=cmd_run_complete)
+
+    p = sub.add_parser(
+        "thaw",
+        help="restore runs from the cold tier",
+        description="Bring the cold packs of the runs under PATH back to the warm tier (hot without one), "
+        "restoring them from an archive storage class first where needed.",
+    )
+    repo_argument(p)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="give up waiting for archive restores after this")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_thaw)
+
+    p = sub.add_parser(
+        "sync",
+        help="wait until every sealed pack is on the warm tier",
+        description="Upload the write-back queue to the warm tier and return once it is empty. With the "
+        "repository mounted, the mount's uploader does it and this waits.",
+    )
+    repo_argument(p)
+    p.add_argument("path", metavar="PATH", nargs="?", help="a path in a mount (instead of --repo)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="fail if the queue is not empty by then")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_sync)
+
+    p = sub.add_parser(
+        "status",
+        help="tiers, upload backlog, read cache, activity",
+        description="Show bytes per tier, the upload backlog (packs, bytes, oldest), the read cache, pins "
+        "and the activity counters (the figures the metrics endpoint serves).",
+    )
+    repo_argument(p)
+    p.add_argument("path", metavar="PATH", nargs="?", help="a path in a mount (instead of --repo)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser(
+        "prefetch",
+        help="stage a file or tree on the local disk",
+        description="Fetch every chunk of the files under PATH that is on the warm or cold tier into the "
+        "local read cache. --pin keeps them there (never evicted) until `chunkfs unpin PATH`.",
+    )
+    repo_argument(p)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--pin", action="store_true", help="never evict these chunks from the cache")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_prefetch)
+
+    p = sub.add_parser("unpin", help="let pinned data be evicted again", description="Remove the pin of PATH.")
+    repo_argument(p)
+    p.add_argument("path", metavar="PATH", nargs="?")
+    p.add_argument("--list", action="store_true", help="list the pinned paths")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_unpin)
+
+
+def _repo_dir(args) -> Path:
+    if args.repo:
+        return Path(args.repo)
+    if getattr(args, "path", None):
+        return paths.resolve(args.path, None)[0]
+    raise UsageError("no repository given: pass --repo REPO, set CHUNKFS_REPO, or give a path in a mount")
+
+
+def _open(args) -> tuple[Repository, str]:
+    repo_dir, repo_path = paths.resolve(args.path, args.repo)
+    return Repository(repo_dir, writable=False), repo_path
+
+
+def _time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+
+
+def _print_outcome(args, outcome, extra: dict | None = None) -> int:
+    result = {
+        "moved": outcome.moved,
+        "cold_packs_written": outcome.cold_packs_written,
+        "cold_bytes_written": outcome.cold_bytes_written,
+        "errors": outcome.errors,
+        **(extra or {}),
+    }
+    if args.json:
+        output.print_json(result)
+    else:
+        if not outcome.moved:
+            output.out.print("nothing to move")
+        for key, row in sorted(outcome.moved.items()):
+            output.out.print(f"{key:10} {row['packs']:6} packs  {output.human_bytes(row['bytes'])}")
+        if outcome.cold_packs_written:
+            output.out.print(
+                f"cold tier: written as {outcome.cold_packs_written} packs, "
+                f"{output.human_bytes(outcome.cold_bytes_written)}"
+            )
+        for problem in outcome.errors:
+            output.error(problem)
+    return 1 if outcome.errors else 0
+
+
+def cmd_tier(args) -> int:
+    with Repository(_repo_dir(args), writable=False) as repo:
+        if args.check:
+            problems = repo.tiers.audit()
+            if args.json:
+                output.print_json({"problems": problems})
+            else:
+                for problem in problems:
+                    output.error(problem)
+                if not problems:
+                    output.out.print("every pack is where the index says")
+            return 1 if problems else 0
+        actions = tierop.plan(repo)
+        if args.dry_run:
+            if args.json:
+                output.print_json({"dry_run": True, "actions": [a.as_dict() for a in actions]})
+            elif not actions:
+                output.out.print("nothing to move")
+            else:
+                output.print_rows(
+                    ("run", "move", "packs", "bytes", "why"),
+                    [(a.run, f"{a.src.name.lower()}→{a.dst.name.lower()}", str(len(a.packs)),
+                      output.human_bytes(a.bytes), a.reason) for a in actions],
+                )  # fmt: skip
+            return 0
+        with output.progress("tier", sum(a.bytes for a in actions)) as bar:
+            outcome = tierop.apply(repo, actions, bar)
+    return _print_outcome(args, outcome, {"actions": [a.as_dict() for a in actions]})
+
+
+def cmd_tier_move(args) -> int:
+    repo, path = _open(args)
+    with repo:
+        with output.progress(f"move {path} to {args.to}", None) as bar:
+            outcome = tierop.move(repo, path, parse_tier(args.to), bar)
+    return _print_outcome(args, outcome, {"path": path, "to": args.to})
+
+
+def cmd_run_complete(args) -> int:
+    repo, path = _open(args)
+    with repo:
+        runs = tierop.complete(repo, path)
+    if args.json:
+        output.print_json({"complete": runs})
+    else:
+        for run in runs:
+            output.out.print(f"run {run} marked complete", markup=False, highlight=False)
+    return 0
+
+
+def cmd_thaw(args) -> int:
+    repo, path = _open(args)
+    with repo:
+        with output.progress(f"thaw {path}", None) as bar:
+            result = tierop.thaw(repo, path, bar, wait_s=args.wait)
+    if args.json:
+        output.print_json(vars(result))
+    elif result.packs:
+        output.out.print(f"thawed {result.packs} packs ({output.human_bytes(result.bytes)}) to the {result.to} tier")
+    else:
+        output.out.print(f"nothing of {path} is on the cold tier")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    repo_dir = _repo_dir(args)
+    with output.progress("upload", None) as bar:
+        result = tierop.sync(repo_dir, bar, timeout=args.timeout, notice=lambda m: output.err.print(f"chunkfs: {m}"))
+    if args.json:
+        output.print_json(vars(result))
+    else:
+        who = "by the mount" if result.by_daemon else f"{output.human_bytes(result.uploaded_bytes)} uploaded"
+        output.out.print(f"every sealed pack is on the warm tier ({who})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    with Repository(_repo_dir(args), writable=False) as repo:
+        s = statusop.status(repo)
+    if args.json:
+        output.print_json(s.as_dict())
+        return 0
+    h = output.human_bytes
+    a = s.activity
+    rows = [("writer", f"{s.writer} (mounted or importing)" if s.writer else "none")]
+    for tier, u in s.tiers.items():
+        if u.configured:
+            copies = f", +{u.copies} copies {h(u.copy_bytes)}" if u.copies else ""
+            rows.append((f"{tier} tier", f"{h(u.bytes)} in {u.packs} packs{copies}  ({u.location})"))
+    b = s.upload_backlog
+    rows.append(("upload backlog", f"{b['packs']} packs, {h(b['bytes'])}, oldest {b['oldest_age_s']:.0f}s"))
+    if s.upload_error:
+        rows.append(("upload error", s.upload_error))
+    if s.moves_in_flight:
+        rows.append(("unfinished moves", f"{s.moves_in_flight} (run `chunkfs tier`)"))
+    c = s.read_cache
+    rows.append(("read cache", f"{h(c['bytes'])} of {h(c['limit'])} ({c['chunks']} chunks, {s.pins} pins)"))
+    rows.append(("written", f"{h(a.get('written_bytes', 0))} (deduplicated {h(a.get('dedup_bytes', 0))})"))
+    rows.append(("chunks", f"{a.get('new_chunks', 0)} new, {a.get('reused_chunks', 0)} reused"))
+    rows.append(("read", f"{h(a.get('read_bytes', 0))}"))
+    rows.append(("cache hits/misses", f"{a.get('read_cache_hits', 0)}/{a.get('read_cache_misses', 0)}"))
+    rows.append(("uploaded", f"{a.get('uploaded_packs', 0)} packs, {h(a.get('uploaded_bytes', 0))}"))
+    for key in sorted(a):
+        if key.startswith("moved_packs_"):
+            src, dst = key.removeprefix("moved_packs_").split("_")
+            moved = a.get(f"moved_bytes_{src}_{dst}", 0)
+            rows.append((f"moved {src}→{dst}", f"{a[key]} packs, {h(moved)}"))
+    output.print_table(f"chunkfs {s.repository}", rows)
+    return 0
+
+
+def cmd_prefetch(args) -> int:
+    repo, path = _open(args)
+    with repo:
+        with output.progress(f"prefetch {path}", None) as bar:
+            result = prefetchop.prefetch(repo, path, pin=args.pin, progress=bar)
+    if args.json:
+        output.print_json(vars(result))
+    else:
+        pinned = ", pinned" if result.pinned else ""
+        output.out.print(
+            f"{path}: {result.files} files, {output.human_bytes(result.bytes)} local "
+            f"({output.human_bytes(result.fetched_bytes)} fetched now{pinned})",
+            markup=False, highlight=False,
+        )  # fmt: skip
+    return 0
+
+
+def cmd_unpin(args) -> int:
+    if args.list:
+        with Repository(_repo_dir(args), writable=False) as repo:
+            pins = prefetchop.pins(repo)
+        if args.json:
+            output.print_json([{"path": p, "pinned": _time(ns), "chunks": n} for p, ns, n in pins])
+        else:
+            output.print_rows(("path", "pinned", "chunks"), [(p, _time(ns), str(n)) for p, ns, n in pins])
+        return 0
+    if not args.path:
+        raise UsageError("give the PATH to unpin, or --list")
+    repo, path = _open(args)
+    with repo:
+        prefetchop.unpin(repo, path)
+    if args.json:
+        output.print_json({"unpinned": path})
+    else:
+        output.out.print(f"unpinned {path}", markup=False, highlight=False)
+    return 0

@@ -1,0 +1,133 @@
+"""``chunkfs status`` and ``chunkfs du``: tiers, backlogs, caches, activity; sizes per run.
+
+``status`` reads the index and the cache directory only (no request to any
+tier), so it answers at once whether or not the repository is mounted; the
+activity figures are those every process saved (``counters``) plus this
+process's own. The metrics endpoint (``chunkfs.metrics``) serves the same
+figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from chunkfs import clock
+from chunkfs.ops.tier import _norm, walk_files
+from chunkfs.repo import Repository, lock_holder
+from chunkfs.store.tiers import tier_name
+from chunkfs.store.uploads import backlog
+from chunkfs.types import Tier
+
+
+@dataclass
+class TierUsage:
+    configured: bool
+    location: str
+    packs: int = 0  # packs whose home is this tier
+    bytes: int = 0
+    copies: int = 0  # extra verified copies of packs whose home is another tier
+    copy_bytes: int = 0
+
+
+def tier_usage(repo: Repository) -> dict[str, TierUsage]:
+    usage = {
+        tier_name(t): TierUsage(repo.tiers.configured(t), repo.tiers.url(t) if repo.tiers.configured(t) else "")
+        for t in Tier
+    }
+    with repo.index.read() as t:
+        sizes = {}
+        for pack, info in t.packs():
+            u = usage[tier_name(info.tier)]
+            u.packs += 1
+            u.bytes += info.size
+            sizes[pack] = info.size
+        for pack, tier, _, _ in t.copies():
+            u = usage[tier_name(tier)]
+            u.copies += 1
+            u.copy_bytes += sizes.get(pack, 0)
+    return usage
+
+
+@dataclass
+class Status:
+    repository: str
+    writer: str | None  # "pid N" of the process holding the repository lock (a mount, an import)
+    tiers: dict[str, TierUsage]
+    upload_backlog: dict
+    upload_error: str | None
+    moves_in_flight: int
+    read_cache: dict
+    pins: int
+    runs_complete: int
+    activity: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def status(repo: Repository) -> Status:
+    now = clock.now_ns()
+    b = backlog(repo.index)
+    with repo.index.read() as t:
+        error = t.upload_error()
+        in_flight = sum(1 for _ in t.moves())
+        pins = sum(1 for _ in t.pins())
+        complete = sum(1 for _, rec in t.runs() if rec.completed_ns)
+    cache_bytes, cache_chunks = repo.readcache.usage()
+    return Status(
+        repository=str(repo.path),
+        writer=lock_holder(repo.path),
+        tiers=tier_usage(repo),
+        upload_backlog={"packs": b.packs, "bytes": b.bytes, "oldest_age_s": round(b.oldest_age_s(now), 1)},
+        upload_error=error[1] if error else None,
+        moves_in_flight=in_flight,
+        read_cache={
+            "dir": str(repo.readcache.root.parent),
+            "bytes": cache_bytes,
+            "chunks": cache_chunks,
+            "limit": repo.readcache.capacity,
+        },
+        pins=pins,
+        runs_complete=complete,
+        activity=repo.counters(),
+    )
+
+
+@dataclass
+class RunUsage:
+    run: str
+    files: int = 0
+    logical_bytes: int = 0  # sizes of its files, as users see them
+    stored: dict[str, int] = field(default_factory=dict)  # tier → bytes of the run's own packs there
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(self.stored.values())
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "stored_bytes": self.stored_bytes}
+
+
+def du(repo: Repository, path: str = "/") -> list[RunUsage]:
+    """Per run under ``path``: files and logical bytes, and the bytes of its packs per tier.
+
+    A run's packs hold the data it brought: chunks it shares with earlier runs are
+    counted where they were first stored (dedup), so ``stored`` can be far below
+    ``logical``.
+    """
+    path = _norm(path)
+    runs: dict[str, RunUsage] = {}
+    for ino, _ in walk_files(repo, path):
+        run = repo.ns.group_of(ino)
+        u = runs.setdefault(run, RunUsage(run))
+        u.files += 1
+        u.logical_bytes += repo.ns.getattr(ino).size
+    stored: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    with repo.index.read() as t:
+        for _, info in t.packs():
+            stored[info.group][tier_name(info.tier)] += info.size
+    for run, by_tier in stored.items():
+        if run in runs or (path != "/" and (run == path or run.startswith(path + "/"))) or path == "/":
+            runs.setdefault(run, RunUsage(run)).stored = dict(by_tier)
+    return [runs[r] for r in sorted(runs)]

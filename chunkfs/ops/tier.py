@@ -1,0 +1,241 @@
+"""Tier operations behind ``chunkfs tier``, ``tier move``, ``run complete``, ``thaw`` and ``sync``.
+
+Each works the same whether or not the repository is mounted (docs/tiers.md,
+"Who does what"): moves take the tier lock and run in the calling process;
+uploads run in the process that holds the repository lock, so ``sync`` either
+drains the queue itself or, when a mount holds the lock, watches its daemon
+drain it.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkfs import clock
+from chunkfs.errors import BackendUnavailable, Conflict, NotFound, UsageError
+from chunkfs.index.txn import RunRecord
+from chunkfs.repo import Repository, lock_holder
+from chunkfs.store import lifecycle
+from chunkfs.store.packs import pack_name
+from chunkfs.store.tiers import tier_name
+from chunkfs.store.uploads import backlog
+from chunkfs.types import PackId, PackInfo, PackState, Tier
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+RESTORE_POLL_S = 30.0
+
+
+def _norm(path: str) -> str:
+    return "/" + path.strip("/")
+
+
+def walk_files(repo: Repository, path: str) -> Iterator[tuple[int, str]]:
+    """(inode, path) of every regular file at or under repository path ``path``."""
+    root = repo.ns.resolve(_norm(path))
+    stack = [(root, _norm(path))]
+    while stack:
+        ino, where = stack.pop()
+        rec = repo.ns.getattr(ino)
+        if stat.S_ISREG(rec.mode):
+            yield ino, where
+        elif stat.S_ISDIR(rec.mode):
+            for name, child, _ in reversed(repo.ns.readdir(ino)):
+                stack.append((child, where.rstrip("/") + "/" + name.decode(errors="surrogateescape")))
+
+
+def runs_under(repo: Repository, path: str) -> list[str]:
+    """The runs (pack groups) that ``path`` names: itself, the runs below it, or the run it is in."""
+    norm = _norm(path)
+    groups, _ = lifecycle.runs_of(repo.index)
+    if norm == "/":
+        found = sorted(groups)
+    else:
+        found = sorted(g for g in groups if g == norm or g.startswith(norm + "/"))
+    if not found:
+        try:
+            found = sorted({repo.ns.group_of(ino) for ino, _ in walk_files(repo, norm)} & set(groups))
+        except NotFound:
+            raise NotFound(f"{norm}: no such file or directory in {repo.path}") from None
+    if not found:
+        raise NotFound(f"{norm}: no stored data under it (nothing to move)")
+    return found
+
+
+def _packs_of(repo: Repository, runs: list[str]) -> dict[str, list[tuple[PackId, PackInfo]]]:
+    wanted = set(runs)
+    groups, _ = lifecycle.runs_of(repo.index)
+    return {g: packs for g, packs in groups.items() if g in wanted}
+
+
+# -- policies ----------------------------------------------------------------------------------
+
+
+def plan(repo: Repository, now: int | None = None) -> list[lifecycle.Action]:
+    """What ``chunkfs tier`` would do now (``--dry-run``)."""
+    return lifecycle.plan(repo.index, repo.tiers, repo.settings.lifecycle, now)
+
+
+def apply(repo: Repository, actions: list[lifecycle.Action], progress: Progress = lambda n: None) -> lifecycle.Outcome:
+    """Perform planned actions (each pack move or repack is crash-safe; a rerun finishes or undoes one
+    that was interrupted)."""
+    with repo.tiers.lock.hold():  # also finishes what a killed run left
+        return lifecycle.apply(repo.tiers, actions, progress)
+
+
+def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: None) -> lifecycle.Outcome:
+    """Move every sealed pack of the runs under ``path`` to tier ``to``, by hand.
+
+    Moving to hot holds the runs there (the policy leaves them until ``run complete``);
+    moving elsewhere lets the policy take them on from there.
+    """
+    if not repo.tiers.configured(to):
+        raise UsageError(f"no {tier_name(to)} tier configured; set tiers.{tier_name(to)} in chunkfs.toml")
+    runs = runs_under(repo, path)
+    actions = []
+    for run, packs in _packs_of(repo, runs).items():
+        for src in Tier:
+            chosen = [(p, i) for p, i in packs if i.tier == src and src != to and i.state == PackState.SEALED]
+            if chosen:
+                actions.append(
+                    lifecycle.Action(run, src, to, [p for p, _ in chosen], sum(i.size for _, i in chosen), "by hand")
+                )
+    with repo.tiers.lock.hold():
+        outcome = lifecycle.apply(repo.tiers, actions, progress)
+        with repo.index.write() as t:
+            for run in runs:
+                rec = t.run_get(run)
+                t.run_put(run, rec._replace(held=Tier.HOT if to == Tier.HOT else None))
+    return outcome
+
+
+def complete(repo: Repository, path: str) -> list[str]:
+    """Mark the runs under ``path`` complete (the policy moves them at the next ``chunkfs tier``)."""
+    runs = runs_under(repo, path)
+    now = clock.now_ns()
+    with repo.index.write() as t:
+        for run in runs:
+            rec = t.run_get(run)
+            t.run_put(run, RunRecord(now, rec.last_read_ns, None))
+    return runs
+
+
+# -- thaw --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ThawResult:
+    runs: list[str]
+    packs: int = 0
+    bytes: int = 0
+    to: str = ""
+
+
+def thaw(repo: Repository, path: str, progress: Progress = lambda n: None, *, wait_s: float | None = None) -> ThawResult:
+    """Bring the cold packs of the runs under ``path`` back to warm (hot without a warm tier).
+
+    Where the cold backend is an archive that must restore objects first (it offers
+    ``restore(name) -> bool``), restores are requested for every pack and waited for
+    (up to ``wait_s``; None: as long as it takes), then the packs move.
+    """
+    runs = runs_under(repo, path)
+    dst = Tier.WARM if repo.tiers.configured(Tier.WARM) else Tier.HOT
+    cold = [(p, i) for packs in _packs_of(repo, runs).values() for p, i in packs if i.tier == Tier.COLD]
+    result = ThawResult(runs, to=tier_name(dst))
+    if cold:
+        restore = getattr(repo.tiers.backend(Tier.COLD), "restore", None)
+        if restore is not None:
+            _wait_restored(restore, cold, wait_s)
+        with repo.tiers.lock.hold():
+            for pack, info in cold:
+                repo.tiers.move_pack(pack, dst)
+                result.packs += 1
+                result.bytes += info.size
+                progress(info.size)
+    now = clock.now_ns()
+    with repo.index.write() as t:  # a thawed run counts as read now: it does not go cold again at once
+        for run in runs:
+            t.run_put(run, t.run_get(run)._replace(last_read_ns=now))
+    return result
+
+
+def _wait_restored(restore, packs: list[tuple[PackId, PackInfo]], wait_s: float | None) -> None:
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    pending = [pack_name(p) for p, _ in packs]
+    while True:
+        pending = [name for name in pending if not restore(name)]
+        if not pending:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise BackendUnavailable(
+                f"{len(pending)} packs are still being restored from the archive; run `chunkfs thaw` again later"
+            )
+        log.info("waiting for the archive to restore %d packs", len(pending))
+        time.sleep(RESTORE_POLL_S)
+
+
+# -- sync ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    uploaded_bytes: int = 0
+    by_daemon: bool = False  # a mount's daemon drained the queue while we watched
+
+
+def sync(
+    repo_dir: Path,
+    progress: Progress = lambda n: None,
+    *,
+    timeout: float | None = None,
+    notice: Callable[[str], None] = lambda message: None,
+    poll: float = 0.2,
+) -> SyncResult:
+    """Wait until the write-back queue is empty.
+
+    Without a process holding the repository (no mount), this process takes the lock and
+    uploads. With one, its uploader does the work and this watches the queue (``notice``
+    tells once why it does not shrink, if the daemon recorded an upload error).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    result = SyncResult()
+    while True:
+        try:
+            repo = Repository(repo_dir, writable=True)
+        except Conflict:
+            pass
+        else:
+            with repo:
+                if repo.uploader is None:
+                    raise UsageError(f"{repo.path}: no warm tier configured (tiers.warm): nothing to upload")
+                result.uploaded_bytes += repo.uploader.drain(progress)
+            return result
+        result.by_daemon = True
+        with Repository(repo_dir, writable=False) as repo:
+            last = backlog(repo.index)
+            told = None
+            while lock_holder(repo.path) is not None:
+                b = backlog(repo.index)
+                if b.packs == 0:
+                    return result
+                if b.bytes < last.bytes:
+                    progress(last.bytes - b.bytes)
+                last = b
+                with repo.index.read() as t:
+                    error = t.upload_error()
+                if error is not None and error[1] != told:
+                    told = error[1]
+                    notice(f"the mount's uploader reports: {error[1]}")
+                if deadline is not None and time.monotonic() > deadline:
+                    reason = f": {error[1]}" if error is not None else ""
+                    raise BackendUnavailable(
+                        f"{b.packs} packs ({b.bytes} bytes) still wait for upload after {timeout:.0f}s{reason}"
+                    )
+                time.sleep(poll)
+        # the lock holder went away: take over
