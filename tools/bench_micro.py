@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -35,13 +36,20 @@ import numpy as np  # noqa: E402
 CHUNK = 4 << 20
 
 
+FAULTS: dict[int, float] = {}
+"""Minor page faults per GB of the last ``cpu_per_gb`` measurement (fresh memory being touched)."""
+
+
 def cpu_per_gb(fn, nbytes: int, repeat: int = 3) -> float:
     """Median CPU seconds (this thread) per 10^9 bytes of ``fn()`` processing ``nbytes``."""
-    runs = []
+    runs, faults = [], []
     for _ in range(repeat):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.thread_time()
         fn()
         runs.append((time.thread_time() - t0) / (nbytes / 1e9))
+        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / (nbytes / 1e9))
+    FAULTS[0] = bl.median(faults)
     return bl.median(runs)
 
 
@@ -76,7 +84,8 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
 
     def add(name: str, cpu: float, note: str = "") -> None:
-        results[name] = {"cpu_s_per_gb": cpu, "gb_s_one_core": 1 / cpu if cpu else float("inf"), "note": note}
+        results[name] = {"cpu_s_per_gb": cpu, "gb_s_one_core": 1 / cpu if cpu else float("inf"),
+                         "minor_faults_per_gb": FAULTS.get(0), "note": note}
 
     # -- copies ---------------------------------------------------------------------------
     buf = bytearray(data)
@@ -174,8 +183,11 @@ def main(argv=None) -> int:
         json.dump({"code": bl.code_version(), "mb": args.mb, "results": results}, sys.stdout, indent=2)
         print()
         return 0
-    rows = [[k, v["cpu_s_per_gb"], v["gb_s_one_core"], v["note"]] for k, v in results.items()]
-    bl.print_table(f"per-step costs ({args.mb} MiB of bf16 weights)", ["step", "CPU s/GB", "GB/s (one core)", ""], rows)
+    rows = [[k, v["cpu_s_per_gb"], v["gb_s_one_core"],
+             f"{v['minor_faults_per_gb'] / 1e3:.0f}k" if v.get("minor_faults_per_gb") is not None else "—", v["note"]]
+            for k, v in results.items()]  # fmt: skip
+    bl.print_table(f"per-step costs ({args.mb} MiB of bf16 weights)",
+                   ["step", "CPU s/GB", "GB/s (one core)", "page faults/GB", ""], rows)  # fmt: skip
     return 0
 
 

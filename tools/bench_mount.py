@@ -3,22 +3,30 @@
 
 One run measures, through ``chunkfs mount`` (a fresh repository, mounted in a
 temporary directory, always unmounted at the end) and through a plain directory
-on the same disk, with the same bytes, interleaved (the order alternates from
-repeat to repeat), ``--repeat`` times (medians reported):
+on the same disk, with the same bytes, interleaved (the order rotates from pass
+to pass), ``--repeat`` times (medians reported):
 
 1. fresh write   — a new safetensors file of random bf16 tensors (``--size``),
                    written with 1 MiB write() calls, fsync, close;
 2. 10% changed   — the same file with ``--changed`` of its tensors (by bytes)
-                   changed, written under a new name; prints the storage it added;
+                   changed, written under a new name; prints the storage it added
+                   (median, and the worst pass if that one misses the target);
 3. 4 writers     — ``--writers`` processes writing ``--shard-size`` shards at
                    once (aggregate MB/s) vs one process writing one shard;
 4. cold read     — the fresh file read back with 1 MiB reads after sync +
                    ``echo 3 > /proc/sys/vm/drop_caches`` (the mount is also
                    remounted first, so the daemon's chunk cache is empty).
 
-It also prints the daemon's peak RSS (VmHWM of the pid in REPO/lock).
-Sources are generated once and read from the page cache, so the write side is
-what is measured. Must run as root (drop_caches, FUSE mount).
+Beside each figure: the ratio to the plain directory, the daemon's CPU seconds
+per GB (user + system, from /proc: much less sensitive than wall time to
+other load on a shared machine), the daemon's peak RSS (VmHWM of the pid in
+REPO/lock), the mount's read_ahead_kb, and the targets. Phases 1 and 4 also run
+on tools/nullfs.py (a pyfuse3 filesystem that stores nothing), directly and
+through trio.to_thread: the FUSE ceiling of this machine (``--no-ceiling`` skips it).
+
+Sources are generated once (``--sources DIR`` keeps them for the next run) and
+read from the page cache, so the write side is what is measured. Must run as
+root (FUSE mounts, drop_caches). ``--size 2G`` takes 4–6 minutes on 2 cores.
 
 ``--profile DIR`` adds one extra, unmeasured pass with ``py-spy record`` attached
 to the daemon during each phase (raw collapsed stacks in DIR, summarised by
@@ -50,7 +58,7 @@ from benchlib import MiB  # noqa: E402
 TARGETS = {
     "fresh": "≥ 0.80× plain",
     "changed": "≥ 3× faster than fresh, ≤ 12% new storage",
-    "writers": f"aggregate ≥ 1.0× one writer",
+    "writers": "aggregate ≥ 1.0× one writer",
     "read": "≥ 0.80× plain",
     "rss": "< 512 MiB",
 }

@@ -272,13 +272,17 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table = Table(title=title, caption=note or None)
         for i, c in enumerate(columns):
             table.add_column(c, justify="left" if i == 0 else "right")
-        for row in cells:
-            table.add_row(*row)
+        from rich.text import Text
+
+        for row in cells:  # cells are plain text, except the explicit [green]/[red] verdicts
+            table.add_row(*(Text.from_markup(c) if c.startswith(("[green]", "[red]")) else Text(c) for c in row))
         console = Console()
         if not console.is_terminal:
             console = Console(width=200)
         console.print(table)
         return
+    cells = [[c.replace("[green]", "").replace("[/green]", "").replace("[red]", "").replace("[/red]", "") for c in r]
+             for r in cells]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print(title)
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))

@@ -107,10 +107,11 @@ class Chunker:
             self._parser = detect(bytes(self._buf[:DETECT_BYTES]))
         self._feed_parser()
         out = []
-        while (end := self._next_end()) is not None:
-            lo, hi = self._start - self._base, end - self._base
-            out.append(Piece(self._start, bytes(self._buf[lo:hi])))
-            self._start = end
+        with memoryview(self._buf) as view:  # one copy per chunk (a bytearray slice would make two)
+            while (end := self._next_end()) is not None:
+                lo, hi = self._start - self._base, end - self._base
+                out.append(Piece(self._start, bytes(view[lo:hi])))
+                self._start = end
         self._trim()
         return out
 
