@@ -258,6 +258,103 @@ class RegistrySettings:
         return tuple(self.levels.split("/"))
 
 
+def _locations(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f'expected a list of locations such as ["s3://bucket2/prefix"], got {value!r}')
+    if len(set(value)) != len(value):
+        raise ValueError("a replica is listed twice")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ReplicationSettings:
+    replicas: tuple = _setting(
+        (), _locations, 'second failure domains: ["s3://other-bucket/prefix", "/mnt/nfs/replica"] (docs/operations.md)'
+    )
+    endpoint_url: str = _setting(
+        "", _optional_string, 'S3 endpoint of s3:// replicas ("": the tiers\' endpoint_url)'
+    )
+    cold: bool = _setting(False, _bool, "also replicate packs whose home is the cold tier")
+    interval: int = _setting(30, _duration, "how often a mount looks for packs to replicate (0: never)")
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    interval: int = _setting(
+        60, _duration, "how often a mount backs up the index to the warm tier and replicas (0: never)"
+    )
+    keep: int = _setting(10, _int(1, 10000), "metadata backups kept on each location (older are deleted)")
+
+
+def positive_count(name: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name}: expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def parse_keep_best(text: str) -> tuple[str, int, str]:
+    """``eval_loss:3`` / ``eval_loss:3:min`` / ``accuracy:2:max`` → (metric, n, order)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit() or int(parts[1]) < 1:
+        raise ValueError(f"keep_best: expected METRIC:N[:min|max] such as eval_loss:3, got {text!r}")
+    order = parts[2] if len(parts) == 3 else "min"
+    if order not in ("min", "max"):
+        raise ValueError(f"keep_best: the order is min or max, got {order!r}")
+    return parts[0], int(parts[1]), order
+
+
+def parse_retention_rule(text: str) -> dict[str, Any]:
+    """``"/llama/* keep_last=2 keep_best=eval_loss:3 keep_within=7d"`` → the fields of
+    ``ops.retention.Rule`` (ValueError when malformed; docs/gc.md, "Policies")."""
+    words = text.split()
+    if not words or "=" in words[0]:
+        raise ValueError(f"a retention rule starts with a path pattern, got {text!r}")
+    values: dict[str, Any] = {"pattern": words[0]}
+    for word in words[1:]:
+        name, _, value = word.partition("=")
+        if name in ("keep_last", "keep_every"):
+            values[name] = positive_count(name, value)
+        elif name == "keep_best":
+            values[name] = parse_keep_best(value)
+        elif name == "keep_within":
+            values[name] = parse_duration(value)
+        else:
+            raise ValueError(f"unknown retention setting {name!r} (keep_last, keep_every, keep_best, keep_within)")
+    if len(values) == 1:
+        raise ValueError(f"the rule {text!r} keeps nothing; give keep_last, keep_every, keep_best or keep_within")
+    return values
+
+
+def _retention_rules(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError('expected a list of rules such as ["/llama/* keep_last=2 keep_within=7d"]')
+    for v in value:
+        parse_retention_rule(v)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    rules: tuple = _setting(
+        (), _retention_rules,
+        'retention rules, first match by path pattern wins: "PATTERN keep_last=N keep_every=K '
+        'keep_best=METRIC:N[:min|max] keep_within=DURATION" (docs/gc.md); none: gc keeps every version',
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    repack_below: float = _setting(
+        0.5, _fraction, "gc repacks a sealed pack whose live bytes are under this fraction of its size"
+    )
+    grace: int = _setting(
+        600, _duration, "gc deletes a condemned chunk's bytes only this long after it was condemned"
+    )
+    orphan_age: int = _setting(
+        3600, _duration, "a pack object or scratch file the index does not know is deleted once this old"
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
@@ -267,6 +364,10 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    replication: ReplicationSettings = field(default_factory=ReplicationSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
 
 
 def parse(document: dict[str, Any], source: str = CONFIG_NAME) -> Settings:
@@ -344,6 +445,8 @@ def render(settings: Settings) -> str:
                 text = "true" if value else "false"
             elif isinstance(value, str):
                 text = _toml_string(value)
+            elif isinstance(value, tuple):
+                text = "[" + ", ".join(_toml_string(v) for v in value) + "]"
             elif getattr(f.metadata["check"], "is_size", False) and format_size(value) != str(value):
                 text = f'"{format_size(value)}"'
             else:

@@ -5,7 +5,9 @@ one descriptor are readable through every other at once, before any commit.
 Commit points are the durability contract (docs/durability.md):
 
 * ``flush`` (every close): the writer's stream is finished and the content is
-  committed — durable and current once close() returns;
+  committed — durable and current once close() returns (one exception: a file
+  emptied by O_TRUNC or truncate(0) with nothing written since waits for the next
+  write's flush, an fsync or the last release, so ``echo x > f`` is one version);
 * ``fsync``: committed too, but the stream keeps going (a provisional last
   chunk), so a mid-write fsync does not shift later chunk boundaries;
 * ``release`` of the last handle: anything written after the last flush (mmap
@@ -45,6 +47,7 @@ class _Open:
     error: ChunkfsError | None = None
     mtime_ns: int | None = None  # recorded at the next commit: the last write's time, or a later utime
     writer_uid: int | None = None  # who opened it for writing last: recorded in its versions
+    emptied: bool = False  # truncated to nothing and not written since: ``flush`` leaves it to ``release``
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,6 +110,7 @@ class OpenFiles:
                 raise entry.error
             try:
                 entry.content.write(offset, data)
+                entry.emptied = False
             except ChunkfsError as e:
                 log.error("write to %s failed: %s", self.repo.ns.path_of(entry.ino), e)
                 entry.error = e
@@ -135,6 +139,8 @@ class OpenFiles:
             entry = self._by_ino.get(ino)
         if entry is None:
             content = self.repo.file_content(ino)
+            if content.size == size:
+                return  # nothing changes: no version (``chunkfs restore`` truncates to tell the kernel a size)
             content.truncate(size)
             self.repo.commit_file(ino, content)
             return
@@ -142,19 +148,28 @@ class OpenFiles:
             if entry.error is not None:
                 raise entry.error
             entry.content.truncate(size)
+            entry.emptied = entry.content.size == 0
             entry.mtime_ns = clock.now_ns()
 
     def _commit(self, entry: _Open, *, final: bool) -> None:
         if entry.error is not None:
             raise entry.error
+        entry.emptied = False
         if entry.content.modified:
             self.repo.commit_file(
                 entry.ino, entry.content, final=final, mtime_ns=entry.mtime_ns, writer_uid=entry.writer_uid
             )
 
     def flush(self, fh: int) -> None:
+        """Commit at close(). Not a file emptied (``O_TRUNC``, ``truncate(0)``) with nothing
+        written since: a shell's ``echo x > f`` opens with O_TRUNC, dup2()s the descriptor
+        and closes the original — a FLUSH — before it writes, and committing then would make
+        every rewrite two versions, an empty one first. Such a file is committed by the
+        next flush that follows a write, by fsync, or by the last ``release``."""
         entry = self._entry(fh)
         with entry.lock:
+            if entry.emptied and entry.error is None:
+                return
             self._commit(entry, final=True)
 
     def fsync(self, fh: int) -> None:

@@ -14,7 +14,11 @@ Background work (``start_background``, called by the mount daemon and by long
 writing commands): the uploader drains the write-back queue to the warm tier,
 and every ``lifecycle.interval`` the policies run (idle runs' open packs are
 sealed, packs move between tiers); activity counters are saved every few
-seconds. Only a writable repository runs it (docs/tiers.md, "Who does what").
+seconds. With ``replication.replicas`` configured the replicator copies sealed
+packs to them (store/replicas.py), and with a warm tier or replicas the index is
+backed up there every ``backup.interval`` and once more when it stops
+(store/metabackup.py). Only a writable repository runs it (docs/tiers.md, "Who
+does what").
 
 The CLI, the FUSE daemon and the admin operations all go through
 ``Repository``. One process at a time opens a repository for writing (the
@@ -33,9 +37,10 @@ import time
 from pathlib import Path
 
 from chunkfs import clock, config
+from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
-from chunkfs.errors import AlreadyExists, ChunkfsError, Conflict, NotFound
+from chunkfs.errors import AlreadyExists, ChunkfsError, Conflict, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace import Namespace
 from chunkfs.namespace.history import History
@@ -43,8 +48,10 @@ from chunkfs.namespace.registry import MAX_SIDECAR, Registry
 from chunkfs.store import lifecycle
 from chunkfs.store.backend import LocalBackend
 from chunkfs.store.fetch import RemoteReader
+from chunkfs.store.metabackup import Backupper, MetaBackup
 from chunkfs.store.packstore import PackStore
 from chunkfs.store.readcache import ReadCache
+from chunkfs.store.replicas import Replicas, Replicator
 from chunkfs.store.tiers import Tiers, tier_name
 from chunkfs.store.uploads import Uploader
 from chunkfs.types import Extent, Tier
@@ -129,10 +136,25 @@ class Repository:
         self.uploader = Uploader(self.index, self.tiers) if warm else None
         if self.uploader is not None:
             self.packs.on_sealed = self.uploader.wake
+        self.replicas = Replicas(self.path, s, self.index, self.tiers)
+        self.replicas.verifier = self._verify_stored
+        if self.replicas.configured:
+            self.packs.replicas = self.replicas
+        self.replicator = Replicator(self.replicas, s.replication.interval) if self.replicas.configured else None
+        self.metabackup = MetaBackup(self.path, s, self.index, self.tiers, self.replicas)
+        self.backupper = Backupper(self.metabackup, s.backup.interval)
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self._saved: dict[str, int] = {}
         self._counters_lock = threading.Lock()
+
+    @staticmethod
+    def _verify_stored(chunk: bytes, stored: bytes, raw_len: int, flags: int) -> bytes | None:
+        """The raw bytes of a stored chunk if they match its id, else None (replication, replica reads)."""
+        try:
+            return codec.decode(chunk, stored, raw_len, flags, "check")
+        except CorruptData:
+            return None
 
     @property
     def hot_path(self) -> Path:
@@ -167,6 +189,9 @@ class Repository:
             return
         if self.uploader is not None:
             self.uploader.start()
+        if self.replicator is not None:
+            self.replicator.start()
+        self.backupper.start()
         self._stop.clear()
         self._background = threading.Thread(
             target=self._periodic, args=(policies,), name="chunkfs-lifecycle", daemon=True
@@ -178,6 +203,9 @@ class Repository:
         thread, self._background = self._background, None
         if self.uploader is not None:
             self.uploader.stop(timeout)
+        if self.replicator is not None:
+            self.replicator.stop(timeout)
+        self.backupper.stop(timeout)
         if thread is not None:
             self._stop.set()
             thread.join(timeout)
@@ -336,6 +364,8 @@ class Repository:
         rec = self.ns.set_content(
             ino, extents, mtime_ns, blake3=content.digest(), writer_uid=writer_uid, sidecar=sidecar
         )
+        if final:
+            self.chunks.end_window(content)  # gc protocol (docs/gc.md): its chunks are committed now
         self.index.sync()  # metasync is off: without this a power cut could undo the commit
         return rec
 
@@ -356,6 +386,7 @@ class Repository:
             if self.writable:
                 self.packs.close()
             self.save_counters()
+            self.replicas.close()
             self.tiers.close()
         finally:
             self.index.close()

@@ -26,6 +26,8 @@ def table() -> str:
                 shown = f'`"{value}"`'
             elif isinstance(value, bool):
                 shown = f"`{str(value).lower()}`"
+            elif isinstance(value, (list, tuple)):
+                shown = "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
             elif getattr(f.metadata["check"], "is_size", False):
                 shown = f'`"{config.format_size(value)}"`'
             else:

@@ -13,10 +13,14 @@ import os
 import sys
 
 from chunkfs import __version__
-from chunkfs.cli import mount_cmds, output, registry_cmds, repo_cmds, tier_cmds, version_cmds
+from chunkfs.cli import admin_cmds, mount_cmds, output, registry_cmds, repo_cmds, tier_cmds, version_cmds
 from chunkfs.errors import ChunkfsError
 
-COMMAND_MODULES = [repo_cmds, mount_cmds, version_cmds, registry_cmds, tier_cmds]
+COMMAND_MODULES = [repo_cmds, mount_cmds, version_cmds, registry_cmds, tier_cmds, admin_cmds]
+
+from chunkfs.cli import gc_cmds  # noqa: E402  (chunkfs gc: retention and garbage collection)
+
+COMMAND_MODULES.append(gc_cmds)
 
 
 def repo_argument(parser: argparse.ArgumentParser) -> None:

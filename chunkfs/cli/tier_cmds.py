@@ -261,6 +261,12 @@ def cmd_status(args) -> int:
             src, dst = key.removeprefix("moved_packs_").split("_")
             moved = a.get(f"moved_bytes_{src}_{dst}", 0)
             rows.append((f"moved {src}→{dst}", f"{a[key]} packs, {h(moved)}"))
+    if s.replication:
+        r = s.replication
+        lag = f"{r['packs']} packs, {h(r['bytes'])} behind, oldest {r['oldest_age_s']:.0f}s"
+        rows.append(("replication lag", lag + (f" ({r['error']})" if r.get("error") else "")))
+    if s.last_backup:
+        rows.append(("metadata backup", f"generation {s.last_backup['generation']}, {s.last_backup['age_s']:.0f}s ago"))
     output.print_table(f"chunkfs {s.repository}", rows)
     return 0
 

@@ -137,7 +137,10 @@ def cmd_restore(args) -> int:
                 copied = restoreop.restore_copy(repo, path, commit, Path(args.to), bar)
             result = {"commit": commit, "copied_to": os.path.abspath(args.to), **vars(copied)}
         else:
-            result = vars(restoreop.restore_in_place(repo, path, commit))
+            restored = restoreop.restore_in_place(repo, path, commit)
+            if not args.repo:
+                _tell_mount(args.path, path, restored.rewritten)
+            result = vars(restored)
     if args.json:
         output.print_json(result)
     elif args.to:
@@ -148,6 +151,29 @@ def cmd_restore(args) -> int:
             f"{result['unchanged']} already identical"
         )
     return 0
+
+
+def _tell_mount(mount_path: str, repo_path: str, rewritten: list[tuple[str, int]]) -> None:
+    """Make the mount show files that ``restore`` gave old content under the same inode.
+
+    The mount runs with the kernel's writeback cache, and then the kernel trusts its
+    own idea of a file's size over the daemon's (fs/fuse: ``fuse_get_cache_mask``): a
+    file restored to a different size would read truncated or zero-padded until the
+    kernel forgot the inode. A truncate to the restored size through the mount makes
+    the daemon answer with its attributes, which the kernel takes, and drops cached
+    pages; the daemon commits nothing for a truncate that does not change the size.
+    """
+    base = paths.real_path(mount_path)
+    for path, size in rewritten:
+        target = base / path[len(repo_path) :].lstrip("/") if path != repo_path else base
+        try:
+            os.truncate(target, size)
+        except OSError as e:
+            output.err.print(
+                f"warning: {target}: the mount may show the old size until it is remounted ({e.strerror})",
+                markup=False,
+                highlight=False,
+            )
 
 
 def _side(repo: Repository, args, spec: str) -> diffop.Side:

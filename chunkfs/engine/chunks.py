@@ -12,6 +12,7 @@ cache that fails is dropped and fetched again from its tier.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -82,7 +83,7 @@ class ChunkIO:
         if is_zero(data):
             return HOLE
         chunk = codec.chunk_id(data)
-        if self.packs.locate(chunk) is not None:
+        if self.packs.dedup_lookup(chunk) is not None:
             with self._stats_lock:
                 self.reused_chunks += 1
                 self.reused_bytes += len(data)
@@ -94,6 +95,20 @@ class ChunkIO:
             self.new_bytes += len(data)
             self.stored_bytes += len(stored)
         return chunk
+
+    def open_window(self, owner: object) -> int:
+        """A gc write window for ``owner`` (an open file's content; docs/gc.md): ended by
+        ``end_window`` after its last commit, or at the latest when ``owner`` is garbage collected."""
+        token = self.packs.open_window()
+        weakref.finalize(owner, self.packs.close_window, token)
+        return token
+
+    def end_window(self, owner: object) -> None:
+        """``owner``'s content is committed for good: its dedup lookups need no protection any more."""
+        token = getattr(owner, "gc_window", None)
+        if token is not None:
+            owner.gc_window = None
+            self.packs.close_window(token, persist=True)
 
     def get(self, chunk: ChunkId, length: int) -> bytes:
         """The verified bytes of ``chunk`` (``length`` zeros for a hole). A chunk read ahead from a

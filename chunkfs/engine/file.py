@@ -66,6 +66,9 @@ class FileContent:
         # written in order from offset 0 (the usual case); None otherwise.
         self._hasher: blake3.blake3 | None = None if self._extents else blake3.blake3()
         self.modified = False
+        # from its first stored chunk until ``Repository.commit_file(final=True)`` (or until it
+        # goes away) the content holds a gc write window (docs/gc.md, "The protocol")
+        self.gc_window: int | None = None
 
     # -- shape ------------------------------------------------------------------
 
@@ -81,13 +84,19 @@ class FileContent:
     def format(self) -> str | None:
         return self._stream.format if self._stream else None
 
+    def _put(self, data, group: str) -> bytes:
+        """Store a chunk (or find it by dedup) inside this content's gc write window."""
+        if self.gc_window is None:
+            self.gc_window = self.chunks.open_window(self)
+        return self.chunks.put(data, group)
+
     def _append_extent(self, length: int, chunk: bytes) -> None:
         self._extents.append(Extent(length, chunk))
         self._starts.append(self._starts[-1] + length)
 
     def _store_pieces(self, pieces: list[Piece]) -> None:
         for piece in pieces:
-            self._append_extent(len(piece.data), self.chunks.put(piece.data, self.group))
+            self._append_extent(len(piece.data), self._put(piece.data, self.group))
 
     # -- writing ------------------------------------------------------------------
 
@@ -176,7 +185,7 @@ class FileContent:
 
     def _store_patch(self, i: int) -> None:
         data = bytes(self._patched.pop(i))
-        self._extents[i] = Extent(len(data), self.chunks.put(data, self.group))
+        self._extents[i] = Extent(len(data), self._put(data, self.group))
 
     def truncate(self, size: int) -> None:
         self._drain()
@@ -234,7 +243,7 @@ class FileContent:
         if self._stream is not None:
             _, tail = self._stream.pending()
             if tail:
-                extents.append(Extent(len(tail), self.chunks.put(tail, self.group)))
+                extents.append(Extent(len(tail), self._put(tail, self.group)))
         self.chunks.flush()
         self.modified = False
         return extents

@@ -102,10 +102,14 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     def _virtual_attrs(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         """Attributes of a snapshot entry or query link (``fs/virtual.py``): never cached for
-        the links (``@latest`` must follow the next checkpoint at once), longer for snapshots."""
+        the links (``@latest`` must follow the next checkpoint at once), longer for snapshots —
+        but not the names in ``.snapshots`` itself: tags come and go, and ``@TIME`` may name a
+        newer commit next time."""
         a = self._attrs(ino, rec)
         timeout = 0.0 if self.virtual.is_link(ino) else SNAPSHOT_TIMEOUT
         a.entry_timeout = a.attr_timeout = timeout
+        if self.virtual.is_point(ino):
+            a.entry_timeout = 0.0
         return a
 
     def _read_only(self, *inodes: int, name: tuple[int, bytes] | None = None) -> None:

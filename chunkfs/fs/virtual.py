@@ -97,6 +97,11 @@ class Virtual:
         target = self.repo.registry.links(parent).get(name.decode())
         return self._link(target.encode()) if target else None
 
+    def is_point(self, vino: int) -> bool:
+        """Whether ``vino`` is the root of a view: a name in ``/.snapshots`` (a tag, ``@…``)."""
+        node = self._nodes.get(vino)
+        return node is not None and node.ino == ROOT_INODE and node.commit != 0
+
     def is_link(self, vino: int) -> bool:
         node = self._nodes.get(vino)
         return node is not None and node.ino == 0

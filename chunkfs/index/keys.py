@@ -163,6 +163,47 @@ is a ``packs`` group (a run directory, UTF-8 with surrogateescape).
 
 ``meta/upload_error`` → time ns i64 | message (UTF-8): the last failure of the
 uploader, cleared by its next success (absent: none).
+
+Operations (docs/operations.md): replication, restore drills, metadata backups.
+
+``replicas``  pack id (16) | replica id (8) → verified ns i64 | size u64 | BLAKE3 of the whole pack (32).
+    A verified copy of a sealed pack on one of ``replication.replicas``
+    (store/replicas.py). The replica id is the first 8 bytes of the BLAKE3 of
+    the replica's URL as configured (``replica_id``), so reordering the list
+    keeps the entries. Written only after the object's size and BLAKE3 were
+    checked on the replica; a hint for reads and repairs, which verify every
+    chunk they take from it. Entries of a pack that left the index are stale
+    (the replicator drops them).
+
+``drills``    started ns u64 → compact JSON object of one `chunkfs drill` result
+    (path, commit, source, files, bytes, seconds, verdict, problems…),
+    oldest first; `chunkfs drill --history` lists them.
+
+``meta/backup`` → generation u64 | time ns i64 | LMDB txn id u64 of the last metadata
+    backup this repository uploaded (store/metabackup.py); absent: never.
+    Stored outside the backup's own snapshot semantics: the backup written as
+    generation N contains generation N-1 here.
+
+Garbage collection (docs/gc.md).
+
+``condemned`` chunk id (32) → epoch u64 | condemned ns i64 | location (as in ``chunks``).
+    Chunks that gc found unreferenced and took out of ``chunks`` (so dedup no
+    longer matches them) in the transaction that bumped ``meta/gc_epoch`` to
+    ``epoch``. Their bytes are still in their pack. A commit that references
+    one (``Txn.manifest_put``) or a writer flush that located one moves it
+    back to ``chunks`` (resurrection). A later gc deletes the entry (and only
+    then the bytes) once ``epoch`` is older than every live writer lease's
+    floor and the grace period has passed.
+
+``gc_leases`` lease id (16) → pid u32 | floor epoch u64 | heartbeat ns i64 | host (UTF-8, rest).
+    One per process that writes chunks (store/packstore.py). ``floor``: the
+    gc epoch at the start of the oldest write window (an open file being
+    written) of that process; chunks condemned at an epoch ≥ some live floor
+    may still be referenced by a commit to come, and keep their bytes.
+    Written before the process's first dedup lookup, refreshed at every
+    flush, removed at close; gc removes leases of dead processes.
+
+``meta/gc_epoch`` → u64: number of condemn transactions so far (absent: 0).
 """
 
 from __future__ import annotations
@@ -188,6 +229,8 @@ DATABASES = (
     "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",
     "uploads", "copies", "moves", "runs", "pins", "counters",
 )  # fmt: skip
+
+DATABASES += ("replicas", "drills")  # operations (the "Operations" section at the end)
 
 ROOT_INODE = 1
 
@@ -554,3 +597,76 @@ def encode_upload_error(time_ns: int, message: str) -> bytes:
 
 def decode_upload_error(b: bytes) -> tuple[int, str]:
     return _I64.unpack_from(b)[0], bytes(b[8:]).decode("utf-8", "replace")
+
+
+# -- operations (the "Operations" section above) ---------------------------------------------
+
+META_BACKUP = b"backup"
+_REPLICA = struct.Struct(">qQ32s")
+_BACKUP = struct.Struct(">QqQ")
+
+
+def replica_id(url: str) -> bytes:
+    """The 8-byte id of a replica location (its key part in ``replicas``)."""
+    import blake3
+
+    return blake3.blake3(url.encode()).digest()[:8]
+
+
+def replica_key(pack: bytes, rid: bytes) -> bytes:
+    return bytes(pack) + bytes(rid)
+
+
+def decode_replica_key(key: bytes) -> tuple[bytes, bytes]:
+    return bytes(key[:PACK_ID_LEN]), bytes(key[PACK_ID_LEN:])
+
+
+def encode_replica(verified_ns: int, size: int, digest: bytes) -> bytes:
+    return _REPLICA.pack(verified_ns, size, digest)
+
+
+def decode_replica(b: bytes) -> tuple[int, int, bytes]:
+    return _REPLICA.unpack(b)
+
+
+def encode_drill(doc: dict) -> bytes:
+    return _json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_drill(b: bytes) -> dict:
+    return _json.loads(bytes(b))
+
+
+def encode_backup(generation: int, time_ns: int, txnid: int) -> bytes:
+    return _BACKUP.pack(generation, time_ns, txnid)
+
+
+def decode_backup(b: bytes) -> tuple[int, int, int]:
+    return _BACKUP.unpack(b)
+
+
+# -- garbage collection (the "Garbage collection" section above) -------------------------------
+
+DATABASES += ("condemned", "gc_leases")
+
+META_GC_EPOCH = b"gc_epoch"
+_CONDEMNED_HEAD = struct.Struct(">Qq")
+_LEASE = struct.Struct(">IQq")
+
+
+def encode_condemned(epoch: int, condemned_ns: int, loc: ChunkLocation) -> bytes:
+    return _CONDEMNED_HEAD.pack(epoch, condemned_ns) + encode_location(loc)
+
+
+def decode_condemned(b: bytes) -> tuple[int, int, ChunkLocation]:
+    epoch, ns = _CONDEMNED_HEAD.unpack_from(b)
+    return epoch, ns, decode_location(bytes(b[_CONDEMNED_HEAD.size :]))
+
+
+def encode_lease(pid: int, floor: int, heartbeat_ns: int, host: str) -> bytes:
+    return _LEASE.pack(pid, floor, heartbeat_ns) + host.encode("utf-8", "replace")
+
+
+def decode_lease(b: bytes) -> tuple[int, int, int, str]:
+    pid, floor, beat = _LEASE.unpack_from(b)
+    return pid, floor, beat, bytes(b[_LEASE.size :]).decode("utf-8", "replace")

@@ -192,6 +192,7 @@ class Txn:
         return keys.decode_manifest(raw) if raw is not None else None
 
     def manifest_put(self, extents: list[Extent]) -> int:
+        self.resurrect(e.chunk for e in extents)  # gc protocol (docs/gc.md): never commit a condemned chunk
         mid = self.next_manifest()
         self._put("manifests", keys.u64(mid), keys.encode_manifest(extents))
         return mid
@@ -600,3 +601,143 @@ class Txn:
             self._delete("meta", keys.META_UPLOAD_ERROR)
         else:
             self._put("meta", keys.META_UPLOAD_ERROR, keys.encode_upload_error(time_ns, message))
+
+    # -- operations: replicas, drills, metadata backups (keys.py "Operations") ---------------
+
+    def replica_put(self, pack: PackId, rid: bytes, verified_ns: int, size: int, digest: bytes) -> None:
+        self._put("replicas", keys.replica_key(pack, rid), keys.encode_replica(verified_ns, size, digest))
+
+    def replica_get(self, pack: PackId, rid: bytes) -> tuple[int, int, bytes] | None:
+        """(verified ns, size, BLAKE3) of a pack's copy on replica ``rid``, or None."""
+        raw = self._get("replicas", keys.replica_key(pack, rid))
+        return keys.decode_replica(raw) if raw is not None else None
+
+    def replica_delete(self, pack: PackId, rid: bytes) -> bool:
+        return self._delete("replicas", keys.replica_key(pack, rid))
+
+    def replicas(self) -> Iterator[tuple[PackId, bytes, int, int, bytes]]:
+        """(pack, replica id, verified ns, size, BLAKE3) of every replica copy."""
+        for key, value in self._prefix("replicas", b""):
+            yield (*keys.decode_replica_key(key), *keys.decode_replica(value))
+
+    def replicas_of(self, pack: PackId) -> list[bytes]:
+        """Replica ids holding a verified copy of ``pack``."""
+        return [keys.decode_replica_key(k)[1] for k, _ in self._prefix("replicas", bytes(pack))]
+
+    def drill_put(self, started_ns: int, doc: dict) -> None:
+        self._put("drills", keys.u64(started_ns), keys.encode_drill(doc))
+
+    def drills(self) -> list[tuple[int, dict]]:
+        return [(keys.decode_u64(k), keys.decode_drill(v)) for k, v in self._prefix("drills", b"")]
+
+    def backup_get(self) -> tuple[int, int, int] | None:
+        """(generation, time ns, LMDB txn id) of the last metadata backup, or None."""
+        raw = self._get("meta", keys.META_BACKUP)
+        return keys.decode_backup(raw) if raw is not None else None
+
+    def backup_put(self, generation: int, time_ns: int, txnid: int) -> None:
+        self._put("meta", keys.META_BACKUP, keys.encode_backup(generation, time_ns, txnid))
+
+    def clear_upload_queue(self) -> None:
+        """Empty ``uploads`` and ``moves`` (disaster recovery: the hot tier they describe is gone)."""
+        self._txn.drop(self._dbs["uploads"], delete=False)
+        self._txn.drop(self._dbs["moves"], delete=False)
+
+
+    # -- garbage collection (docs/gc.md; keys.py "Garbage collection") -----------------------
+
+    def gc_epoch(self) -> int:
+        raw = self._get("meta", keys.META_GC_EPOCH)
+        return keys.decode_u64(raw) if raw is not None else 0
+
+    def gc_epoch_bump(self) -> int:
+        """The next gc epoch (the caller condemns chunks under it in this transaction)."""
+        epoch = self.gc_epoch() + 1
+        self._put("meta", keys.META_GC_EPOCH, keys.u64(epoch))
+        return epoch
+
+    def condemn(self, chunk: ChunkId, loc: ChunkLocation, epoch: int, now_ns: int) -> None:
+        """Take ``chunk`` out of ``chunks`` (dedup stops matching it); its bytes stay where they are."""
+        self._delete("chunks", chunk)
+        self._put("condemned", chunk, keys.encode_condemned(epoch, now_ns, loc))
+
+    def condemned_get(self, chunk: ChunkId) -> tuple[int, int, ChunkLocation] | None:
+        raw = self._get("condemned", chunk)
+        return keys.decode_condemned(raw) if raw is not None else None
+
+    def condemned_delete(self, chunk: ChunkId) -> bool:
+        return self._delete("condemned", chunk)
+
+    def condemned(self) -> Iterator[tuple[ChunkId, int, int, ChunkLocation]]:
+        """(chunk, epoch, condemned ns, location) of every condemned chunk."""
+        for key, value in self._prefix("condemned", b""):
+            yield (bytes(key), *keys.decode_condemned(value))
+
+    def condemned_count(self) -> int:
+        return self._txn.stat(self._dbs["condemned"])["entries"]
+
+    def resurrect(self, chunks) -> int:
+        """Move every condemned chunk of ``chunks`` back into ``chunks``; return how many.
+
+        Called by every commit of a manifest and by writer flushes: a chunk a
+        writer located before gc condemned it becomes live again while its
+        bytes still exist (gc deletes them only after the writer's lease moved on).
+        """
+        n = 0
+        condemned = self._dbs["condemned"]
+        if not self._txn.stat(condemned)["entries"]:
+            return 0
+        for chunk in chunks:
+            raw = self._get("condemned", chunk)
+            if raw is None or self._get("chunks", chunk) is not None:
+                continue
+            _, _, loc = keys.decode_condemned(raw)
+            self._put("chunks", chunk, keys.encode_location(loc))
+            self._delete("condemned", chunk)
+            n += 1
+        return n
+
+    def lease_put(self, lease: bytes, pid: int, floor: int, heartbeat_ns: int, host: str) -> None:
+        self._put("gc_leases", lease, keys.encode_lease(pid, floor, heartbeat_ns, host))
+
+    def lease_delete(self, lease: bytes) -> bool:
+        return self._delete("gc_leases", lease)
+
+    def leases(self) -> Iterator[tuple[bytes, int, int, int, str]]:
+        """(lease id, pid, floor epoch, heartbeat ns, host) of every writer lease."""
+        for key, value in self._prefix("gc_leases", b""):
+            yield (bytes(key), *keys.decode_lease(value))
+
+    def all_versions(self) -> Iterator[Version]:
+        """Every version of every inode (``inohist`` in key order: by inode, newest first)."""
+        for key, value in self._prefix("inohist", b""):
+            yield self._version(key, value)
+
+    def dirhist_all(self) -> Iterator[tuple[int, bytes, int, int]]:
+        """(parent, name, commit, child or 0) of every ``dirhist`` entry (fsck names lost files)."""
+        for key, value in self._prefix("dirhist", b""):
+            parent, name, commit = keys.decode_dirhist_key(key)
+            yield parent, name, commit, keys.decode_u64(value)
+
+    def inohist_all(self) -> Iterator[Version]:
+        """Every version of every inode (gc's mark phase), by inode, newest first."""
+        for key, value in self._prefix("inohist", b""):
+            yield self._version(key, value)
+
+    def version_delete(self, ino: int, commit: int) -> bool:
+        """Drop one version (gc, when no retention rule keeps it)."""
+        return self._delete("inohist", keys.inohist_key(ino, commit))
+
+    def dirhist_all(self) -> Iterator[tuple[int, bytes, int, int]]:
+        """(parent, name, commit, child or 0) of every directory-entry change."""
+        for key, value in self._prefix("dirhist", b""):
+            yield (*keys.decode_dirhist_key(key), keys.decode_u64(value))
+
+    def dirhist_delete(self, parent: int, name: bytes, commit: int) -> bool:
+        return self._delete("dirhist", keys.dirhist_key(parent, name, commit))
+
+    def gc_state_clear(self) -> None:
+        """Drop every writer lease and condemned entry (``index rebuild`` refills ``chunks`` from the
+        packs, so nothing is condemned any more; a recovered repository has no live writer)."""
+        self._txn.drop(self._dbs["gc_leases"], delete=False)
+        self._txn.drop(self._dbs["condemned"], delete=False)

@@ -24,7 +24,8 @@ from chunkfs.index.keys import ROOT_INODE
 from chunkfs.types import Extent, Version
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-"""Tag names: safe as a directory name in .snapshots/, never starting with '@'."""
+"""Tag names: safe as a directory name in .snapshots/, never starting with '@' (and, checked
+in ``tag``, not all digits: ``resolve_point`` reads a number as a commit)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class LogEntry:
     commit: int
     time_ns: int
     path: str
-    event: str  # "created", "written", "removed"
+    event: str  # "created", "written", "renamed" (moved or linked here), "removed"
     ino: int
     size: int
     blake3: str  # hex; empty when unknown or not a file
@@ -164,32 +165,47 @@ class History:
     def log(self, path: str) -> list[LogEntry]:
         """Every version of ``path`` (and its removals), newest first.
 
-        For a file: each committed content of every inode that was ever at this
-        path. For a directory: its creation and removals, and every entry
-        created or removed in it.
+        For a file: each content committed while an inode was at this path —
+        "created" (made here), "renamed" (moved or linked here, e.g. an atomic
+        writer's ``os.replace``: the content it brought), "written" (committed
+        here) — and "removed" when the name went away. Each entry's commit is
+        when the path showed that content, so ``.snapshots/@COMMIT/PATH`` reads
+        it back. For a directory: its creation and removals, and every entry
+        created, moved in or removed in it.
         """
         parent, name = self._entry_any_time(path)
         entries: list[LogEntry] = []
         path = "/" + path.strip("/")
         with self.index.read() as t:
-            history = t.dirhist(parent, name)
+            history = t.dirhist(parent, name)  # newest first
             if not history:
                 raise NotFound(f"{path}: no such path, now or in the past")
-            seen = set()
-            for commit, child in history:
+            dirs_seen = set()
+            for i, (commit, child) in enumerate(history):
                 if child == 0:
                     entries.append(LogEntry(commit, t.commit_time(commit) or 0, path, "removed", 0, 0, "", None, ""))
                     continue
-                if child in seen:
-                    continue
-                seen.add(child)
-                versions = t.versions(child)
-                for i, v in enumerate(versions):
-                    entries.append(self._entry(t, v, path, "created" if i == len(versions) - 1 else "written"))
-                if versions and stat.S_ISDIR(versions[0].record.mode):
+                until = history[i - 1][0] if i > 0 else None  # the next change of this name
+                entries += self._arrival(t, child, commit, path)
+                for v in t.versions(child):
+                    if v.commit > commit and (until is None or v.commit < until):
+                        entries.append(self._entry(t, v, path, "written"))
+                rec = t.version_at(child, commit)
+                if rec is not None and stat.S_ISDIR(rec.record.mode) and child not in dirs_seen:
+                    dirs_seen.add(child)
                     entries += self._dir_changes(t, child, path)
         entries.sort(key=lambda e: (e.commit, e.event != "removed"), reverse=True)
         return entries
+
+    def _arrival(self, t, child: int, commit: int, path: str) -> list[LogEntry]:
+        """The entry for inode ``child`` getting name ``path`` at ``commit``."""
+        v = t.version_at(child, commit)
+        if v is None:
+            return []
+        if v.commit == commit:
+            return [self._entry(t, v, path, "created")]
+        moved = Version(v.ino, commit, v.record, v.blake3, v.writer_uid)
+        return [self._entry(t, moved, path, "renamed")]
 
     @staticmethod
     def _entry(t, v: Version, path: str, event: str) -> LogEntry:
@@ -206,16 +222,19 @@ class History:
             for commit, child in t.dirhist(ino, name):
                 if child == 0:
                     out.append(LogEntry(commit, t.commit_time(commit) or 0, sub, "removed", 0, 0, "", None, ""))
-                elif (v := t.version_at(child, commit)) is not None:
-                    out.append(self._entry(t, v, sub, "created"))
+                else:
+                    out += self._arrival(t, child, commit, sub)
         return out
 
     # -- tags -------------------------------------------------------------------------------
 
     def tag(self, name: str, commit: int | None = None, path: str = "") -> int:
         """Pin ``commit`` (default: now) under ``name``; return the commit."""
-        if not TAG_RE.match(name):
-            raise InvalidArgument(f"{name!r}: a tag name is letters, digits and . _ + - (not starting with @)")
+        if not TAG_RE.match(name) or name.isdigit():
+            raise InvalidArgument(
+                f"{name!r}: a tag name is letters, digits and . _ + - (not starting with @, not only digits: "
+                "a number names a commit)"
+            )
         with self.index.write() as t:
             if t.tag_get(name) is not None:
                 raise AlreadyExists(f"tag {name}: already exists; delete it first with `chunkfs tag --delete {name}`")

@@ -59,6 +59,8 @@ def diff(repo: Repository, a: Side, b: Side) -> list[FileChange]:
     va, vb = repo.history.resolve_at(a.path, at_a), repo.history.resolve_at(b.path, at_b)
     if stat.S_ISDIR(va.record.mode) and stat.S_ISDIR(vb.record.mode):
         return _diff_trees(repo, (va, at_a), (vb, at_b), "")
+    if stat.S_IFMT(va.record.mode) != stat.S_IFMT(vb.record.mode):
+        return [FileChange(b.path, "type", va.record.size, vb.record.size)]
     change = _diff_files(repo, va, vb, b.path)
     return [change] if change else []
 

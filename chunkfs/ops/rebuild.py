@@ -7,6 +7,11 @@ a pack whose footer is damaged (the pack is reported, and re-sealed with a fresh
 footer like an unsealed one). The namespace (inodes, directories, manifests) is
 kept; afterwards every manifest is checked against the rebuilt index and missing
 chunks are reported.
+
+Every configured tier is listed (hot, then warm, then cold): a pack's home is
+the first tier it is found on, so a hot pack with a write-back copy on warm
+stays at home on hot (its ``copies`` entry is kept), and packs already moved to
+warm or cold keep being indexed — a rebuild never drops them.
 """
 
 from __future__ import annotations
@@ -36,30 +41,39 @@ def rebuild(repo: Repository, progress: Callable[[int], None] = lambda n: None) 
     repo.packs.seal_all()
     found: dict[bytes, ChunkLocation] = {}
     packs: dict[bytes, PackInfo] = {}
-    for name in sorted(repo.hot.list("packs/")):
-        pack = pack_id_from_name(name)
-        if pack is None:
+    with repo.index.read() as t:
+        groups = {p: i.group for p, i in t.packs()}  # keep what the index knew of each pack's run
+    for tier in Tier:
+        if not repo.tiers.configured(tier):
             continue
-        damaged = False
-        try:
-            entries, sealed = read_entries(repo.hot, name)
-        except CorruptData as e:
-            result.damaged.append(str(e))
-            try:  # a damaged footer: its records may still be good; verify and keep those
-                entries, sealed, damaged = walk_records(repo.hot, name), False, True
-            except CorruptData:
-                continue  # not a pack at all
-        if not sealed:
-            result.unsealed_packs += not damaged
-            entries = [e for e in entries if _verifies(repo, name, e)]
-        for e in entries:
-            found.setdefault(e.chunk, ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags))
-        state = PackState.SEALED if sealed else PackState.OPEN
-        packs[pack] = PackInfo(Tier.HOT, state, repo.hot.size(name), len(entries), "", clock.now_ns())
-        result.packs += 1
-        progress(1)
+        backend = repo.tiers.backend(tier)
+        for name in sorted(backend.list("packs/")):
+            pack = pack_id_from_name(name)
+            if pack is None or pack in packs:
+                continue
+            damaged = False
+            try:
+                entries, sealed = read_entries(backend, name)
+            except CorruptData as e:
+                result.damaged.append(str(e))
+                try:  # a damaged footer: its records may still be good; verify and keep those
+                    entries, sealed, damaged = walk_records(backend, name), False, True
+                except CorruptData:
+                    continue  # not a pack at all
+            if not sealed:
+                if tier != Tier.HOT:
+                    continue  # only hot packs are ever open; a remote one without a footer is damage
+                result.unsealed_packs += not damaged
+                entries = [e for e in entries if _verifies(backend, name, e)]
+            for e in entries:
+                found.setdefault(e.chunk, ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags))
+            state = PackState.SEALED if sealed else PackState.OPEN
+            packs[pack] = PackInfo(tier, state, backend.size(name), len(entries), groups.get(pack, ""), clock.now_ns())
+            result.packs += 1
+            progress(1)
     with repo.index.write() as t:
         t.clear_chunk_index()
+        t.gc_state_clear()  # every chunk found in a pack is indexed again: nothing stays condemned
         for pack, info in packs.items():
             t.pack_put(pack, info)
         for chunk, loc in found.items():
@@ -72,8 +86,8 @@ def rebuild(repo: Repository, progress: Callable[[int], None] = lambda n: None) 
     return result
 
 
-def _verifies(repo: Repository, name: str, entry) -> bool:
-    stored = repo.hot.get_range(name, entry.offset, entry.stored_len)
+def _verifies(backend, name: str, entry) -> bool:
+    stored = backend.get_range(name, entry.offset, entry.stored_len)
     try:
         codec.decode(entry.chunk, stored, entry.raw_len, entry.flags, name)
     except CorruptData:

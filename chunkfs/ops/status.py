@@ -61,6 +61,8 @@ class Status:
     pins: int
     runs_complete: int
     activity: dict[str, int] = field(default_factory=dict)
+    replication: dict = field(default_factory=dict)  # lag: packs, bytes, oldest age, last error
+    last_backup: dict = field(default_factory=dict)  # generation and time of the last metadata backup
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +76,7 @@ def status(repo: Repository) -> Status:
         in_flight = sum(1 for _ in t.moves())
         pins = sum(1 for _ in t.pins())
         complete = sum(1 for _, rec in t.runs() if rec.completed_ns)
+        backup = t.backup_get()
     cache_bytes, cache_chunks = repo.readcache.usage()
     return Status(
         repository=str(repo.path),
@@ -91,6 +94,8 @@ def status(repo: Repository) -> Status:
         pins=pins,
         runs_complete=complete,
         activity=repo.counters(),
+        replication=asdict(repo.replicas.lag()) if repo.replicas.configured else {},
+        last_backup={"generation": backup[0], "age_s": round((now - backup[1]) / 1e9, 1)} if backup else {},
     )
 
 

@@ -189,6 +189,14 @@ class SyncResult:
     by_daemon: bool = False  # a mount's daemon drained the queue while we watched
 
 
+def _replicate_and_back_up(repo: Repository) -> None:
+    """After the uploads: copy to the replicas and back up the metadata, so that what
+    `sync` reports done survives the loss of this node (docs/operations.md)."""
+    if repo.replicas.configured:
+        repo.replicas.run_once()
+    repo.metabackup.run()
+
+
 def sync(
     repo_dir: Path,
     progress: Progress = lambda n: None,
@@ -215,6 +223,7 @@ def sync(
                 if repo.uploader is None:
                     raise UsageError(f"{repo.path}: no warm tier configured (tiers.warm): nothing to upload")
                 result.uploaded_bytes += repo.uploader.drain(progress)
+                _replicate_and_back_up(repo)
             return result
         result.by_daemon = True
         with Repository(repo_dir, writable=False) as repo:
@@ -223,6 +232,7 @@ def sync(
             while lock_holder(repo.path) is not None:
                 b = backlog(repo.index)
                 if b.packs == 0:
+                    _replicate_and_back_up(repo)
                     return result
                 if b.bytes < last.bytes:
                     progress(last.bytes - b.bytes)

@@ -28,20 +28,41 @@ cold. A pack that is gone where the index said it was may have just moved
 (store/tiers.py switches the index before it deletes the source): the read
 looks the chunk up again and follows it; only a location that stays the same
 and stays missing is damage.
+
+Garbage collection (docs/gc.md, "The protocol"): before its first dedup
+lookup (``dedup_lookup``) a process takes a *writer lease* (``gc_leases``); each file being
+written holds a *write window* (``open_window``) that remembers the gc epoch
+when it began, and every flush records the oldest open window's epoch as the
+lease's floor. gc deletes the bytes of a condemned chunk only when it was
+condemned before every live floor, so a chunk a writer found by dedup keeps its
+bytes until the writer has committed (the commit resurrects it). Each flush also
+resurrects the chunks located since the previous flush that gc condemned meanwhile.
+
+Replicas (store/replicas.py; set as ``replicas`` by the repository): when
+``replication.replicas`` are configured, every chunk read from its home is
+verified here (``Replicas.verifier``, the engine's codec) and returned decoded
+(flags: no compression), so the caller's own check is one hash, not a second
+decompression. A read that fails (pack missing, truncated, tier down) or
+returns bytes that do not match the chunk's hash is then served from a replica
+that has a good copy, with a warning naming the chunk and pack; only when no
+replica has one does the original error reach the reader.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import os
 import secrets
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from chunkfs import clock
 from chunkfs.config import PackSettings
-from chunkfs.errors import CorruptData, NoSpace, NotFound
+from chunkfs.errors import BackendUnavailable, CorruptData, NoSpace, NotFound
 from chunkfs.index import Index
 from chunkfs.store import packfmt
 from chunkfs.store.backend import LocalBackend
@@ -51,6 +72,9 @@ from chunkfs.store.tiers import Tiers, tier_name
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
 
 log = logging.getLogger(__name__)
+
+NO_WINDOW = (1 << 64) - 1
+"""A writer lease's floor while its process has no write window open (gc: no constraint)."""
 
 FLUSH_PENDING = 4096
 """Flush on its own once this many chunks are unindexed, to keep memory bounded."""
@@ -76,12 +100,17 @@ class PackStore:
         self.remote = remote
         self.write_back = write_back
         self.on_sealed: Callable[[], None] = lambda: None
+        self.replicas = None  # store/replicas.py Replicas, set by the repository when configured
         self._touched: dict[str, int] = {}  # group → when its open pack was last appended to (clock ns)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._writers: OrderedDict[str, PackWriter] = OrderedDict()  # group → open pack
         self._pending: dict[ChunkId, ChunkLocation] = {}
         self._to_seal: list[PackWriter] = []
+        self._lease: bytes | None = None  # gc writer lease (docs/gc.md), taken before the first lookup
+        self._windows: dict[int, int] = {}  # open write window → gc epoch when it opened
+        self._window_ids = itertools.count(1)
+        self._located: set[ChunkId] = set()  # found in the index since the last flush
 
     # -- lookups --------------------------------------------------------------
 
@@ -91,6 +120,74 @@ class PackStore:
             return loc
         with self.index.read() as t:
             return t.chunk_get(chunk)
+
+    def dedup_lookup(self, chunk: ChunkId) -> ChunkLocation | None:
+        """``locate`` for a writer about to reference ``chunk`` instead of storing it: under
+        the gc protocol (a lease first; a chunk found is resurrected at the next flush if gc
+        condemned it meanwhile)."""
+        loc = self._pending.get(chunk)
+        if loc is not None:
+            return loc
+        if self._lease is None:
+            self._take_lease()
+        with self.index.read() as t:
+            loc = t.chunk_get(chunk)
+        if loc is not None:
+            with self._lock:
+                self._located.add(chunk)
+        return loc
+
+    # -- the gc protocol (docs/gc.md) ---------------------------------------------------
+
+    def _floor(self) -> int:
+        with self._lock:
+            return min(self._windows.values(), default=NO_WINDOW)
+
+    def _write_lease(self, t) -> None:
+        t.lease_put(self._lease, os.getpid(), self._floor(), clock.now_ns(), socket.gethostname())
+
+    def _take_lease(self) -> None:
+        with self.index.write() as t:
+            if self._lease is not None:
+                return
+            self._lease = secrets.token_bytes(16)
+            self._write_lease(t)
+
+    def open_window(self) -> int:
+        """Begin a write window (a file being written); ``close_window`` ends it.
+
+        The first window of an idle process records its epoch in the lease at once
+        (one write transaction); later ones are older-floored by it already."""
+        with self._lock:
+            token = next(self._window_ids)
+            first = not self._windows
+        if first and self._lease is not None:
+            with self.index.write() as t:
+                with self._lock:
+                    self._windows[token] = t.gc_epoch()
+                self._write_lease(t)
+        else:
+            with self.index.read() as t:
+                epoch = t.gc_epoch()
+            with self._lock:
+                self._windows[token] = epoch
+        return token
+
+    def close_window(self, token: int, *, persist: bool = False) -> None:
+        """End a write window; with ``persist`` (after the file's last commit) a process left
+        with no window tells gc at once (otherwise its next flush does)."""
+        with self._lock:
+            self._windows.pop(token, None)
+            idle = not self._windows
+        if persist and idle and self._lease is not None:
+            with self.index.write() as t:
+                self._write_lease(t)
+
+    def _release_lease(self) -> None:
+        if self._lease is not None:
+            with self.index.write() as t:
+                t.lease_delete(self._lease)
+            self._lease = None
 
     def _locate_home(self, chunk: ChunkId) -> tuple[ChunkLocation | None, PackInfo | None]:
         loc = self._pending.get(chunk)
@@ -102,8 +199,42 @@ class PackStore:
     def read_stored(self, chunk: ChunkId) -> tuple[bytes, ChunkLocation]:
         """The stored bytes of ``chunk`` as they lie in their pack (or the read cache), unverified.
 
-        The returned location's flags say how the bytes are encoded.
+        The returned location's flags say how the bytes are encoded. With replicas configured the
+        bytes are verified (and decoded) here, and damage is served from a replica.
         """
+        replicas = self.replicas
+        if replicas is None or not replicas.configured or replicas.verifier is None:
+            return self._read_primary(chunk)
+        try:
+            stored, loc = self._read_primary(chunk)
+        except (CorruptData, BackendUnavailable) as e:
+            served = self._from_replica(chunk, str(e))
+            if served is None:
+                raise
+            return served
+        raw = replicas.verifier(chunk, stored, loc.raw_len, loc.flags)
+        if raw is not None:
+            return raw, dataclasses.replace(loc, stored_len=len(raw), flags=0)
+        self.drop_cached(chunk)
+        served = self._from_replica(chunk, "content does not match its hash")
+        if served is None:
+            return stored, loc  # the caller's check raises CorruptData naming the pack
+        return served
+
+    def _from_replica(self, chunk: ChunkId, why: str) -> tuple[bytes, ChunkLocation] | None:
+        loc = self.locate(chunk)
+        if loc is None:
+            return None
+        stored = self.replicas.fetch(chunk, loc)
+        if stored is None:
+            log.error("chunk %s in pack %s: %s, and no replica has a good copy", chunk.hex(), loc.pack.hex(), why)
+            return None
+        log.warning("chunk %s in pack %s: %s on its home tier; served from a replica (run `chunkfs fsck "
+                    "--repair`)", chunk.hex(), loc.pack.hex(), why)  # fmt: skip
+        raw = self.replicas.verifier(chunk, stored, loc.raw_len, loc.flags)
+        return raw, dataclasses.replace(loc, stored_len=len(raw), flags=0)
+
+    def _read_primary(self, chunk: ChunkId) -> tuple[bytes, ChunkLocation]:
         loc, info = self._locate_home(chunk)
         for _attempt in range(3):
             if loc is None:  # a manifest names it, so this is damage (EIO), not a missing file (ENOENT)
@@ -197,13 +328,24 @@ class PackStore:
                 self._writers.move_to_end(group)
                 return writer
         pack = secrets.token_bytes(16)
+        with self.index.write() as t:  # known to the index before its file exists (and so before it holds
+            # any chunk): a pack file the index does not know is an orphan gc may delete (docs/gc.md)
+            t.pack_put(pack, PackInfo(Tier.HOT, PackState.OPEN, packfmt.HEADER.size, 0, group, clock.now_ns()))
         writer = PackWriter(pack, self.hot.path(pack_name(pack)), group)
-        with self.index.write() as t:  # known to the index before it holds any chunk
-            t.pack_put(pack, self._info(writer, PackState.OPEN))
         with self._lock:
-            self._writers[group] = writer
-            while len(self._writers) > self.settings.max_open:
-                self._to_seal.append(self._writers.popitem(last=False)[1])
+            other = self._writers.get(group)
+            if other is None:
+                self._writers[group] = writer
+                while len(self._writers) > self.settings.max_open:
+                    self._to_seal.append(self._writers.popitem(last=False)[1])
+        if other is not None:
+            # Another thread opened this group's pack meanwhile: appending to ours would leave
+            # chunks in a pack that is never synced, sized or sealed. Use theirs, drop ours.
+            writer.close()
+            self.hot.delete(pack_name(pack))
+            with self.index.write() as t:
+                t.pack_delete(pack)
+            return other
         return writer
 
     @staticmethod
@@ -217,6 +359,7 @@ class PackStore:
         with self._flush_lock:
             with self._lock:
                 pending = dict(self._pending)
+                located, self._located = self._located, set()
                 writers = list(self._writers.values())
                 sealing, self._to_seal = self._to_seal, []
             for w in writers + sealing:
@@ -226,6 +369,9 @@ class PackStore:
                 for chunk, loc in pending.items():
                     if t.chunk_get(chunk) is None:
                         t.chunk_put(chunk, loc)
+                t.resurrect(located)  # gc protocol: located before gc condemned them
+                if self._lease is not None:
+                    self._write_lease(t)
                 for w in writers:
                     t.pack_put(w.pack, self._info(w, PackState.OPEN))
                 for w, _size in sealed.values():
@@ -304,4 +450,5 @@ class PackStore:
 
     def close(self) -> None:
         self.seal_all()
+        self._release_lease()
         self.hot.close()

@@ -1,0 +1,303 @@
+"""``chunkfs gc``: drop versions no retention rule keeps, then reclaim the space nothing live uses.
+
+The protocol (docs/gc.md has the full argument):
+
+1. **Condemn** — one write transaction: evaluate retention (ops/retention.py),
+   drop the unretained file versions and the manifests nothing references any
+   more, mark every chunk referenced by a remaining version, a current inode
+   or a pin, bump ``meta/gc_epoch`` to E and move every other chunk from
+   ``chunks`` to ``condemned`` (epoch E). Dedup stops matching them at once;
+   their bytes stay.
+2. **Resurrect** — a writer that found one of them by dedup before E and commits
+   it afterwards moves it back (``Txn.manifest_put``, ``PackStore.flush``).
+3. **Sweep** — a condemned chunk whose epoch is below the floor of every live
+   writer lease (``gc_leases``) and older than ``gc.grace`` can no longer be
+   committed by anyone: one transaction forgets it.
+4. **Packs** — under the tier lock, a sealed pack that no ``chunks`` or
+   ``condemned`` entry locates in is deleted (every tier, every copy), one whose
+   live fraction is under ``gc.repack_below`` is repacked (store/sweep.py), pack
+   objects and scratch files nothing explains are reclaimed.
+
+Every step is idempotent and recomputed from the index, so a gc killed anywhere
+is finished by the next (the tier lock's resume handles half-done deletes and
+repacks). ``CHUNKFS_GC_HOOK=STEP`` (testing) kills the process with SIGKILL
+when it reaches STEP (``condemned``, ``swept``, ``packs-unindexed``,
+``repack-built``, ``repack-switched``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from chunkfs import clock
+from chunkfs.errors import Conflict
+from chunkfs.ops import retention
+from chunkfs.store import sweep
+from chunkfs.store.packstore import NO_WINDOW
+from chunkfs.store.tiers import tier_name
+from chunkfs.types import HOLE, PackState
+
+log = logging.getLogger(__name__)
+
+HOOK_ENV = "CHUNKFS_GC_HOOK"
+LOCK_NAME = "gc.lock"
+
+
+def _hook(step: str) -> None:
+    wanted = os.environ.get(HOOK_ENV)
+    if wanted and wanted == step:
+        log.warning("gc: %s=%s reached: killing myself", HOOK_ENV, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class GcResult:
+    dry_run: bool = False
+    rules: list[str] | None = None
+    versions_dropped: int = 0
+    versions_kept: int = 0
+    dropped: list[dict] = field(default_factory=list)  # path, commit, size of each dropped version
+    checkpoints: list[dict] = field(default_factory=list)
+    manifests_dropped: int = 0
+    chunks_live: int = 0
+    chunks_condemned: int = 0  # newly, this run
+    chunks_resurrected: int = 0
+    chunks_swept: int = 0
+    chunks_waiting: int = 0  # condemned, bytes kept for a writer lease or the grace period
+    bytes_freeable: int = 0  # stored bytes of the chunks nothing live references (dry run: would)
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    bytes_freed: int = 0  # pack bytes deleted minus bytes written by repacks, orphans included
+    orphans: int = 0
+    by_tier: dict = field(default_factory=dict)
+    leases: list[dict] = field(default_factory=list)
+    planned_deletes: list[str] = field(default_factory=list)
+    planned_repacks: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _gc_lock(repo) -> Iterator[None]:
+    fd = os.open(repo.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(f"{repo.path}: another `chunkfs gc` is running; wait for it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot tell: assume it is (docs/gc.md: one host per repository for now)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run(
+    repo,
+    rules: list[retention.Rule] | None,
+    *,
+    dry_run: bool = False,
+    grace_s: int | None = None,
+    repack_below: float | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+    now_ns: int | None = None,
+) -> GcResult:
+    """One gc pass over ``repo`` (open read-only or writable); see the module docstring."""
+    settings = repo.settings.gc
+    grace = settings.grace if grace_s is None else grace_s
+    threshold = settings.repack_below if repack_below is None else repack_below
+    now = clock.now_ns() if now_ns is None else now_ns
+    result = GcResult(dry_run=dry_run, rules=None if rules is None else [r.describe() for r in rules])
+    with _gc_lock(repo):
+        if not dry_run:
+            repo.tiers.resume()  # finish or undo what a killed gc (or tier move) left
+        _condemn(repo, rules, now, dry_run, result)
+        if not dry_run:
+            _hook("condemned")
+        _sweep_condemned(repo, now, grace, dry_run, result)
+        if not dry_run:
+            _hook("swept")
+        _packs(repo, threshold, dry_run, progress, result)
+    return result
+
+
+# -- 1. retention and condemnation (one transaction) ------------------------------------
+
+
+def _still_droppable(t, ino: int, commit: int, tags: list[int]) -> bool:
+    """Whether a version the plan (made in an earlier snapshot) drops may still go: it was not
+    tagged meanwhile, and it is not (any more) the current version of a live inode."""
+    versions = t.versions(ino)
+    if not any(v.commit == commit for v in versions):
+        return False
+    if t.inode_get(ino) is not None and versions[0].commit == commit:
+        return False
+    return all((v := t.version_at(ino, c)) is None or v.commit != commit for c in tags)
+
+
+def _condemn(repo, rules, now: int, dry_run: bool, result: GcResult) -> None:
+    # Retention reads sidecars (chunks, maybe from warm/cold): in a snapshot, not under the write lock.
+    with repo.index.read() as t:
+        plan = retention.evaluate(repo, rules, now, t)
+    ctx = repo.index.read() if dry_run else repo.index.write()
+    with ctx as t:
+        if not dry_run:
+            tags = [commit for _name, commit, _created, _path in t.tags()]
+            plan.drop = [d for d in plan.drop if _still_droppable(t, d.ino, d.commit, tags)]
+        result.versions_dropped = len(plan.drop)
+        result.versions_kept = sum(1 for _ in t.inohist_all()) - len(plan.drop)
+        result.dropped = [
+            {"path": d.path, "commit": d.commit, "size": d.size, "ino": d.ino} for d in plan.drop
+        ]
+        result.checkpoints = [
+            {"path": c.path, "step": c.step, "kept": c.kept, "current": c.current,
+             "reasons": c.reasons, "metric": c.metric}
+            for c in plan.checkpoints
+        ]  # fmt: skip
+        dropped = {(d.ino, d.commit) for d in plan.drop}
+        if not dry_run:
+            for ino, commit in dropped:
+                t.version_delete(ino, commit)
+            _tidy_dirhist(t, {d.ino for d in plan.drop})
+        # mark: manifests and chunks still referenced
+        live_manifests: set[int] = set()
+        for v in t.inohist_all():
+            if v.record.manifest and (v.ino, v.commit) not in dropped:
+                live_manifests.add(v.record.manifest)
+        for _ino, rec in t.inodes():
+            if rec.manifest:
+                live_manifests.add(rec.manifest)
+        live: set[bytes] = set()
+        dead_manifests = []
+        for mid, extents in t.manifests():
+            if mid in live_manifests:
+                live.update(e.chunk for e in extents)
+            else:
+                dead_manifests.append(mid)
+        for _path, _ns, chunks in t.pins():
+            live.update(chunks)
+        live.discard(HOLE)
+        result.manifests_dropped = len(dead_manifests)
+        result.chunks_live = len(live)
+        condemn = [(c, loc) for c, loc in t.chunks() if c not in live]
+        result.chunks_condemned = len(condemn)
+        result.bytes_freeable = sum(loc.stored_len for _, loc in condemn)
+        revive = [c for c, _e, _n, _l in t.condemned() if c in live]
+        result.chunks_resurrected = len(revive)
+        if dry_run:
+            return
+        for mid in dead_manifests:
+            t.manifest_delete(mid)
+        t.resurrect(revive)
+        if condemn:
+            epoch = t.gc_epoch_bump()
+            for chunk, loc in condemn:
+                t.condemn(chunk, loc, epoch, now)
+
+
+def _tidy_dirhist(t, inos: set[int]) -> None:
+    """Drop the directory history of files none of whose versions is left, and removal
+    markers that no longer follow anything."""
+    gone = {ino for ino in inos if t.inode_get(ino) is None and not t.versions(ino)}
+    if not gone:
+        return
+    entries: dict[tuple[int, bytes], list[tuple[int, int]]] = defaultdict(list)
+    for parent, name, commit, child in t.dirhist_all():
+        entries[(parent, name)].append((commit, child))
+    for (parent, name), hist in entries.items():
+        if not any(child in gone for _, child in hist):
+            continue
+        hist.sort()  # oldest first
+        kept: list[tuple[int, int]] = []
+        for commit, child in hist:
+            if child in gone or (child == 0 and (not kept or kept[-1][1] == 0)):
+                t.dirhist_delete(parent, name, commit)
+            else:
+                kept.append((commit, child))
+
+
+# -- 2. sweeping condemned chunks ---------------------------------------------------------
+
+
+def _sweep_condemned(repo, now: int, grace: int, dry_run: bool, result: GcResult) -> None:
+    with repo.index.read() as t:
+        leases = list(t.leases())
+    live_floors = []
+    dead = []
+    for lease, pid, floor, beat, host in leases:
+        alive = _alive(pid, host)
+        result.leases.append({"pid": pid, "host": host, "floor": floor, "heartbeat_ns": beat, "alive": alive})
+        if not alive:
+            dead.append(lease)
+        elif floor != NO_WINDOW:  # NO_WINDOW: that process has no file being written
+            live_floors.append(floor)
+    floor = min(live_floors, default=None)
+    ctx = repo.index.read() if dry_run else repo.index.write()
+    with ctx as t:
+        if not dry_run:
+            for lease in dead:
+                t.lease_delete(lease)
+        swept = waiting = 0
+        for chunk, epoch, ns, _loc in list(t.condemned()):
+            if (floor is None or epoch < floor) and now - ns >= grace * 1_000_000_000:
+                swept += 1
+                if not dry_run:
+                    t.condemned_delete(chunk)
+            else:
+                waiting += 1
+        result.chunks_swept, result.chunks_waiting = swept, waiting
+
+
+# -- 3. packs ---------------------------------------------------------------------------------
+
+
+def _packs(repo, threshold: float, dry_run: bool, progress, result: GcResult) -> None:
+    usage = sweep.usage(repo.index)
+    deletes, repacks = [], defaultdict(list)
+    for pack, u in usage.items():
+        if u.info.state != PackState.SEALED:
+            continue
+        if u.live_chunks == 0 and u.condemned == 0:
+            deletes.append(pack)
+            result.planned_deletes.append(f"{pack.hex()} ({tier_name(u.info.tier)}, {u.info.size} bytes)")
+        elif u.condemned == 0 and u.fraction < threshold:
+            repacks[(u.info.tier, u.info.group)].append(pack)
+            result.planned_repacks.append(
+                f"{pack.hex()} ({tier_name(u.info.tier)}, {u.fraction:.0%} live of {u.info.size} bytes)"
+            )
+    out = sweep.SweepResult()
+    if not dry_run:
+        if deletes:
+            sweep.delete_packs(repo.tiers, repo.index, deletes, _hook, out)
+        for (tier, group), packs in sorted(repacks.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            packs.sort(key=lambda p: usage[p].info.created_ns)
+            sweep.repack(repo.tiers, repo.index, tier, group, packs, write_back=repo.packs.write_back,
+                         progress=progress, hook=_hook, result=out)  # fmt: skip
+        found = sweep.reclaim_orphans(repo.tiers, repo.index, repo.settings.gc.orphan_age, out)
+        log.info("gc: reclaimed %d orphaned objects: %s", len(found), ", ".join(found[:10]))
+    result.packs_deleted = out.packs_deleted
+    result.packs_repacked = out.packs_repacked
+    result.packs_written = out.packs_written
+    result.orphans = out.orphans_deleted
+    result.by_tier = out.by_tier
+    result.bytes_freed = out.bytes_deleted + out.bytes_repacked_in - out.bytes_repacked_out + out.orphan_bytes
