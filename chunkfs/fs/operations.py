@@ -49,7 +49,7 @@ def _errors(fn):
         except pyfuse3.FUSEError:
             raise
         except ChunkfsError as e:
-            if e.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY):
+            if e.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY, errno.EROFS):
                 log.error("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno) from None
         except OSError as e:
