@@ -101,12 +101,8 @@ class RemoteReader:
             self._advance(loc, info)
             return staged
         if future is not None:
-            try:
-                result = future.result()[chunk]
-            except ChunkfsError as e:
-                log.info("read-ahead of chunk %s failed (%s); fetching it alone", chunk.hex(), e)
-            else:
-                self._take_staged(chunk)
+            result = self._await_readahead(chunk, future)
+            if result is not None:
                 self._advance(loc, info)
                 return result
         cached = self.cache.get(chunk)
@@ -120,12 +116,8 @@ class RemoteReader:
             with self._lock:
                 future = self._inflight.get(chunk)
             if future is not None:
-                try:
-                    result = future.result()[chunk]
-                except ChunkfsError as e:
-                    log.info("read-ahead of chunk %s failed (%s); fetching it alone", chunk.hex(), e)
-                else:
-                    self._take_staged(chunk)
+                result = self._await_readahead(chunk, future)
+                if result is not None:
                     return result
         data = self._get(info.tier, loc.pack, loc.offset, loc.stored_len)
         if len(data) != loc.stored_len:
@@ -136,6 +128,16 @@ class RemoteReader:
         self.cache.put(chunk, loc.flags, data)
         self._remember(loc)
         return loc.flags, data
+
+    def _await_readahead(self, chunk: ChunkId, future: Future) -> tuple[int, bytes] | None:
+        """The chunk from a read-ahead in flight (taken out of the staging area), or None where it failed."""
+        try:
+            result = future.result()[chunk]
+        except ChunkfsError as e:
+            log.info("read-ahead of chunk %s failed (%s); fetching it alone", chunk.hex(), e)
+            return None
+        self._take_staged(chunk)
+        return result
 
     def discard(self, chunk: ChunkId) -> bool:
         """Forget a chunk's cached bytes (they failed verification); True if there were any."""

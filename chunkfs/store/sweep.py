@@ -27,7 +27,7 @@ from chunkfs import clock
 from chunkfs.index import Index
 from chunkfs.store.backend import LocalBackend
 from chunkfs.store.packs import pack_id_from_name, pack_name, read_entries
-from chunkfs.store.tiers import NEW, OLD, PackBuilder, Tiers, tier_name
+from chunkfs.store.tiers import NEW, OLD, PackBuilder, Tiers, tier_name, upload_built
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
 
 log = logging.getLogger(__name__)
@@ -127,13 +127,7 @@ def repack(tiers: Tiers, index: Index, tier: Tier, group: str, packs: list[PackI
             if builder is None:
                 return
             b, builder = builder, None
-            size, digest = b.seal()
-            try:
-                backend.put_file(pack_name(b.pack), b.path)
-                backend.verify(pack_name(b.pack), digest, size)
-            finally:
-                b.path.unlink(missing_ok=True)
-            built.append((b.pack, size, len(b.entries)))
+            upload_built(backend, b, built)
 
         try:
             for pack in packs:

@@ -111,6 +111,19 @@ class TierLock:
             self._thread_lock.release()
 
 
+def upload_built(backend: Backend, b: PackBuilder, built: list[tuple[PackId, int, int]]) -> int:
+    """Seal ``b``, upload it to ``backend`` and verify it there (the local file goes either way);
+    add ``(pack, size, chunks)`` to ``built``. Returns the size."""
+    size, digest = b.seal()
+    try:
+        backend.put_file(pack_name(b.pack), b.path)
+        backend.verify(pack_name(b.pack), digest, size)
+    finally:
+        b.path.unlink(missing_ok=True)
+    built.append((b.pack, size, len(b.entries)))
+    return size
+
+
 @dataclass
 class RepackResult:
     packs_in: int = 0
@@ -411,13 +424,7 @@ class Tiers:
                 if builder is None:
                     return
                 b, builder = builder, None
-                size, digest = b.seal()
-                try:
-                    self.backend(dst).put_file(pack_name(b.pack), b.path)
-                    self.backend(dst).verify(pack_name(b.pack), digest, size)
-                finally:
-                    b.path.unlink(missing_ok=True)
-                built.append((b.pack, size, len(b.entries)))
+                size = upload_built(self.backend(dst), b, built)
                 result.packs_out += 1
                 result.bytes_out += size
 

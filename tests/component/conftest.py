@@ -17,28 +17,15 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # component_helpers, whatever pytest's import mode
 
 from component_helpers import small_settings  # noqa: E402
+from repo_fixtures import closing, creating, repo_path  # noqa: E402, F401 (fixtures)
 
 from chunkfs.repo import Repository  # noqa: E402
 
 
 @pytest.fixture
-def repo_path(tmp_path: Path) -> Path:
-    return tmp_path / "repo"
-
-
-@pytest.fixture
 def make_repo(repo_path: Path) -> Iterator[Callable[..., Repository]]:
     """``make_repo(**settings)`` creates the repository (once); ``reopen()`` opens it again."""
-    opened: list[Repository] = []
-
-    def make(**kw) -> Repository:
-        repo = Repository.create(repo_path, settings=small_settings(**kw))
-        opened.append(repo)
-        return repo
-
-    yield make
-    for repo in opened:
-        repo.close()
+    yield from creating(repo_path, small_settings)
 
 
 @pytest.fixture
@@ -49,13 +36,4 @@ def repo(make_repo) -> Repository:
 @pytest.fixture
 def reopen(repo_path: Path) -> Iterator[Callable[..., Repository]]:
     """Open the repository at ``repo_path`` again (the caller closed the previous handle)."""
-    opened: list[Repository] = []
-
-    def open_(writable: bool = True) -> Repository:
-        r = Repository(repo_path, writable=writable)
-        opened.append(r)
-        return r
-
-    yield open_
-    for r in opened:
-        r.close()  # a no-op for those the test closed
+    yield from closing(lambda writable=True: Repository(repo_path, writable=writable))

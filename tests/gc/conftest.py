@@ -10,29 +10,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # gc_helpers, whatever pytest's import mode
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "component"))  # repo_fixtures
 
 from gc_helpers import settings  # noqa: E402
+from repo_fixtures import creating, repo_path  # noqa: E402, F401 (fixtures)
 
 from chunkfs.repo import Repository  # noqa: E402
 
 
 @pytest.fixture
-def repo_path(tmp_path: Path) -> Path:
-    return tmp_path / "repo"
-
-
-@pytest.fixture
 def make_repo(repo_path: Path) -> Iterator[Callable[..., Repository]]:
-    opened: list[Repository] = []
-
-    def make(**gc) -> Repository:
-        repo = Repository.create(repo_path, settings=settings(**gc))
-        opened.append(repo)
-        return repo
-
-    yield make
-    for r in opened:
-        r.close()
+    yield from creating(repo_path, settings)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 from chunkfs import config
 from chunkfs.errors import NotFound
 from chunkfs.repo import Repository
+from chunkfs.types import PackState, Tier
 
 BLOCK = 64 << 10
 
@@ -83,3 +84,31 @@ def rmtree(repo: Repository, path: str) -> None:
 
 def hot_bytes(repo_path: Path) -> int:
     return sum(p.stat().st_size for p in (repo_path / "hot").rglob("*.pack"))
+
+
+def tiered_settings(tiers: config.TierSettings, **gc) -> config.Settings:
+    """``settings(**gc)`` with ``tiers``."""
+    s = settings(**gc)
+    return config.Settings(**{**{f: getattr(s, f) for f in s.__dataclass_fields__}, "tiers": tiers})
+
+
+def checkpoints_on_tiers(repo: Repository, seed: int) -> dict[str, bytes]:
+    """Six checkpoints (contents from ``seed`` on), sealed, their packs moved to cold and warm in turn."""
+    files = {}
+    for step in range(6):
+        path = f"/m/run/checkpoint-{step}/model.bin"
+        files[path] = content(*range(4), *(seed + step * 100 + k for k in range(20)))
+        write(repo, path, files[path])
+    repo.packs.seal_all()
+    with repo.index.read() as t:
+        sealed = sorted((i.created_ns, p) for p, i in t.packs() if i.state == PackState.SEALED)
+    for n, (_, pack) in enumerate(sealed):
+        repo.tiers.move_pack(pack, Tier.WARM if n % 2 else Tier.COLD)
+    return files
+
+
+def drop_checkpoints(repo: Repository, files: dict[str, bytes], count: int = 4) -> None:
+    """Remove the first ``count`` checkpoints of ``checkpoints_on_tiers`` (and forget their files)."""
+    for step in range(count):
+        rmtree(repo, f"/m/run/checkpoint-{step}")
+        del files[f"/m/run/checkpoint-{step}/model.bin"]

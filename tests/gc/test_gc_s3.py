@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from gc_helpers import content, read, rmtree, settings, write
+from gc_helpers import checkpoints_on_tiers, drop_checkpoints, read, tiered_settings
 
 from chunkfs import config
 from chunkfs.ops import gc, retention
 from chunkfs.repo import Repository
-from chunkfs.types import PackState, Tier
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "backends"))  # s3_servers
 
@@ -51,27 +50,14 @@ def objects(endpoint: str, prefix: str) -> set[str]:
 
 
 def make(tmp_path: Path, endpoint: str, tag: str) -> Repository:
-    s = settings(repack_below=0.99)
     tiers = config.TierSettings(warm=f"s3://{BUCKET}/gc-{tag}-warm", cold=f"s3://{BUCKET}/gc-{tag}-cold",
                                 endpoint_url=endpoint)  # fmt: skip
-    s = config.Settings(**{**{f: getattr(s, f) for f in s.__dataclass_fields__}, "tiers": tiers})
-    return Repository.create(tmp_path / "repo", settings=s)
+    return Repository.create(tmp_path / "repo", settings=tiered_settings(tiers, repack_below=0.99))
 
 
 def populate(repo) -> dict[str, bytes]:
-    files = {}
-    for step in range(6):
-        path = f"/m/run/checkpoint-{step}/model.bin"
-        files[path] = content(*range(4), *(3000 + step * 100 + k for k in range(20)))
-        write(repo, path, files[path])
-    repo.packs.seal_all()
-    with repo.index.read() as t:
-        sealed = sorted((i.created_ns, p) for p, i in t.packs() if i.state == PackState.SEALED)
-    for n, (_, pack) in enumerate(sealed):
-        repo.tiers.move_pack(pack, Tier.WARM if n % 2 else Tier.COLD)
-    for step in range(4):
-        rmtree(repo, f"/m/run/checkpoint-{step}")
-        del files[f"/m/run/checkpoint-{step}/model.bin"]
+    files = checkpoints_on_tiers(repo, 3000)
+    drop_checkpoints(repo, files)
     return files
 
 

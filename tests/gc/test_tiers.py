@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gc_helpers import content, read, rmtree, settings, write
+from gc_helpers import checkpoints_on_tiers, content, drop_checkpoints, read, tiered_settings
 
 from chunkfs import config
 from chunkfs.ops import gc, retention
 from chunkfs.repo import Repository
-from chunkfs.types import PackState, Tier
 
 
 def pack_files(root: Path) -> set[str]:
@@ -19,25 +18,12 @@ def pack_files(root: Path) -> set[str]:
 
 def test_gc_deletes_and_repacks_on_warm_and_cold(tmp_path):
     warm, cold = tmp_path / "warm", tmp_path / "cold"
-    s = settings(repack_below=0.99)
-    s = config.Settings(**{**{f: getattr(s, f) for f in s.__dataclass_fields__},
-                           "tiers": config.TierSettings(warm=str(warm), cold=str(cold))})  # fmt: skip
-    repo = Repository.create(tmp_path / "repo", settings=s)
+    tiers = config.TierSettings(warm=str(warm), cold=str(cold))
+    repo = Repository.create(tmp_path / "repo", settings=tiered_settings(tiers, repack_below=0.99))
     try:
-        files = {}
-        for step in range(6):
-            path = f"/m/run/checkpoint-{step}/model.bin"
-            files[path] = content(*range(4), *(2000 + step * 100 + k for k in range(20)))
-            write(repo, path, files[path])
-        repo.packs.seal_all()
-        with repo.index.read() as t:
-            sealed = sorted((i.created_ns, p) for p, i in t.packs() if i.state == PackState.SEALED)
-        for n, (_, pack) in enumerate(sealed):
-            repo.tiers.move_pack(pack, Tier.WARM if n % 2 else Tier.COLD)
+        files = checkpoints_on_tiers(repo, 2000)
         assert pack_files(warm) and pack_files(cold)
-        for step in range(4):
-            rmtree(repo, f"/m/run/checkpoint-{step}")
-            del files[f"/m/run/checkpoint-{step}/model.bin"]
+        drop_checkpoints(repo, files)
         before = {"warm": pack_files(warm), "cold": pack_files(cold)}
         result = gc.run(repo, retention.rules_for(repo.settings, keep_last=2))
         assert result.packs_deleted + result.packs_repacked > 0
