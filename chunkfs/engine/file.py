@@ -142,9 +142,27 @@ class FileContent:
             first = self._starts[-1] == 0 and not self._patched
             parser = None if first else FixedParser()
             self._stream = Chunker(self.chunking.chunk_size, self.chunking.min_chunk, parser)
+            if not first:
+                self._reopen_tail()
         if self._hasher is not None:
             self._hasher.update(data)
         self._store_pieces(self._stream.feed(data))
+
+    def _reopen_tail(self) -> None:
+        """Appending to a file: take a short last chunk back into the new stream.
+
+        Otherwise every open-append-close of a log would leave one tiny chunk
+        behind (2,000 appends: 2,000 chunks of ~20 bytes); this way the tail
+        keeps growing up to a full chunk.
+        """
+        i = len(self._extents) - 1
+        if i < 0 or self._extents[i].chunk == HOLE or self._extents[i].length >= self.chunking.chunk_size:
+            return
+        tail = bytes(self._extent_bytes(i))
+        self._patched.pop(i, None)
+        del self._extents[i]
+        del self._starts[-1]
+        self._store_pieces(self._stream.feed(tail))
 
     def _end_stream(self) -> None:
         """Cut the stream's tail into final chunks; later writes start a new stream."""
