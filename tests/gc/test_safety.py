@@ -56,6 +56,7 @@ def test_gc_racing_four_writers_loses_nothing(make_repo, repo_path, gc_env):
     expected: dict[str, bytes] = {}
     lock = threading.Lock()
     errors: list[BaseException] = []
+    progress = [0] * 4
 
     def writer(i: int) -> None:
         rnd = random.Random(i)
@@ -71,6 +72,7 @@ def test_gc_racing_four_writers_loses_nothing(make_repo, repo_path, gc_env):
                 write(repo, path, data)
                 with lock:
                     expected[path] = data
+                    progress[i] = it
                 if it % 7 == 6:
                     rmtree(repo, path)
                     with lock:
@@ -85,14 +87,21 @@ def test_gc_racing_four_writers_loses_nothing(make_repo, repo_path, gc_env):
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 120
+    while min(progress) < 10 and time.monotonic() < deadline and not errors:
+        time.sleep(0.05)  # every writer has versions to drop before the first gc
     runs = 0
     totals: dict[str, int] = {}
-    while runs < 5:  # five gc runs while the writers write
+    raced = False
+    # at least five gc runs while the writers write, more (up to 20) until one of them
+    # has dropped versions and condemned chunks: on a loaded machine a run may find none
+    while runs < 5 or (not raced and runs < 20):
         out = cli_gc(repo_path, "--keep-within", "0s", "--repack-below", "0.9", env=gc_env)
         for k in ("chunks_condemned", "chunks_swept", "chunks_waiting", "packs_deleted", "packs_repacked",
                   "versions_dropped"):
             totals[k] = totals.get(k, 0) + out[k]
         runs += 1
+        raced = totals["versions_dropped"] > 0 and totals["chunks_condemned"] > 0
     writing_throughout = all(t.is_alive() for t in threads)
     stop.set()
     for t in threads:
