@@ -13,7 +13,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 from s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY, Rclone, Server, admin_client
 
-from chunkfs import clock
 
 AWS_VARS = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
@@ -39,12 +38,6 @@ def isolate_aws(monkeypatch, tmp_path_factory, also: tuple[str, ...] = ()) -> No
 def aws_env(monkeypatch, tmp_path_factory):
     """Test credentials in the environment, and nothing else boto3 could find (nor ``CHUNKFS_REPO``)."""
     isolate_aws(monkeypatch, tmp_path_factory, also=("CHUNKFS_REPO",))
-
-
-@pytest.fixture(autouse=True)
-def restore_clock(monkeypatch):
-    """Tests move chunkfs's clock forward (``clock.advance``); put it back afterwards."""
-    monkeypatch.setattr(clock, "_offset_ns", clock._offset_ns)
 
 
 @pytest.fixture(scope="session")

@@ -17,4 +17,4 @@ sys.path.insert(0, str(HERE))  # tier_helpers
 sys.path.insert(0, str(HERE.parent / "backends"))  # s3_servers
 sys.path.insert(0, str(HERE.parent / "component"))  # component_helpers
 
-from s3_fixtures import aws_env, cli_env, moto_server, own_rclone, restore_clock  # noqa: E402, F401 (fixtures)
+from s3_fixtures import aws_env, cli_env, moto_server, own_rclone  # noqa: E402, F401 (fixtures)
