@@ -179,18 +179,25 @@ class OpenFiles:
         self.repo.flush()
 
     def release(self, fh: int) -> int:
-        """Close handle ``fh`` (the last one commits what is left); return its inode."""
+        """Close handle ``fh`` (the last one commits what is left); return its inode.
+
+        The entry leaves the table only after that commit: a process opening
+        the file meanwhile shares it instead of loading the not-yet-committed
+        state from the index — whose own later commit the old one would then
+        overwrite (RELEASE reaches us asynchronously, after close() returned).
+        """
         with self._lock:
             entry = self._by_fh.pop(fh)
             entry.handles -= 1
             last = entry.handles == 0
-            if last:
-                del self._by_ino[entry.ino]
         try:
             if last:
                 with entry.lock:
                     if entry.error is None:
                         self._commit(entry, final=True)
+                with self._lock:
+                    if entry.handles == 0 and self._by_ino.get(entry.ino) is entry:
+                        del self._by_ino[entry.ino]
         finally:
             self.repo.ns.release(entry.ino)
         return entry.ino
