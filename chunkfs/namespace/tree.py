@@ -16,6 +16,7 @@ file); ``forget_orphans`` removes the ones a crashed daemon left behind.
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import threading
@@ -101,7 +102,7 @@ class Namespace:
         ino = ROOT_INODE
         for part in path.strip("/").split("/"):
             if part:
-                ino, _ = self.lookup(ino, part.encode())
+                ino, _ = self.lookup(ino, os.fsencode(part))
         return ino
 
     def readdir(self, ino: int, after: bytes | None = None, limit: int = 1 << 30):
@@ -156,7 +157,7 @@ class Namespace:
         or its own directory when the path has no step level."""
         parts = self.path_of(ino).strip("/").split("/")[:-1]
         for i in range(len(parts) - 1, -1, -1):
-            if STEP_RE.search(parts[i].encode()):
+            if STEP_RE.search(os.fsencode(parts[i])):
                 return "/" + "/".join(parts[:i])
         return "/" + "/".join(parts)
 

@@ -194,10 +194,5 @@ def test_run_directory_name_that_is_not_utf8_round_trips(tmp_path, repo):
         assert "/d/run\udcff" in {info.group for _, info in t.packs()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="namespace/tree.py Namespace.group_of encodes path parts with str.encode(): a directory "
-    "name that is not UTF-8 (surrogateescape) and has no step directory below it raises UnicodeEncodeError",
-)
 def test_directory_name_that_is_not_utf8_round_trips(tmp_path, repo):
     _round_trip_tree(tmp_path, repo, b"dir\xff", b"model.bin")
