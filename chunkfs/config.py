@@ -207,6 +207,9 @@ class LifecycleSettings:
     interval: int = _setting(
         600, _duration, "how often a mount applies the policies (seals idle runs, moves packs; 0: never)"
     )
+    seal_quiet: int = _setting(
+        60, _duration, "a complete run's open pack is sealed once no write touched it for this long"
+    )
 
 
 _LEVEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -60,9 +60,6 @@ log = logging.getLogger(__name__)
 
 COUNTERS_EVERY = 10.0
 """Seconds between rounds of the background thread: counters saved, complete runs' open packs sealed."""
-SEAL_QUIET = 60.0
-"""A complete run's open pack is sealed once no write touched it for this long (a run marked
-complete while its trainer still writes gets one pack per minute at most, not one per round)."""
 
 LOCK_NAME = "lock"
 
@@ -228,12 +225,13 @@ class Repository:
 
     def seal_complete(self) -> int:
         """Seal the open packs of complete runs (marked, or idle for ``lifecycle.run_idle``) that no
-        write touched for ``SEAL_QUIET`` seconds, so that all their data can move."""
+        write touched for ``lifecycle.seal_quiet`` seconds, so that all their data can move (a run
+        marked complete while its trainer still writes gets one pack per quiet time, not one per round)."""
         if not self.packs.open_groups():
             return 0
         now = clock.now_ns()
         complete = lifecycle.complete_runs(self.index, self.settings.lifecycle, now)
-        return self.packs.seal_groups(complete, now - int(SEAL_QUIET * 1e9))
+        return self.packs.seal_groups(complete, now - self.settings.lifecycle.seal_quiet * 1_000_000_000)
 
     def run_policies(self) -> lifecycle.Outcome:
         """Seal the open packs of complete runs, then apply the lifecycle policies (if the tier lock is
