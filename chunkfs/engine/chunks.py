@@ -135,16 +135,18 @@ class ChunkIO:
         return self.packs.stage(dict.fromkeys(c for c in chunks if c != HOLE), progress)
 
     def recompress(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, level: int) -> tuple[bytes, int]:
-        """Re-encode a chunk for the cold tier: zstd at ``level`` when that is smaller than what is
-        stored, the stored bytes otherwise. The chunk is verified on the way (never repack damage)."""
+        """Re-encode a chunk for the cold tier: whichever of zstd at ``level``, byte planes of
+        width 2 or 4 + zstd, or raw bytes is smallest, tried on a sample first
+        (``codec.cold_encoding``); the stored bytes stay when nothing is smaller. Never
+        repacks damage: the chunk is verified on the way in, and a new encoding is decoded and
+        verified before it replaces the only copy (a few percent of the level-9 compression)."""
         raw = codec.decode(chunk, stored, raw_len, flags, "repack")
-        sample = raw[: self.compression.sample]
-        compressor = codec._compressor(level)
-        if len(sample) >= 512 and len(compressor.compress(sample)) > 0.97 * len(sample):
-            return stored, flags  # does not shrink: keep as it is
-        packed = compressor.compress(raw)
-        if len(packed) < len(stored):
-            return packed, chunk_flags(Compression.ZSTD)
+        how = codec.cold_encoding(raw[: self.compression.sample], level)
+        if how != Compression.NONE:
+            packed = codec.compress(raw, how, level)
+            if len(packed) < len(stored):
+                codec.decode(chunk, packed, raw_len, chunk_flags(how), "repack output")
+                return packed, chunk_flags(how)
         if flags_compression(flags) != Compression.NONE and len(raw) <= len(stored):
             return raw, chunk_flags(Compression.NONE)
         return stored, flags

@@ -1,0 +1,82 @@
+"""Chunk encodings (engine/codec.py): the byte-plane transform and its zstd encodings, what a
+reader does with damaged or unknown encodings, and which encoding the cold trial picks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chunkfs.engine import codec
+from chunkfs.errors import CorruptData
+from chunkfs.types import ChunkKind, Compression, chunk_flags
+
+PLANES = [Compression.ZSTD_PLANES2, Compression.ZSTD_PLANES4]
+
+
+def _bf16(n: int, seed: int = 0) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, generator=g) * 0.02).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+
+
+def _fp32(n: int, seed: int = 0) -> bytes:
+    return (np.random.default_rng(seed).standard_normal(n, dtype=np.float32) * 0.02).tobytes()
+
+
+def test_planes_put_each_element_byte_in_its_plane_and_keep_the_tail():
+    assert codec.to_planes(b"abcdefg", 2) == b"acebdf" + b"g"
+    assert codec.to_planes(b"0123456789", 4) == b"04152637" + b"89"
+    assert codec.to_planes(b"abc", 4) == b"abc", "shorter than one element: all tail"
+    assert codec.to_planes(b"", 2) == b""
+
+
+@given(st.binary(max_size=300), st.sampled_from([2, 4]))
+def test_planes_invert_for_any_length(data, width):
+    planes = codec.to_planes(data, width)
+    assert len(planes) == len(data)
+    assert codec.from_planes(planes, width) == data
+
+
+@pytest.mark.parametrize("how", PLANES)
+@pytest.mark.parametrize("length", [0, 1, 3, 4097, (1 << 16) + 3])
+def test_plane_encodings_decode_to_the_verified_raw_bytes(how, length):
+    data = _bf16(length)[:length]  # odd lengths: half an element of tail
+    stored = codec.compress(data, how, 9)
+    assert codec.decode(codec.chunk_id(data), stored, len(data), chunk_flags(how), "pack p") == data
+
+
+@pytest.mark.parametrize("how", PLANES)
+def test_wrong_planes_are_corrupt_data_naming_the_chunk(how):
+    data = _fp32(4096)
+    cid = codec.chunk_id(data)
+    # the same bytes, planes of the other width: a valid zstd frame that unshuffles wrongly
+    other = codec.compress(data, PLANES[1 - PLANES.index(how)], 9)
+    with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p: content does not match its hash"):
+        codec.decode(cid, other, len(data), chunk_flags(how), "pack p")
+    stored = bytearray(codec.compress(data, how, 9))
+    stored[len(stored) // 2] ^= 0xFF
+    with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p: "):
+        codec.decode(cid, bytes(stored), len(data), chunk_flags(how), "pack p")
+    with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p: cannot decode"):
+        codec.decode(cid, bytes(stored[:20]), len(data), chunk_flags(how), "pack p")
+
+
+def test_unknown_compression_or_kind_names_the_chunk_and_a_newer_chunkfs():
+    data = b"x" * 100
+    cid = codec.chunk_id(data)
+    for flags in (0x07, 0x0F, 0x20):
+        match = f"chunk {cid.hex()} in pack p: flags {flags:#04x} .*newer chunkfs"
+        with pytest.raises(CorruptData, match=match):
+            codec.decode(cid, data, len(data), flags, "pack p")
+    with pytest.raises(CorruptData, match="delta chunks need a newer chunkfs"):
+        codec.decode(cid, data, len(data), chunk_flags(Compression.NONE, ChunkKind.DELTA), "pack p")
+
+
+def test_cold_trial_picks_planes_for_floats_and_none_for_random_bytes():
+    assert codec.cold_encoding(_bf16(32 << 10), 9) in PLANES
+    assert codec.cold_encoding(_fp32(16 << 10), 9) == Compression.ZSTD_PLANES4
+    assert codec.cold_encoding(np.random.default_rng(0).bytes(64 << 10), 9) == Compression.NONE
+    assert codec.cold_encoding(b'{"global_step": 100, "epoch": 1.0}' * 50, 9) == Compression.ZSTD
+    assert codec.cold_encoding(b"", 9) == Compression.NONE
