@@ -177,6 +177,13 @@ class TierSettings:
     cold_archive: bool = _setting(
         False, _bool, "cold packs must be restored before reading: reads need `chunkfs thaw PATH`"
     )
+    cold_restore_days: int = _setting(
+        7, _int(1, 365), "days a restored copy of an archived cold pack stays readable (`chunkfs thaw`)"
+    )
+    cold_restore_tier: str = _setting(
+        "Standard", _choice("Expedited", "Standard", "Bulk"),
+        "S3 retrieval tier of those restores: Expedited, Standard or Bulk (slower, cheaper)",
+    )
 
 
 @dataclass(frozen=True)

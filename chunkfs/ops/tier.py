@@ -29,7 +29,10 @@ from chunkfs.types import PackId, PackInfo, PackState, Tier
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+FIRST_RESTORE_POLL_S = 1.0
 RESTORE_POLL_S = 30.0
+"""Restores are polled after 1 s, then at doubling intervals up to this: an expedited restore
+(or a server that restores at once) is seen quickly, a bulk one costs a HEAD per pack every 30 s."""
 
 
 def _norm(path: str) -> str:
@@ -168,6 +171,7 @@ def thaw(repo: Repository, path: str, progress: Progress = lambda n: None, *, wa
 def _wait_restored(restore, packs: list[tuple[PackId, PackInfo]], wait_s: float | None) -> None:
     deadline = None if wait_s is None else time.monotonic() + wait_s
     pending = [pack_name(p) for p, _ in packs]
+    delay = FIRST_RESTORE_POLL_S
     while True:
         pending = [name for name in pending if not restore(name)]
         if not pending:
@@ -177,7 +181,8 @@ def _wait_restored(restore, packs: list[tuple[PackId, PackInfo]], wait_s: float 
                 f"{len(pending)} packs are still being restored from the archive; run `chunkfs thaw` again later"
             )
         log.info("waiting for the archive to restore %d packs", len(pending))
-        time.sleep(RESTORE_POLL_S)
+        time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(2 * delay, RESTORE_POLL_S)
 
 
 # -- sync ----------------------------------------------------------------------------------------

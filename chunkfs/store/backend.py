@@ -19,6 +19,9 @@ import blake3
 
 from chunkfs.errors import BackendUnavailable, CorruptData, NoSpace, NotFound
 
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+"""S3 storage classes whose objects must be restored before a GET (GLACIER_IR is read directly)."""
+
 
 class Backend(ABC):
     """Object storage: put/get/get-range/list/delete/exists."""

@@ -22,6 +22,12 @@ Choices, and why:
   metadata (``x-amz-meta-blake3``). ``verify`` checks size and that metadata,
   and reads the content back when the metadata is missing (``rclone serve s3``
   keeps metadata in memory only) or when asked to.
+- Objects in an archive storage class (GLACIER, DEEP_ARCHIVE) cannot be read
+  until restored: ``restore`` asks for a temporary readable copy (RestoreObject)
+  and reports from the HEAD's ``x-amz-restore`` header when it is there; a read
+  of an object that is not restored fails at once with a message that says to
+  run ``chunkfs thaw`` (S3 answers it with a 403 that must not read as "access
+  denied", and that no retry can change).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from chunkfs.errors import BackendUnavailable, ConfigError, CorruptData, NotFound
-from chunkfs.store.backend import Backend, os_error
+from chunkfs.store.backend import ARCHIVE_STORAGE_CLASSES, Backend, os_error
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,7 @@ _DENIED = {
     "InvalidToken",
     "TokenRefreshRequired",
 }
+_RESTORE_STATE = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
 
 
@@ -94,6 +101,8 @@ class S3Backend(Backend):
         region: str | None = None,
         addressing_style: str | None = None,
         storage_class: str | None = None,
+        restore_days: int = 7,
+        restore_tier: str = "Standard",
         part_size: int = 64 << 20,
         max_concurrency: int = 4,
         max_attempts: int = 5,
@@ -103,7 +112,9 @@ class S3Backend(Backend):
     ) -> None:
         """``addressing_style`` defaults to ``path`` with an ``endpoint_url`` (MinIO, Ceph, rclone
         need it) and to ``auto`` for AWS. Files of ``part_size`` or more are uploaded in parts of
-        that size, ``max_concurrency`` at a time."""
+        that size, ``max_concurrency`` at a time. ``restore`` asks for copies of archived objects
+        that stay readable ``restore_days`` days, retrieved at ``restore_tier`` (Expedited,
+        Standard, Bulk: S3's trade of speed against price)."""
         self.bucket, self._root = _parse_url(url)
         self.url = f"s3://{self.bucket}/{self._root}".rstrip("/")
         if endpoint_url is not None:
@@ -116,6 +127,7 @@ class S3Backend(Backend):
             raise ConfigError(f"{self.url}: part size {part_size} must be between 5 MiB and 5 GiB")
         self.retry_window = retry_window
         self._extra = {"StorageClass": storage_class} if storage_class else {}
+        self._restore_request = {"Days": restore_days, "GlacierJobParameters": {"Tier": restore_tier}}
         session = boto3.session.Session()  # not thread-safe: used here only, to build the client
         region = region or session.region_name or ("us-east-1" if endpoint_url else None)
         self._client = session.client(
@@ -243,6 +255,38 @@ class S3Backend(Backend):
                 if _code(e) != "NoSuchKey":  # S3 answers 204; a few compatible servers say NoSuchKey
                     raise
 
+    # -- archive storage classes ----------------------------------------------------------------
+
+    def restore(self, name: str) -> bool:
+        """Whether the object can be read now; if it is archived and no restore was asked for,
+        ask for one (``chunkfs thaw`` calls this for every pack until all say True).
+
+        One HEAD tells: a storage class that is no archive (GLACIER_IR, STANDARD…) is readable
+        as it is; an ``x-amz-restore`` header says a restore was requested and whether it is
+        done (``ongoing-request="false"``). Without one, a RestoreObject asks for a copy
+        readable ``restore_days`` days; another process that asked first
+        (RestoreAlreadyInProgress) is as good as our request.
+        """
+        head = self._head(name)
+        if head is None:
+            raise NotFound(f"{self._where(name)}: missing")
+        if head.get("StorageClass") not in ARCHIVE_STORAGE_CLASSES:
+            return True
+        if (state := restore_state(head.get("Restore"))) is not None:
+            return state
+        with self._errors(name):
+            try:
+                self._retrying(
+                    lambda: self._client.restore_object(
+                        Bucket=self.bucket, Key=self._key(name), RestoreRequest=self._restore_request
+                    )
+                )
+            except ClientError as e:
+                if _code(e) != "RestoreAlreadyInProgress":
+                    raise
+        log.info("%s: restore from %s requested", self._where(name), head["StorageClass"])
+        return False
+
     # -- verification ---------------------------------------------------------------------------
 
     def verify(self, name: str, blake3_digest: bytes, size: int, *, reread: bool = False) -> None:
@@ -350,6 +394,11 @@ class S3Backend(Backend):
             return NotFound(f"s3://{self.bucket}: bucket does not exist; create it or fix the URL")
         if code == "NoSuchKey" or status == 404:
             return NotFound(f"{where}: missing")
+        if code == "InvalidObjectState":  # a 403, but no retry and no credential changes it
+            return BackendUnavailable(
+                f"{where}: archived in an S3 archive storage class and not restored; "
+                f"run `chunkfs thaw PATH` on the run that holds it"
+            )
         if code in _DENIED or status == 403:
             return BackendUnavailable(
                 f"{where}: access denied ({code}); check the credentials (AWS_ACCESS_KEY_ID, "
@@ -416,6 +465,16 @@ def _code(e: ClientError) -> str:
 
 def _status(e: ClientError) -> int | None:
     return e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def restore_state(header: str | None) -> bool | None:
+    """From an ``x-amz-restore`` header: None (no restore requested), False (in progress), True (done)."""
+    if header is None:
+        return None
+    m = _RESTORE_STATE.search(header)
+    if m is None:
+        raise BackendUnavailable(f"unexpected x-amz-restore header {header!r} from the S3 endpoint")
+    return m.group(1) == "false"
 
 
 def _stored_blake3(head: dict) -> str | None:

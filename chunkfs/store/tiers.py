@@ -43,7 +43,7 @@ from chunkfs import clock, config
 from chunkfs.errors import BackendUnavailable, ConfigError, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.store import packfmt
-from chunkfs.store.backend import Backend, LocalBackend, os_error
+from chunkfs.store.backend import ARCHIVE_STORAGE_CLASSES, Backend, LocalBackend, os_error
 from chunkfs.store.packs import pack_id_from_name, pack_name, read_entries
 from chunkfs.store.url import backend_for
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
@@ -171,8 +171,11 @@ class Tiers:
         return self.configured(Tier.WARM) or self.configured(Tier.COLD)
 
     def archive(self, tier: Tier) -> bool:
-        """Whether packs on ``tier`` must be thawed before they can be read."""
-        return tier == Tier.COLD and self.settings.cold_archive
+        """Whether packs on ``tier`` must be thawed before they can be read: ``cold_archive``, or a
+        cold storage class that S3 never serves without a restore (a GET would fail anyway)."""
+        return tier == Tier.COLD and (
+            self.settings.cold_archive or self.settings.cold_storage_class.upper() in ARCHIVE_STORAGE_CLASSES
+        )
 
     def next_tier(self, tier: Tier) -> Tier | None:
         """Where the policy sends packs from ``tier``: the next configured colder tier."""
@@ -547,6 +550,8 @@ def open_backend(url: str, settings: config.TierSettings, storage_class: str, ba
             region=settings.region or None,
             addressing_style=settings.addressing_style or None,
             storage_class=storage_class or None,
+            restore_days=settings.cold_restore_days,
+            restore_tier=settings.cold_restore_tier,
             part_size=UPLOAD_PART_SIZE,
             max_concurrency=UPLOAD_CONCURRENCY,
         )
