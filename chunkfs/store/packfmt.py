@@ -5,13 +5,18 @@ A pack is written front to back and never modified once sealed::
     header   32 bytes   magic "CHUNKFSP" | format u16 | flags u16 | reserved u32 | pack id (16)
     record*             one per chunk, back to back:
              44 bytes   magic "CR" | flags u8 | reserved u8 | raw length u32 | stored length u32 | chunk id (32)
-             n bytes    the stored bytes (zstd frame or raw, per flags)
+             n bytes    the stored bytes, as the flags say
     footer              only in a sealed pack:
              49 bytes × N   chunk id (32) | offset u64 | stored length u32 | raw length u32 | flags u8
              56 bytes   footer offset u64 | entry count u32 | reserved u32 | BLAKE3 of the entries (32) | magic "CHUNKFSF"
 
 All integers little-endian. ``offset`` in the footer points at a record's stored
-bytes. The footer makes a pack self-describing: the chunk index can be rebuilt
+bytes. Chunk flags: low nibble the compression (``types.Compression``: 0 raw, 1 one
+zstd frame, 2/3 byte planes of 2-/4-byte elements then one zstd frame, written only
+by cold repacks; 4-15 unknown, refused by name), high nibble the kind (0 full,
+1 delta: reserved); the encodings themselves are in ``engine/codec.py``.
+
+The footer makes a pack self-describing: the chunk index can be rebuilt
 from the packs alone. A pack whose writer died before sealing has no footer; its
 records can still be recovered by walking the record headers from offset 32
 (``iter_records``), stopping at the first torn or invalid one.
