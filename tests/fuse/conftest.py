@@ -51,13 +51,19 @@ def mount_root():
 
 @pytest.fixture
 def make_mount(request, tmp_path, mount_root):
-    """``make_mount(options=[], hot=None, name="repo", settings=None)`` → a new repository, mounted by the CLI."""
+    """``make_mount(options=[], hot=None, name="repo", settings=None, args=[])`` → a new repository,
+    mounted by the CLI (``args``: more arguments of ``chunkfs mount``)."""
     _require_fuse()
     mounts: list[Mount] = []
     request.node._chunkfs_mounts = mounts
 
     def make(
-        *, options: list[str] | None = None, hot: Path | None = None, name: str = "repo", settings: dict | None = None
+        *,
+        options: list[str] | None = None,
+        hot: Path | None = None,
+        name: str = "repo",
+        settings: dict | None = None,
+        args: list[str] | None = None,
     ) -> Mount:
         """``settings``: {section: {key: value}} written to chunkfs.toml before mounting."""
         repo = tmp_path / name
@@ -66,7 +72,7 @@ def make_mount(request, tmp_path, mount_root):
             configure(repo, settings)
         path = mount_root / name
         path.mkdir()
-        m = Mount(repo, path, list(options or []))
+        m = Mount(repo, path, list(options or []), args)
         mounts.append(m)
         m.mount()
         return m

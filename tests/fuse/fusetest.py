@@ -69,10 +69,11 @@ def wait_dead(pid: int, timeout: float) -> bool:
 class Mount:
     """One repository and where it is mounted."""
 
-    def __init__(self, repo: Path, path: Path, options: list[str]) -> None:
+    def __init__(self, repo: Path, path: Path, options: list[str], args: list[str] | None = None) -> None:
         self.repo = repo
         self.path = path
         self.options = options
+        self.args = list(args or [])  # more arguments of `chunkfs mount` (--metrics HOST:PORT)
         self.expected: list[re.Pattern] = []
 
     def __truediv__(self, name: str) -> Path:
@@ -108,7 +109,7 @@ class Mount:
             return None
 
     def mount(self) -> subprocess.CompletedProcess:
-        done = cli("mount", self.repo, self.path, *[f"-o{o}" for o in self.options], timeout=90)
+        done = cli("mount", self.repo, self.path, *[f"-o{o}" for o in self.options], *self.args, timeout=90)
         assert is_mounted(self.path), f"chunkfs mount returned 0 but {self.path} is not mounted"
         return done
 
