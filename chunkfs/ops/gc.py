@@ -293,7 +293,7 @@ def _packs(repo, threshold: float, dry_run: bool, progress, result: GcResult) ->
             packs.sort(key=lambda p: usage[p].info.created_ns)
             sweep.repack(repo.tiers, repo.index, tier, group, packs, write_back=repo.packs.write_back,
                          progress=progress, hook=_hook, result=out)  # fmt: skip
-        found = sweep.reclaim_orphans(repo.tiers, repo.index, repo.settings.gc.orphan_age, out)
+        found = sweep.reclaim_orphans(repo.tiers, repo.index, repo.replicas, repo.settings.gc.orphan_age, out)
         log.info("gc: reclaimed %d orphaned objects: %s", len(found), ", ".join(found[:10]))
     result.packs_deleted = out.packs_deleted
     result.packs_repacked = out.packs_repacked

@@ -33,7 +33,7 @@ from chunkfs import clock, config
 from chunkfs.errors import BackendUnavailable, ChunkfsError, ConfigError, CorruptData, NotFound
 from chunkfs.index import Index, keys
 from chunkfs.store.backend import Backend, LocalBackend
-from chunkfs.store.packs import pack_name, read_entries
+from chunkfs.store.packs import pack_id_from_name, pack_name, read_entries
 from chunkfs.store.tiers import Tiers, open_backend
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
 
@@ -193,6 +193,35 @@ class Replicas:
             self.last_error = None
         self._drop_stale()
         return done
+
+    def reclaim(self, *, dry_run: bool = False) -> list[tuple[str, int]]:
+        """Delete the replica objects of packs the index no longer has (gc deleted or repacked them),
+        and their entries; return (object, size) of each. Under the tier lock, like ``replicate``,
+        so an object being copied for a pack that is still indexed is never taken for one."""
+        found: list[tuple[str, int]] = []
+        with self.tiers.lock.hold():
+            with self.index.read() as t:
+                indexed = {p for p, _ in t.packs()}
+            for url in self.urls:
+                try:
+                    found += self._reclaim_on(self.backend(url), indexed, dry_run)
+                except ChunkfsError as e:  # a replica that is down keeps its leftovers until the next gc
+                    log.warning("replica %s: cannot delete copies of deleted packs: %s", url, e)
+            if not dry_run:
+                self._drop_stale()
+        return found
+
+    @staticmethod
+    def _reclaim_on(backend: Backend, indexed: set[PackId], dry_run: bool) -> list[tuple[str, int]]:
+        found = []
+        for name in list(backend.list("packs/")):
+            pack = pack_id_from_name(name)
+            if pack is None or pack in indexed:
+                continue
+            found.append((f"{backend.url}/{name}", backend.size(name)))
+            if not dry_run:
+                backend.delete(name)
+        return found
 
     def _drop_stale(self) -> None:
         with self.index.read() as t:

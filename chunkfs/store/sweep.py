@@ -27,6 +27,7 @@ from chunkfs import clock
 from chunkfs.index import Index
 from chunkfs.store.backend import LocalBackend
 from chunkfs.store.packs import pack_id_from_name, pack_name, read_entries
+from chunkfs.store.replicas import Replicas
 from chunkfs.store.tiers import NEW, OLD, PackBuilder, Tiers, tier_name, upload_built
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
 
@@ -196,12 +197,17 @@ def repack(tiers: Tiers, index: Index, tier: Tier, group: str, packs: list[PackI
 
 
 def reclaim_orphans(
-    tiers: Tiers, index: Index, min_age_s: float, result: SweepResult, *, dry_run: bool = False
+    tiers: Tiers, index: Index, replicas: Replicas, min_age_s: float, result: SweepResult, *, dry_run: bool = False
 ) -> list[str]:
     """Delete pack objects no index entry, copy or tier note explains (crashed writes and
-    moves), and old scratch files; on the hot tier only once ``min_age_s`` old (a writer creates its
-    pack file just before it registers it)."""
+    moves), replica copies of packs no longer indexed, and old scratch files; on the hot tier only
+    once ``min_age_s`` old (a writer creates its pack file just before it registers it)."""
     found: list[str] = []
+    for where, size in replicas.reclaim(dry_run=dry_run):
+        found.append(where)
+        if not dry_run:
+            result.orphans_deleted += 1
+            result.orphan_bytes += size
     with tiers.lock.hold():
         with index.read() as t:
             known = {(p, i.tier) for p, i in t.packs()}
