@@ -10,6 +10,7 @@ S3 request; writes go on while S3 is down and the queue drains once it is back.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -27,6 +28,8 @@ from fusetest import cli  # noqa: E402
 from s3_fixtures import aws_env, moto_server, own_rclone  # noqa: E402, F401 (fixtures)
 from tier_helpers import s3_url, same_tree, write_run  # noqa: E402
 
+import pytest  # noqa: E402
+
 RUN = "llama/run1"
 
 
@@ -36,14 +39,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiered_mount(make_mount, endpoint: str, *, metrics_port: int | None = None):
-    """A mount with small chunks and 1 MiB packs, a warm tier at ``endpoint``, runs complete only
-    when marked, an open pack sealed at the daemon's next round, no policy rounds of its own
-    (the tests run `chunkfs tier`)."""
+def _tiered_mount(make_mount, endpoint: str, *, metrics_port: int | None = None, tiers: dict | None = None):
+    """A mount with small chunks and 1 MiB packs, a warm tier at ``endpoint`` (and ``tiers``),
+    runs complete only when marked, an open pack sealed at the daemon's next round, no policy
+    rounds of its own (the tests run `chunkfs tier`)."""
     settings = {
         "chunking": {"chunk_size": 256 << 10, "min_chunk": 16 << 10},
         "packs": {"target_size": 1 << 20},
-        "tiers": {"warm": s3_url("mount"), "endpoint_url": endpoint},
+        "tiers": {"warm": s3_url("mount"), "endpoint_url": endpoint, **(tiers or {})},
         "lifecycle": {"run_idle": 0, "seal_quiet": 0, "interval": 0},
     }
     args = ["--metrics", f"127.0.0.1:{metrics_port}"] if metrics_port else []
@@ -160,4 +163,27 @@ def test_writes_go_on_while_s3_is_down_and_the_queue_drains_after(make_mount, ow
 
     _complete_and_tier_to_warm(m)  # nothing was lost: the run reads back from S3 alone
     _drop_caches(m)
+    same_tree(src, m.path / RUN)
+
+
+def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(make_mount, moto_server, tmp_path):
+    glacier = {"cold": s3_url("glacier"), "cold_storage_class": "GLACIER"}
+    m = _tiered_mount(make_mount, moto_server.endpoint, tiers=glacier)
+    m.expect_log(r"chunkfs thaw")  # the daemon's ERROR line for the refused read names the command
+    src = _write_run(m, tmp_path)
+    _complete_and_tier_to_warm(m)
+    cli("tier", "move", m.path / RUN, "--to", "cold")
+    assert set(_run_stored(m)) == {"cold"}
+    _drop_caches(m)
+
+    started = time.monotonic()
+    with pytest.raises(OSError) as refused:
+        (m.path / RUN / "checkpoint-100" / "model.safetensors").read_bytes()
+    assert refused.value.errno == errno.EIO
+    assert time.monotonic() - started < 30, "a read of archived data waited instead of failing"
+    assert "must be restored first; run `chunkfs thaw /llama/run1`" in m.log(), m.log()
+
+    done = cli("thaw", m.path / RUN, "--json")
+    assert json.loads(done.stdout)["packs"] > 0
+    assert set(_run_stored(m)) == {"warm"}
     same_tree(src, m.path / RUN)

@@ -43,7 +43,8 @@ def test_gc_deletes_and_repacks_on_warm_and_cold(tmp_path):
 def test_gc_deletes_the_replica_copies_of_the_packs_it_deletes(tmp_path):
     warm, cold, replica = tmp_path / "warm", tmp_path / "cold", tmp_path / "replica"
     s = tiered_settings(config.TierSettings(warm=str(warm), cold=str(cold)), repack_below=0.99)
-    s = dataclasses.replace(s, replication=config.ReplicationSettings(replicas=(str(replica),), cold=True, interval=0))
+    replication = config.ReplicationSettings(replicas=(str(replica),), cold=True, interval=0)
+    s = dataclasses.replace(s, replication=replication)
     repo = Repository.create(tmp_path / "repo", settings=s)
     try:
         files = checkpoints_on_tiers(repo, 3000)
