@@ -217,6 +217,9 @@ class LifecycleSettings:
     seal_quiet: int = _setting(
         60, _duration, "a complete run's open pack is sealed once no write touched it for this long"
     )
+    hot_min_free: int = _setting(
+        10, _int(0, 90), "percent of the hot disk kept free: below it, hot packs with a warm copy leave early (0: off)"
+    )
 
 
 _LEVEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -13,8 +13,8 @@ A repository on disk::
 Background work (``start_background``, called by the mount daemon and by long
 writing commands): the uploader drains the write-back queue to the warm tier,
 and every ``lifecycle.interval`` the policies run (idle runs' open packs are
-sealed, packs move between tiers); activity counters are saved every few
-seconds. With ``replication.replicas`` configured the replicator copies sealed
+sealed, packs move between tiers), and at once whenever the hot disk is short
+of ``lifecycle.hot_min_free``; activity counters are saved every few seconds. With ``replication.replicas`` configured the replicator copies sealed
 packs to them (store/replicas.py), and with a warm tier or replicas the index is
 backed up there every ``backup.interval`` and once more when it stops
 (store/metabackup.py). Only a writable repository runs it (docs/tiers.md, "Who
@@ -215,7 +215,8 @@ class Repository:
             try:
                 self.save_counters()
                 self.seal_complete()
-                if policies and interval and time.monotonic() >= next_policy:
+                due = interval and time.monotonic() >= next_policy
+                if policies and (due or lifecycle.hot_shortfall(self.tiers, self.settings.lifecycle)[0]):
                     next_policy = time.monotonic() + interval
                     self.run_policies()
             except ChunkfsError as e:

@@ -9,6 +9,11 @@ Runs are pack groups (``PackInfo.group``: the run directory). The rules
   to hot by hand (``tier move --to hot``) stays until marked complete again.
 - **warm → cold** for warm packs older than ``cold_after_days`` of a run not
   read for ``cold_idle_days``: repacked, recompressed, one run per pack.
+- **hot pressure**: when the hot disk has less than ``hot_min_free`` percent
+  free, sealed hot packs that already have a verified warm copy leave hot
+  early (complete runs first, then the oldest packs), until it has that much
+  again: each costs a HEAD and a delete, and a checkpoint being written never
+  waits for S3 to make room (docs/tiers.md, "Hot-tier pressure").
 
 ``plan`` only reads the index; ``apply`` performs the actions through
 ``Tiers`` (each pack move or repack is crash-safe on its own).
@@ -16,6 +21,7 @@ Runs are pack groups (``PackInfo.group``: the run directory). The rules
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,8 +100,47 @@ def complete_runs(index: Index, settings: LifecycleSettings, now: int | None = N
     return {g for g, packs in groups.items() if is_complete(records.get(g, RunRecord()), packs, settings, now)}
 
 
+def hot_shortfall(tiers: Tiers, settings: LifecycleSettings) -> tuple[int, str]:
+    """(bytes to free on the hot disk to get back to ``hot_min_free`` percent — 0 when it has
+    enough or no warm tier could take the packs —, how full it is in words)."""
+    if not settings.hot_min_free or not tiers.configured(Tier.WARM):
+        return 0, ""
+    disk = shutil.disk_usage(tiers.backend(Tier.HOT).root)
+    wanted = disk.total * settings.hot_min_free // 100
+    words = f"hot disk {100 * disk.free / disk.total:.0f}% free, below {settings.hot_min_free}%"
+    return max(0, wanted - disk.free), words
+
+
+def _pressure(
+    index: Index, groups: dict[str, list[tuple[PackId, PackInfo]]], records: dict[str, RunRecord],
+    planned: set[PackId], shortfall: int, why: str,
+) -> list[Action]:  # fmt: skip
+    """Hot packs with a warm copy to evict for ``shortfall`` bytes: complete runs' (those already
+    ``planned``) count first, then the oldest others; runs held on hot by hand are left alone."""
+    shortfall -= sum(i.size for packs in groups.values() for p, i in packs if p in planned)
+    if shortfall <= 0:
+        return []
+    with index.read() as t:
+        candidates = sorted(
+            (i.created_ns, p, i) for g, packs in groups.items() if records.get(g, RunRecord()).held != Tier.HOT
+            for p, i in packs
+            if i.tier == Tier.HOT and i.state == PackState.SEALED and p not in planned
+            and any(tier == Tier.WARM for tier, _, _ in t.copies_of(p))
+        )  # fmt: skip
+    chosen: dict[str, list[tuple[PackId, PackInfo]]] = defaultdict(list)
+    for _, pack, info in candidates:
+        if shortfall <= 0:
+            break
+        chosen[info.group].append((pack, info))
+        shortfall -= info.size
+    return [
+        Action(g, Tier.HOT, Tier.WARM, [p for p, _ in packs], sum(i.size for _, i in packs), why)
+        for g, packs in sorted(chosen.items())
+    ]
+
+
 def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | None = None) -> list[Action]:
-    """The moves the policies call for now, run by run."""
+    """The moves the policies call for now, run by run (hot-pressure evictions last)."""
     now = clock.now_ns() if now is None else now
     groups, records = runs_of(index)
     actions = []
@@ -116,6 +161,10 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
             if old and idle >= settings.cold_idle_days * DAY_NS:
                 reason = f"older than {settings.cold_after_days} days, not read for {_span(idle)}"
                 actions.append(Action(group, Tier.WARM, Tier.COLD, [p for p, _ in old], sum(i.size for _, i in old), reason))
+    shortfall, why = hot_shortfall(tiers, settings)
+    if shortfall:
+        planned = {p for a in actions if a.src == Tier.HOT for p in a.packs}
+        actions += _pressure(index, groups, records, planned, shortfall, why)
     return actions
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -39,18 +41,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiered_mount(make_mount, endpoint: str, *, metrics_port: int | None = None, tiers: dict | None = None):
+def _tiered_mount(
+    make_mount, endpoint: str, *, metrics_port: int | None = None, tiers: dict | None = None, **more
+):
     """A mount with small chunks and 1 MiB packs, a warm tier at ``endpoint`` (and ``tiers``),
     runs complete only when marked, an open pack sealed at the daemon's next round, no policy
-    rounds of its own (the tests run `chunkfs tier`)."""
+    rounds of its own (the tests run `chunkfs tier`) and no hot-pressure evictions (``more``:
+    other arguments of ``make_mount`` and lifecycle settings)."""
+    lifecycle = {"run_idle": 0, "seal_quiet": 0, "interval": 0, "hot_min_free": more.pop("hot_min_free", 0)}
     settings = {
         "chunking": {"chunk_size": 256 << 10, "min_chunk": 16 << 10},
         "packs": {"target_size": 1 << 20},
         "tiers": {"warm": s3_url("mount"), "endpoint_url": endpoint, **(tiers or {})},
-        "lifecycle": {"run_idle": 0, "seal_quiet": 0, "interval": 0},
+        "lifecycle": lifecycle,
     }
     args = ["--metrics", f"127.0.0.1:{metrics_port}"] if metrics_port else []
-    return make_mount(settings=settings, args=args)
+    return make_mount(settings=settings, args=args, **more)
 
 
 def _write_run(m, tmp_path: Path) -> Path:
@@ -186,4 +192,32 @@ def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(make_mount,
     done = cli("thaw", m.path / RUN, "--json")
     assert json.loads(done.stdout)["packs"] > 0
     assert set(_run_stored(m)) == {"warm"}
+    same_tree(src, m.path / RUN)
+
+
+@pytest.fixture
+def small_hot(tmp_path):
+    """A 12 MiB tmpfs for the hot tier."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path = tmp_path / "hot-tmpfs"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_the_daemon_makes_room_on_a_full_hot_disk(make_mount, moto_server, small_hot, tmp_path):
+    m = _tiered_mount(make_mount, moto_server.endpoint, hot=small_hot / "hot", hot_min_free=50)
+    src = _write_run(m, tmp_path)  # 9.5 MB of a 12 MiB disk; the run is not complete
+
+    def free_percent() -> float:
+        disk = shutil.disk_usage(small_hot)
+        return 100 * disk.free / disk.total
+
+    assert free_percent() < 50
+    _wait(lambda: free_percent() >= 50, 90, "the daemon to evict uploaded packs")
+    stored = _run_stored(m)
+    assert stored["warm"] > 0 and stored.get("hot", 0) > 0, "only what was needed left hot"
+    _drop_caches(m)
     same_tree(src, m.path / RUN)

@@ -31,7 +31,9 @@ def tiered_settings(endpoint: str | None, *, warm: str | None = None, cold: str 
         warm=warm if warm is not None else s3_url("warm"), cold=cold, endpoint_url=endpoint or "",
         **sections.pop("tiers", {}),
     )  # fmt: skip
-    lifecycle = sections.pop("lifecycle", config.LifecycleSettings(run_idle=0, cold_after_days=30, cold_idle_days=7))
+    lifecycle = sections.pop(
+        "lifecycle", config.LifecycleSettings(run_idle=0, cold_after_days=30, cold_idle_days=7, hot_min_free=0)
+    )  # no evictions for a full test disk: tests/tiers/test_pressure.py has its own
     return small_settings(tiers=tiers, lifecycle=lifecycle, **sections)
 
 
