@@ -72,11 +72,20 @@ def _device_of(mountpoint: Path) -> str | None:
     return found
 
 
-async def _raise_read_ahead(mountpoint: Path) -> None:
-    """Raise read-ahead once the kernel has finished the FUSE handshake, which resets it
-    to 128 KiB (set before, it never held: measured in docs/performance.md)."""
-    await trio.sleep(0.2)
+async def _ready_after_init(
+    ops: ChunkfsOperations, mountpoint: Path, ready: Callable[[str | None], None]
+) -> None:
+    """Report the mount ready once the kernel's FUSE INIT is answered and read-ahead raised.
+
+    The INIT reply resets read-ahead to 128 KiB (set before, it never held), and a file
+    takes the read-ahead of the moment it is opened: raised any later than this, the
+    first files opened through the mount — a benchmark's, a loader's started right
+    after ``chunkfs mount`` — read in 128 KiB requests (docs/performance.md).
+    """
+    await ops.initialized.wait()  # set while the INIT request is handled; its reply is out once we run
     await trio.to_thread.run_sync(_tune_read_ahead, mountpoint)
+    ready(None)
+    log.info("serving %s at %s", ops.repo.path, mountpoint)
 
 
 def _tune_read_ahead(mountpoint: Path) -> None:
@@ -97,7 +106,8 @@ def serve(
     ready: Callable[[str | None], None],
     metrics: str | None = None,
 ) -> None:
-    """Mount and serve until unmounted. ``ready(None)`` once mounted, ``ready(msg)`` on failure.
+    """Mount and serve until unmounted. ``ready(None)`` once mounted and the kernel's FUSE INIT
+    answered, ``ready(msg)`` on failure.
 
     ``metrics`` (``HOST:PORT``) serves Prometheus metrics while mounted. The
     repository's background work (write-back uploads to the warm tier, sealing
@@ -128,9 +138,7 @@ def serve(
     _tame_malloc()
     signalled: list[int] = []
     try:
-        ready(None)
-        log.info("serving %s at %s", repo.path, mountpoint)
-        trio.run(_main, mountpoint, signalled)
+        trio.run(_main, ops, mountpoint, ready, signalled)
     finally:
         ops.close()
         # main() returns by itself only when the kernel unmounted us; after a
@@ -179,10 +187,12 @@ def _syncfs(mountpoint: Path) -> None:
         os.close(fd)
 
 
-async def _main(mountpoint: Path, signalled: list[int]) -> None:
+async def _main(
+    ops: ChunkfsOperations, mountpoint: Path, ready: Callable[[str | None], None], signalled: list[int]
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, mountpoint, signalled)
-        nursery.start_soon(_raise_read_ahead, mountpoint)
+        nursery.start_soon(_ready_after_init, ops, mountpoint, ready)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -77,6 +77,12 @@ class ChunkfsOperations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(WORKERS)
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_dir = 0
+        self.initialized = trio.Event()  # set by ``init``: fs/mount.py waits for it to report the mount ready
+
+    def init(self) -> None:
+        """pyfuse3 calls this on the trio thread while it answers the kernel's FUSE INIT, just
+        before sending the reply (which sets the mount's read-ahead: fs/mount.py)."""
+        self.initialized.set()
 
     async def _blocking(self, fn, *args):
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
