@@ -20,6 +20,16 @@ committed, so the last committed content stays intact.
 Plain synchronous code, safe to call from many threads: calls for one inode are
 serialised by that inode's lock, different inodes proceed in parallel. The FUSE
 layer calls it from worker threads.
+
+A read holds the lock only to take its snapshot of the content
+(``FileContent.spans``: chunk ids, and copies of bytes held in memory); the
+chunks themselves — a ``pread`` and a BLAKE3 check each on a miss — are fetched
+after releasing it, so writers and other readers of the file do not queue
+behind the disk. Chunks never change once named, so the read returns exactly
+the content as it was when the snapshot was taken, whatever is written or
+truncated meanwhile: never bytes of a state that was never visible. A handle
+that reads sequentially has the chunks after its position fetched ahead
+(engine/readahead.py).
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ import threading
 from dataclasses import dataclass, field
 
 from chunkfs import clock
-from chunkfs.engine.file import FileContent
+from chunkfs.engine.file import FileContent, assemble
+from chunkfs.engine.readahead import ReadAhead, ReadStream
 from chunkfs.errors import ChunkfsError, IsADirectory
 from chunkfs.repo import Repository
 from chunkfs.types import InodeRecord
@@ -51,15 +62,22 @@ class _Open:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass
+class _Handle:
+    entry: _Open
+    stream: ReadStream = field(default_factory=ReadStream)  # guarded by ``entry.lock``
+
+
 class OpenFiles:
     """Open handles of a mounted repository, keyed by file handle number."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self._by_ino: dict[int, _Open] = {}
-        self._by_fh: dict[int, _Open] = {}
+        self._by_fh: dict[int, _Handle] = {}
         self._fhs = itertools.count(1)
         self._lock = threading.Lock()
+        self.read_ahead = ReadAhead(repo.chunks)
 
     def open(self, ino: int, *, truncate: bool = False, writer_uid: int | None = None) -> int:
         """A new handle of ``ino``; ``truncate`` (O_TRUNC) empties the file and commits that at once.
@@ -80,7 +98,7 @@ class OpenFiles:
             if writer_uid is not None:
                 entry.writer_uid = writer_uid
             fh = next(self._fhs)
-            self._by_fh[fh] = entry
+            self._by_fh[fh] = _Handle(entry)
         self.repo.ns.hold(ino)
         if truncate:
             try:
@@ -91,7 +109,7 @@ class OpenFiles:
         return fh
 
     def _entry(self, fh: int) -> _Open:
-        return self._by_fh[fh]
+        return self._by_fh[fh].entry
 
     def size(self, ino: int) -> int | None:
         """The current size of an open file (None if not open): includes uncommitted writes."""
@@ -99,9 +117,15 @@ class OpenFiles:
         return entry.content.size if entry is not None else None
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        entry = self._entry(fh)
-        with entry.lock:
-            return entry.content.read(offset, size)
+        handle = self._by_fh[fh]
+        content, stream = handle.entry.content, handle.stream
+        with handle.entry.lock:
+            spans = content.spans(offset, size)
+            if stream.sequential(offset, offset + size):
+                self.read_ahead.follow(stream, content.following(offset + size - 1, self.read_ahead.depth))
+            else:
+                self.read_ahead.cancel(stream)
+        return assemble(spans, self.read_ahead.get)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         entry = self._entry(fh)
@@ -187,9 +211,11 @@ class OpenFiles:
         overwrite (RELEASE reaches us asynchronously, after close() returned).
         """
         with self._lock:
-            entry = self._by_fh.pop(fh)
+            handle = self._by_fh.pop(fh)
+            entry = handle.entry
             entry.handles -= 1
             last = entry.handles == 0
+        self.read_ahead.cancel(handle.stream)  # out of the table: no read of this handle can come any more
         try:
             if last:
                 with entry.lock:
@@ -203,7 +229,8 @@ class OpenFiles:
         return entry.ino
 
     def close_all(self) -> None:
-        """Commit every open file (unmount)."""
+        """Stop reading ahead and commit every open file (unmount)."""
+        self.read_ahead.close()
         with self._lock:
             entries = list(self._by_ino.values())
         for entry in entries:

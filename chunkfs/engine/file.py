@@ -20,13 +20,16 @@ the chunker keeps going, so an fsync in the middle of a write does not shift
 later chunk boundaries.
 
 Not thread-safe: the caller serialises calls for one file (the FUSE layer holds
-a lock per open inode).
+a lock per open inode). A read needs that lock only to be planned (``spans``);
+the chunks it names are fetched after (``assemble``).
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from itertools import accumulate
+from typing import NamedTuple
 
 import blake3
 
@@ -34,7 +37,7 @@ from chunkfs.config import ChunkingSettings
 from chunkfs.engine.chunker import Chunker, Piece
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.formats.base import FixedParser
-from chunkfs.types import HOLE, Extent
+from chunkfs.types import HOLE, ChunkId, Extent
 
 MAX_PATCHED = 32
 """Extents held in memory for random writes before the oldest are stored."""
@@ -47,6 +50,26 @@ concurrent requests, and they reach us in any order. Applied as they come, a
 request beyond the end would leave a hole that the next one patches: the
 stream — and with it tensor-aligned chunking and dedup — would break. Held
 back until the gap before them is filled, they stream in order."""
+
+
+class Span(NamedTuple):
+    """Part of a read: ``n`` bytes from ``lo`` of a stored extent, or ``data`` taken from memory."""
+
+    lo: int
+    n: int
+    extent: Extent | None = None
+    data: bytes = b""
+
+
+def assemble(spans: list[Span], get: Callable[[ChunkId, int], bytes]) -> bytes:
+    """The bytes of a read planned by ``FileContent.spans``; ``get`` fetches a verified chunk."""
+    out = []
+    for s in spans:
+        if s.extent is None:
+            out.append(s.data)
+        else:
+            out.append(bytes(memoryview(get(s.extent.chunk, s.extent.length))[s.lo : s.lo + s.n]))
+    return b"".join(out)
 
 
 class FileContent:
@@ -228,27 +251,49 @@ class FileContent:
 
     # -- reading ------------------------------------------------------------------
 
-    def read(self, offset: int, size: int) -> bytes:
+    def spans(self, offset: int, size: int) -> list[Span]:
+        """What a read of ``[offset, offset + size)`` returns, as of now: stored chunks by id,
+        bytes held in memory (patches, the stream's uncut tail) copied.
+
+        Chunks never change, so the caller may fetch them after releasing the file's lock
+        (``assemble``): the read still returns exactly this moment's content.
+        """
         self._drain()
         end = min(offset + size, self.size)
         if offset >= end:
-            return b""
+            return []
         out = []
         pos = offset
         stored_end = self._starts[-1]
         i = bisect.bisect_right(self._starts, pos) - 1
         while pos < min(end, stored_end):
             lo = pos - self._starts[i]
-            data = self._extent_bytes(i)
-            n = min(end - pos, len(data) - lo)
-            out.append(bytes(memoryview(data)[lo : lo + n]))
+            n = min(end - pos, self._extents[i].length - lo)
+            patched = self._patched.get(i)
+            if patched is None:
+                out.append(Span(lo, n, self._extents[i]))
+            else:
+                out.append(Span(lo, n, data=bytes(memoryview(patched)[lo : lo + n])))
             pos += n
             i += 1
         if pos < end:  # the stream's uncut tail: it starts where the stored extents end
             # (pending()'s offset counts from the stream's start, not the file's)
             _, tail = self._stream.pending()
-            out.append(tail[pos - stored_end : end - stored_end])
-        return b"".join(out)
+            out.append(Span(0, end - pos, data=bytes(tail[pos - stored_end : end - stored_end])))
+        return out
+
+    def read(self, offset: int, size: int) -> bytes:
+        return assemble(self.spans(offset, size), self.chunks.get)
+
+    def following(self, offset: int, count: int) -> list[tuple[int, ChunkId, int]]:
+        """The ``count`` stored chunks after the extent that holds byte ``offset``, as
+        (file offset, chunk, length): what a sequential reader at ``offset`` reads next."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        return [
+            (self._starts[j], self._extents[j].chunk, self._extents[j].length)
+            for j in range(i + 1, min(i + 1 + count, len(self._extents)))
+            if j not in self._patched
+        ]
 
     # -- committing ---------------------------------------------------------------
 
