@@ -110,7 +110,7 @@ class RemoteReader:
             self._remember(loc)
             return cached
         if self.tiers.archive(info.tier):
-            raise _archived(info)
+            raise _archived(info, self.tiers.repo_path)
         if self.window and self._sequential(loc):
             self._advance(loc, info, including=True)
             with self._lock:
@@ -371,7 +371,7 @@ class RemoteReader:
             if not missing:
                 continue
             if self.tiers.archive(info.tier):
-                raise _archived(info)
+                raise _archived(info, self.tiers.repo_path)
             entries = sorted(
                 (packfmt.Entry(c, loc.offset, loc.stored_len, loc.raw_len, loc.flags) for c, loc in missing),
                 key=lambda e: e.offset,
@@ -392,9 +392,11 @@ class RemoteReader:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _archived(info: PackInfo) -> ChunkfsError:
+def _archived(info: PackInfo, repo_path) -> ChunkfsError:
+    """The error of a read of an archived pack: the command to run, with ``--repo`` so that it
+    works as written wherever it is read (a mount's log names repository paths)."""
     run = info.group or "/"
     return BackendUnavailable(
         f"{run}: its data is in the {tier_name(info.tier)} archive tier and must be restored first; "
-        f"run `chunkfs thaw {run}`"
+        f"run `chunkfs thaw {run} --repo {repo_path}`"
     )

@@ -187,7 +187,7 @@ def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(make_mount,
         (m.path / RUN / "checkpoint-100" / "model.safetensors").read_bytes()
     assert refused.value.errno == errno.EIO
     assert time.monotonic() - started < 30, "a read of archived data waited instead of failing"
-    assert "must be restored first; run `chunkfs thaw /llama/run1`" in m.log(), m.log()
+    assert f"must be restored first; run `chunkfs thaw /llama/run1 --repo {m.repo}`" in m.log(), m.log()
 
     done = cli("thaw", m.path / RUN, "--json")
     assert json.loads(done.stdout)["packs"] > 0

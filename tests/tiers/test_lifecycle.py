@@ -137,7 +137,7 @@ def test_cold_archive_read_names_thaw_then_thaw_restores(tmp_path):
         import_run(repo, src, "/m/run1")
         tierop.move(repo, "/m/run1", Tier.COLD)
         repo.drop_caches()
-        with pytest.raises(BackendUnavailable, match=r"/m/run1: .*archive.*run `chunkfs thaw /m/run1`"):
+        with pytest.raises(BackendUnavailable, match=r"/m/run1: .*archive.*run `chunkfs thaw /m/run1 --repo "):
             export_and_compare(repo, src, "/m/run1", tmp_path / "out")
         result = tierop.thaw(repo, "/m/run1/checkpoint-100")
         assert result.packs > 0 and result.to == "warm"

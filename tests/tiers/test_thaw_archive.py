@@ -119,7 +119,7 @@ def test_thaw_restores_a_glacier_cold_tier_end_to_end(moto_server, tmp_path, cli
         assert {h["StorageClass"] for h in heads} == {"GLACIER"}
 
     failed = chunkfs("export", *R, "/llama/run1", str(tmp_path / "out1"), env=cli_env, ok=False, timeout=60)
-    assert "/llama/run1" in failed.stderr and "`chunkfs thaw /llama/run1`" in failed.stderr
+    assert "/llama/run1" in failed.stderr and "`chunkfs thaw /llama/run1 --repo " in failed.stderr
 
     thawed = chunkfs("thaw", "/llama/run1", *R, "--wait", "60", "--json", env=cli_env, ok=True)
     thawed = json.loads(thawed.stdout)
