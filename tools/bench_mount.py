@@ -31,6 +31,12 @@ root (FUSE mounts, drop_caches). ``--size 2G`` takes 4–6 minutes on 2 cores.
 ``--profile DIR`` adds one extra, unmeasured pass with ``py-spy record`` attached
 to the daemon during each phase (raw collapsed stacks in DIR, summarised by
 tools/pyspy_summary.py).
+
+``--read-ab TREE --read-ab TREE …`` replaces the phases by an A/B of code versions
+on the cold read, where one 3-pass run is too noisy to show a 10–20% change: one
+repository, mounted in turn by the chunkfs of each source tree (``python -m
+chunkfs`` run from TREE, e.g. ``git worktree add /tmp/base HEAD~2``), read cold
+``--repeat`` rounds in alternating order beside a plain copy; medians per tree.
 """
 
 from __future__ import annotations
@@ -70,13 +76,14 @@ TARGETS = {
 class Mount:
     """A chunkfs repository mounted with the CLI; unmounted on exit whatever happens."""
 
-    def __init__(self, chunkfs: list[str], repo: Path, mnt: Path) -> None:
-        self.chunkfs, self.repo, self.mnt = chunkfs, repo, mnt
+    def __init__(self, chunkfs: list[str], repo: Path, mnt: Path, cwd: Path | None = None) -> None:
+        """``cwd``: run chunkfs (and so its daemon, ``python -m chunkfs``) from this source tree."""
+        self.chunkfs, self.repo, self.mnt, self.cwd = chunkfs, repo, mnt, cwd
         self.mounted = False
         self.peak_rss_kb = 0
 
     def run(self, *args: str) -> None:
-        done = subprocess.run([*self.chunkfs, *args], capture_output=True, text=True)
+        done = subprocess.run([*self.chunkfs, *args], capture_output=True, text=True, cwd=self.cwd)
         if done.returncode != 0:
             raise RuntimeError(f"chunkfs {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
 
@@ -386,6 +393,55 @@ def one_pass(src: Sources, m: Mount, plain: Path, nulls: dict[str, NullMount], b
     return r
 
 
+def compare_reads(trees: list[Path], src: Sources, work: Path, block: int, rounds: int) -> dict:
+    """Cold reads of one repository through each source tree's chunkfs in turn: code versions A/B.
+
+    The fresh checkpoint is written once (through the first tree's mount) and a plain
+    copy of it kept on the same disk; each round reads the plain copy and then, in an
+    order that alternates from round to round, the checkpoint through a fresh mount
+    by each tree (empty daemon cache, page cache dropped before every read).
+    """
+    repo, mnt, plain = work / "ab" / "repo", work / "ab" / "mnt", work / "ab" / "plain"
+    plain.parent.mkdir()
+    bl.copy_file(src.fresh, plain, block)
+    m = Mount([sys.executable, "-m", "chunkfs"], repo, mnt, trees[0])
+    _MOUNTS.append(m)
+    m.init()
+    m.mount()
+    bl.copy_file(src.fresh, mnt / "ckpt", block)
+    m.umount()
+    _MOUNTS.remove(m)
+    res: dict = {"plain": {"mb_s": []}}
+    for tree in trees:
+        res[str(tree)] = {"mb_s": [], "cpu_s_per_gb": [], "read_ahead_kb": []}
+    gb = src.size / 1e9
+    for r in range(rounds):
+        if not bl.drop_caches():
+            raise RuntimeError("cannot drop the page cache (run as root)")
+        res["plain"]["mb_s"].append(src.size / 1e6 / bl.timed(bl.read_file, plain, block)[0])
+        for tree in trees if r % 2 == 0 else trees[::-1]:
+            m = Mount([sys.executable, "-m", "chunkfs"], repo, mnt, tree)
+            _MOUNTS.append(m)
+            m.mount()
+            try:
+                x = res[str(tree)]
+                x["read_ahead_kb"].append(m.read_ahead_kb())
+                bl.drop_caches()
+                c0 = cpu_seconds(m.pid)
+                x["mb_s"].append(src.size / 1e6 / bl.timed(bl.read_file, mnt / "ckpt", block)[0])
+                x["cpu_s_per_gb"].append((cpu_seconds(m.pid) - c0) / gb)
+            finally:
+                m.umount()
+                _MOUNTS.remove(m)
+        bl.log(f"round {r + 1}: " + ", ".join(f"{k} {v['mb_s'][-1]:.0f} MB/s" for k, v in res.items()))
+    for x in res.values():
+        x["median_mb_s"] = bl.median(x["mb_s"])
+        if "cpu_s_per_gb" in x:
+            x["median_cpu_s_per_gb"] = bl.median(x["cpu_s_per_gb"])
+            x["ratio"] = bl.median(a / b for a, b in zip(x["mb_s"], res["plain"]["mb_s"]))
+    return res
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -495,6 +551,9 @@ def main(argv=None) -> int:
                    help="one extra unmeasured pass with py-spy attached to the daemon; raw stacks in DIR")  # fmt: skip
     p.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (for --profile)")
     p.add_argument("--py-spy-arg", action="append", default=[], help="extra py-spy record argument (e.g. --gil)")
+    p.add_argument("--read-ab", action="append", default=[], metavar="TREE",
+                   help="instead of the phases: cold reads only, through the chunkfs of each source "
+                   "TREE given (a git worktree of the base commit, this one…), --repeat rounds")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -514,6 +573,20 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     try:
         src = make_sources(src_dir, size, shard, args.writers, args.changed, args.seed)
+        if args.read_ab:
+            ab = compare_reads([Path(t).resolve() for t in args.read_ab], src, work, block, args.repeat)
+            if args.json:
+                json.dump({"args": vars(args), "read_ab": ab}, sys.stdout, indent=2)
+                print()
+            else:
+                bl.print_table(
+                    f"cold read A/B: {src.size / MiB:,.0f} MiB checkpoint (median of {args.repeat} rounds)",
+                    ["chunkfs source tree", "MB/s", "ratio to plain", "daemon CPU s/GB", "read_ahead_kb"],
+                    [["plain directory", ab["plain"]["median_mb_s"], "", None, ""]]
+                    + [[k, x["median_mb_s"], f"{x['ratio']:.2f}×", x["median_cpu_s_per_gb"],
+                        x["read_ahead_kb"][0]] for k, x in ab.items() if k != "plain"],
+                )  # fmt: skip
+            return 0
         passes = []
         peak = 0
         plan = [(i, False) for i in range(args.repeat)] + ([(args.repeat, True)] if args.profile else [])
