@@ -33,8 +33,13 @@ class Backend(ABC):
         """Store ``data`` under ``name`` atomically (readers see all or nothing)."""
 
     @abstractmethod
-    def put_file(self, name: str, path: Path) -> None:
-        """Store a local file's content under ``name`` atomically."""
+    def put_file(self, name: str, path: Path, *, blake3_digest: bytes | None = None) -> None:
+        """Store a local file's content under ``name`` atomically.
+
+        ``blake3_digest``: the file's BLAKE3 where the caller already has it (it just hashed the
+        pack to verify the copy), so that a backend that records it (S3, in the object metadata)
+        does not read the whole file once more to compute it.
+        """
 
     @abstractmethod
     def get(self, name: str) -> bytes: ...
@@ -111,7 +116,9 @@ class LocalBackend(Backend):
     def put(self, name: str, data: bytes) -> None:
         self._write_atomic(name, lambda f: f.write(data))
 
-    def put_file(self, name: str, path: Path) -> None:
+    def put_file(self, name: str, path: Path, *, blake3_digest: bytes | None = None) -> None:
+        """A copy: a directory keeps no digest, so ``blake3_digest`` is not needed here."""
+
         def copy(f):
             with open(path, "rb") as src:
                 while block := src.read(8 << 20):

@@ -140,7 +140,7 @@ class S3Backend(Backend):
                 retries={"mode": "standard", "max_attempts": max_attempts},
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                max_pool_connections=max(10, 2 * max_concurrency),
+                max_pool_connections=max(10, 4 * max_concurrency),  # two uploads at once, and reads
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
@@ -175,14 +175,19 @@ class S3Backend(Backend):
             )
         self._check_stored(name, len(data), digest)
 
-    def put_file(self, name: str, path: Path) -> None:
+    def put_file(self, name: str, path: Path, *, blake3_digest: bytes | None = None) -> None:
         """Upload a file, in parts when it is big, then check size and BLAKE3 metadata with a HEAD.
 
-        An upload that fails is aborted by s3transfer; one cut off with the endpoint can leave
-        parts behind, which a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes.
+        The metadata is ``blake3_digest`` when the caller passes it, else the file is hashed
+        first (an extra read of the whole file). An upload that fails is aborted by s3transfer;
+        one cut off with the endpoint can leave parts behind, which a bucket lifecycle rule
+        (AbortIncompleteMultipartUpload) removes.
         """
         try:
-            size, digest = _hash_file(path)
+            if blake3_digest is None:
+                size, digest = _hash_file(path)
+            else:
+                size, digest = path.stat().st_size, blake3_digest.hex()
         except OSError as e:
             raise os_error(e, str(path)) from None
         extra = {"Metadata": {"blake3": digest}, **self._extra}

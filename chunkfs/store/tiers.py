@@ -33,6 +33,7 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,6 +56,10 @@ COPY_BLOCK = 8 << 20
 UPLOAD_PART_SIZE = 16 << 20
 UPLOAD_CONCURRENCY = 8
 """A 128 MiB pack goes up as 8 parts at once (S3Backend's default, 64 MiB × 4, leaves a pack at 2)."""
+UPLOAD_PACKS = 2
+"""Packs the write-back uploads at once: while one pack is read and hashed, waits for its
+verifying HEAD (rclone hashes the whole object for its ETag then) or commits to the index,
+the other keeps the connections busy."""
 
 Transform = Callable[[ChunkId, bytes, int, int], tuple[bytes, int]]
 """(chunk, stored, raw length, flags) → (stored, flags): how a repack re-encodes a chunk."""
@@ -116,7 +121,7 @@ def upload_built(backend: Backend, b: PackBuilder, built: list[tuple[PackId, int
     add ``(pack, size, chunks)`` to ``built``. Returns the size."""
     size, digest = b.seal()
     try:
-        backend.put_file(pack_name(b.pack), b.path)
+        backend.put_file(pack_name(b.pack), b.path, blake3_digest=digest)
         backend.verify(pack_name(b.pack), digest, size)
     finally:
         b.path.unlink(missing_ok=True)
@@ -143,6 +148,7 @@ class Tiers:
         self.index = index
         self._backends: dict[Tier, Backend] = {Tier.HOT: hot}
         self._open_lock = threading.Lock()
+        self._reading = threading.Lock()  # _local_copy: one hot pack read at a time
         self.lock = TierLock(repo_path / "tiers.lock")
         self.lock.on_acquire = self._resume_locked
         self.readcache = None  # set by the repository: pinned chunks are staged there before leaving hot
@@ -267,7 +273,7 @@ class Tiers:
         name = pack_name(pack)
         sb, db = self.backend(src), self.backend(dst)
         with self._local_copy(sb, name, size) as (path, digest):
-            db.put_file(name, path)
+            db.put_file(name, path, blake3_digest=digest)
         db.verify(name, digest, size)
         return digest
 
@@ -278,10 +284,11 @@ class Tiers:
             path = backend.path(name)
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
             try:
-                actual = path.stat().st_size
-                with open(path, "rb") as f:
-                    while block := f.read(COPY_BLOCK):
-                        hasher.update(block)
+                with self._reading:  # concurrent uploads fall out of step: one reads while another sends
+                    actual = path.stat().st_size
+                    with open(path, "rb") as f:
+                        while block := f.read(COPY_BLOCK):
+                            hasher.update(block)
             except OSError as e:
                 raise os_error(e, f"{backend.url}/{name}") from None
             if actual != size:
@@ -306,31 +313,39 @@ class Tiers:
 
     # -- write-back ----------------------------------------------------------------------------
 
-    def upload_copy(self, pack: PackId, *, blocking: bool = True) -> int | None:
-        """Copy a hot pack to the warm tier and record the verified copy; return bytes uploaded
-        (None: not ``blocking`` and another tier operation holds the lock).
+    def upload_copies(self, packs: list[PackId], *, blocking: bool = True) -> list[int | Exception] | None:
+        """Copy hot packs to the warm tier, ``UPLOAD_PACKS`` at a time, each verified and recorded
+        on its own; return, pack by pack, the bytes uploaded or the error that stopped it (None:
+        not ``blocking`` and another tier operation holds the lock).
 
-        Drops the queue entry of a pack that no longer needs it (gone, moved, already copied).
+        The workers run while this thread holds the tier lock, and take no tier lock themselves.
         """
         with self.lock.hold(blocking=blocking) as got:
             if not got:
                 return None
-            with self.index.read() as t:
-                info = t.pack_get(pack)
-                has_copy = t.copy_get(pack, Tier.WARM) is not None
-            if info is None or info.tier != Tier.HOT or info.state != PackState.SEALED or has_copy:
-                with self.index.write() as t:
-                    t.upload_delete(pack)
-                return 0
+            with ThreadPoolExecutor(UPLOAD_PACKS, thread_name_prefix="chunkfs-upload") as pool:
+                futures = [pool.submit(self._upload_copy, pack) for pack in packs]
+            return [f.exception() or f.result() for f in futures]
+
+    def _upload_copy(self, pack: PackId) -> int:
+        """Upload one pack (the tier lock held); drop the queue entry of a pack that no longer needs
+        it (gone, moved, already copied) and return 0 for it."""
+        with self.index.read() as t:
+            info = t.pack_get(pack)
+            has_copy = t.copy_get(pack, Tier.WARM) is not None
+        if info is None or info.tier != Tier.HOT or info.state != PackState.SEALED or has_copy:
             with self.index.write() as t:
-                t.move_put(pack, Tier.WARM, NEW, clock.now_ns())
-            digest = self._copy(pack, Tier.HOT, Tier.WARM, info.size)
-            with self.index.write() as t:
-                t.copy_put(pack, Tier.WARM, clock.now_ns(), digest)
                 t.upload_delete(pack)
-                t.move_delete(pack, Tier.WARM)
-            self._count(uploaded_packs=1, uploaded_bytes=info.size)
-            return info.size
+            return 0
+        with self.index.write() as t:
+            t.move_put(pack, Tier.WARM, NEW, clock.now_ns())
+        digest = self._copy(pack, Tier.HOT, Tier.WARM, info.size)
+        with self.index.write() as t:
+            t.copy_put(pack, Tier.WARM, clock.now_ns(), digest)
+            t.upload_delete(pack)
+            t.move_delete(pack, Tier.WARM)
+        self._count(uploaded_packs=1, uploaded_bytes=info.size)
+        return info.size
 
     # -- moves ---------------------------------------------------------------------------------
 

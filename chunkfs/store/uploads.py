@@ -2,11 +2,11 @@
 
 With a warm tier configured, the transaction that seals a hot pack also queues
 it (keys.py ``uploads``), so the queue survives crashes and restarts. The
-uploader copies queued packs to the warm tier oldest first (``Tiers.upload_copy``:
-upload, verify size and BLAKE3, record the copy in ``copies``, unqueue — all
-under the tier lock). The hot copy stays: it is the pack's home until the
-lifecycle policy moves the run to warm, which then costs a HEAD instead of an
-upload. Writers never wait for any of this.
+uploader copies queued packs to the warm tier oldest first, two at a time
+(``Tiers.upload_copies``: upload, verify size and BLAKE3, record the copy in
+``copies``, unqueue — all under the tier lock). The hot copy stays: it is the
+pack's home until the lifecycle policy moves the run to warm, which then costs
+a HEAD instead of an upload. Writers never wait for any of this.
 
 When the warm tier fails (endpoint down, throttled, access denied), the
 uploader logs it once, records it for ``chunkfs status`` (``meta/upload_error``),
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from chunkfs import clock
 from chunkfs.errors import BackendUnavailable, ChunkfsError, CorruptData
 from chunkfs.index import Index
-from chunkfs.store.tiers import Tiers
+from chunkfs.store.tiers import UPLOAD_PACKS, Tiers
 from chunkfs.types import PackId, PackState, Tier
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ IDLE_POLL = 30.0
 BUSY_POLL = 1.0
 """While another process moves packs (it holds the tier lock), the uploader looks again this often."""
 BUSY = -1
+BATCH = 2 * UPLOAD_PACKS
+"""Packs one tier-lock hold uploads: enough to keep ``UPLOAD_PACKS`` in flight, few enough that
+``chunkfs tier`` and ``stop`` do not wait long."""
 
 
 @dataclass(frozen=True)
@@ -105,23 +108,30 @@ class Uploader:
         self._wake.set()
 
     def run_once(self, *, blocking: bool = True) -> int | None:
-        """Upload the oldest queued pack; return its bytes (0: dropped as unneeded), None if none is
-        left, ``BUSY`` if not ``blocking`` and another tier operation holds the lock."""
-        for pack, _queued_ns, _size in queued(self.index):
-            if pack in self._broken:
-                continue
-            try:
-                done = self.tiers.upload_copy(pack, blocking=blocking)
-                if done is None:
-                    return BUSY
-            except CorruptData as e:
+        """Upload the oldest ``BATCH`` queued packs; return their bytes (0: dropped as unneeded or
+        found damaged), None if none is left, ``BUSY`` if not ``blocking`` and another tier
+        operation holds the lock. Any other failure is raised once the batch is done."""
+        batch = [pack for pack, _queued_ns, _size in queued(self.index) if pack not in self._broken][:BATCH]
+        if not batch:
+            return None
+        results = self.tiers.upload_copies(batch, blocking=blocking)
+        if results is None:
+            return BUSY
+        done, failure = 0, None
+        for pack, result in zip(batch, results):
+            if isinstance(result, CorruptData):
                 self._broken.add(pack)
-                log.error("cannot upload pack %s: %s", pack.hex(), e)
-                self._record_error(str(e))
-                continue
+                log.error("cannot upload pack %s: %s", pack.hex(), result)
+                self._record_error(str(result))
+            elif isinstance(result, Exception):
+                failure = failure or result
+            else:
+                done += result
+        if failure is not None:
+            raise failure
+        if len(self._broken.intersection(batch)) < len(batch):
             self._recovered()
-            return done
-        return None
+        return done
 
     def drain(self, progress: Callable[[int], None] = lambda n: None) -> int:
         """Upload every queued pack in this thread; return the bytes uploaded. Errors propagate."""
@@ -141,7 +151,8 @@ class Uploader:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current upload (waiting at most ``timeout``; an upload cut short is redone later)."""
+        """Stop after the current batch of uploads (waiting at most ``timeout``; an upload cut short
+        is redone later)."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
