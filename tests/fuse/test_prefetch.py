@@ -10,10 +10,13 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fusetest import mount_device
 
+from chunkfs.fs.mount import READ_AHEAD_KB
 from chunkfs.repo import Repository
 from chunkfs.store.packs import pack_name
 from chunkfs.types import HOLE
@@ -62,6 +65,15 @@ def read_without_kernel_read_ahead(path, ranges) -> bytes:
         return b"".join(os.pread(fd, size, offset) for offset, size in ranges)
     finally:
         os.close(fd)
+
+
+def test_read_ahead_is_raised_before_the_mount_reports_ready(mnt):  # checked as soon as mount returned
+    """A file takes the mount's read-ahead when it is opened: a reader started the moment
+    ``chunkfs mount`` returns must already get 4 MiB, not the 128 KiB of the FUSE handshake."""
+    if os.geteuid() != 0:
+        pytest.skip("raising read-ahead needs root")
+    bdi = Path(f"/sys/class/bdi/{mount_device(mnt.path)}/read_ahead_kb")
+    assert int(bdi.read_text()) == READ_AHEAD_KB
 
 
 def test_sequential_and_random_reads_return_the_same_bytes(make_mount):
