@@ -48,6 +48,24 @@ def test_put_file_uploads_in_parts_and_verifies(server, tmp_path):
         b.verify("nothing.pack", digest, len(data))
 
 
+def test_put_file_stores_the_callers_blake3_without_reading_the_file_for_it(server, tmp_path):
+    """The caller hashed the pack already (tiers.py): its digest becomes the metadata, and a wrong
+    one is what ``verify`` against the index's digest catches."""
+    data = os.urandom(PART_SIZE + 1)
+    path = tmp_path / "p.pack"
+    path.write_bytes(data)
+    digest = blake3.blake3(data).digest()
+    b = server.backend()
+    b.put_file("p.pack", path, blake3_digest=digest)
+    metadata = server.client().head_object(Bucket=BUCKET, Key=b._key("p.pack"))["Metadata"]
+    assert {k.lower(): v for k, v in metadata.items()} == {"blake3": digest.hex()}
+    b.verify("p.pack", digest, len(data), reread=True)
+
+    b.put_file("q.pack", path, blake3_digest=blake3.blake3(b"a different file").digest())
+    with pytest.raises(CorruptData, match="q.pack: stored BLAKE3"):
+        b.verify("q.pack", digest, len(data))
+
+
 def test_put_stores_blake3_metadata(server):
     b = server.backend()
     b.put("small", b"hello")

@@ -8,12 +8,13 @@ import logging
 import time
 
 import pytest
-from tier_helpers import export_and_compare, hot_pack_files, import_run, tiered_settings, write_run
+from tier_helpers import export_and_compare, hot_pack_files, import_run, sealed_hot, tiered_settings, write_run
 
 from chunkfs.ops import status as statusop
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
 from chunkfs.store import uploads
+from chunkfs.store.packs import pack_name
 from chunkfs.types import Tier
 
 
@@ -90,3 +91,19 @@ def test_queue_survives_a_restart(own_rclone, tmp_path):
         s = statusop.status(repo)
         assert s.upload_backlog["packs"] == 0
         assert s.tiers["warm"].copies == queued
+
+
+def test_a_damaged_pack_does_not_hold_back_the_others(moto_server, tmp_path):
+    """The uploader sends packs a few at a time (uploads.BATCH); one that fails its size check
+    is set aside and reported, the others of its batch and of later batches go up."""
+    with Repository.create(tmp_path / "repo", settings=tiered_settings(moto_server.endpoint)) as repo:
+        import_run(repo, write_run(tmp_path / "src", steps=2), "/m/run1")
+        packs = sealed_hot(repo)
+        assert len(packs) > uploads.BATCH, "more than one batch"
+        damaged = packs[1]
+        with open(repo.hot.path(pack_name(damaged)), "r+b") as f:
+            f.truncate(100)
+        assert repo.uploader.drain() > 0
+        s = statusop.status(repo)
+        assert s.upload_backlog["packs"] == 1 and s.tiers["warm"].copies == len(packs) - 1
+        assert pack_name(damaged) in s.upload_error and "run `chunkfs fsck`" in s.upload_error
