@@ -134,7 +134,7 @@ class MetaBackup:
                 result = BackupResult(generation, now, name, size)
                 for url, b in locations:
                     try:
-                        b.put_file(name, archive)
+                        b.put_file(name, archive, blake3_digest=digest)
                         b.verify(name, digest, size)
                         result.locations.append(url)
                         self._prune(b)

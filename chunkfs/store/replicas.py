@@ -143,7 +143,7 @@ class Replicas:
         dst = self.backend(url)
         with self.tiers._local_copy(src, name, info.size) as (path, digest):
             self._check_records(LocalBackend(path.parent), path.name, pack)
-            dst.put_file(name, path)
+            dst.put_file(name, path, blake3_digest=digest)
         dst.verify(name, digest, info.size)
         with self.index.write() as t:
             if t.pack_get(pack) is not None:
