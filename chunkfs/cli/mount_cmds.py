@@ -94,24 +94,25 @@ def _serve(repo: Path, mountpoint: Path, options: list[str], ready_fd: int | Non
     return 0
 
 
-def _mounted_repo(mountpoint: Path) -> Path | None:
-    """The repository mounted at ``mountpoint`` (from /proc/self/mountinfo), if chunkfs."""
+def _mounted_repo(mountpoint: Path) -> tuple[Path, bool] | None:
+    """(repository, read-only) of the chunkfs mounted at ``mountpoint`` (from /proc/self/mountinfo)."""
     target = str(mountpoint)
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
             if fields[4] == target and fields[sep + 1] == "fuse.chunkfs":
-                return Path(fields[sep + 2])
+                return Path(fields[sep + 2]), "ro" in fields[5].split(",")
     return None
 
 
 def cmd_umount(args) -> int:
     mountpoint = Path(args.mountpoint).resolve()
-    repo = _mounted_repo(mountpoint)
-    if repo is None:
+    mounted = _mounted_repo(mountpoint)
+    if mounted is None:
         raise NotFound(f"{mountpoint}: no chunkfs filesystem is mounted here")
-    pid = _daemon_pid(repo)
+    repo, read_only = mounted
+    pid = None if read_only else _daemon_pid(repo)  # a read-only daemon has nothing to commit (and no lock)
     done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "fusermount3 failed"

@@ -111,12 +111,16 @@ def serve(
 
     ``metrics`` (``HOST:PORT``) serves Prometheus metrics while mounted. The
     repository's background work (write-back uploads to the warm tier, sealing
-    idle packs) runs as long as the mount does.
+    idle packs) runs as long as the mount does. A read-only mount (``-o ro``)
+    opens the repository without its write lock and runs no background work:
+    it serves beside the one writer (another mount, an import), like the CLI's
+    read commands.
     """
     mountpoint = mountpoint.resolve()
+    read_only = "ro" in fuse_options(repo_path, options)
     try:
         check_mountpoint(mountpoint)
-        repo = Repository(repo_path)
+        repo = Repository(repo_path, writable=not read_only)
     except Exception as e:
         ready(str(e))
         raise
@@ -134,7 +138,8 @@ def serve(
         message = f"{mountpoint}: cannot mount ({e}); is /dev/fuse available and fuse3 installed?"
         ready(message)
         raise UsageError(message) from None
-    repo.start_background()
+    if repo.writable:
+        repo.start_background()
     _tame_malloc()
     signalled: list[int] = []
     try:

@@ -102,7 +102,10 @@ class Mount:
         return problems
 
     def daemon_pid(self) -> int | None:
-        """The mount daemon's pid, from REPO/lock ("pid N"), which it holds while mounted."""
+        """The mount daemon's pid, from REPO/lock ("pid N"), which it holds while mounted (a
+        read-only daemon holds no lock: None, whoever writes the repository)."""
+        if "ro" in self.options:
+            return None
         try:
             return int((self.repo / "lock").read_text().split()[1])
         except (OSError, ValueError, IndexError):

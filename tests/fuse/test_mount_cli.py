@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusetest import CHUNKFS, cli, is_mounted, wait_dead
+from fusetest import CHUNKFS, Mount, cli, is_mounted, wait_dead
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -157,6 +157,25 @@ def test_foreground_mount(make_mount):
     assert "Traceback" not in out and "ERROR" not in out, out
     m.mount()
     assert (m / "fg").read_bytes() == b"foreground"
+
+
+def test_read_only_mount_serves_beside_the_writer(make_mount, mount_root, request):
+    writer = make_mount()
+    (writer / "before").write_bytes(b"committed before")
+    reader = Mount(writer.repo, mount_root / "reader", ["ro"])
+    reader.path.mkdir()
+    request.node._chunkfs_mounts.append(reader)  # unmounted (and its log checked) at teardown
+    reader.mount()
+    assert (reader / "before").read_bytes() == b"committed before"
+    (writer / "after").write_bytes(b"committed while both are mounted")
+    assert (reader / "after").read_bytes() == b"committed while both are mounted"
+    with pytest.raises(OSError) as e:
+        (reader / "g").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+
+    reader.umount()  # returns at once: the writer's daemon keeps running
+    assert writer.daemon_pid() is not None and is_mounted(writer.path)
+    assert (writer / "after").read_bytes() == b"committed while both are mounted"
 
 
 def test_read_only_mount(make_mount):
