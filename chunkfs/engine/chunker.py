@@ -18,6 +18,11 @@ The rule depends only on the boundaries, never on how the writer split its
 writes, so the same bytes always give the same chunks. Memory is bounded: the
 chunker holds at most one chunk plus what the parser still needs to look at
 (itself bounded by ``formats.base.MAX_LOOKAHEAD``).
+
+The received blocks are kept as they came, in a list, and each chunk is built
+with one join: one copy per byte. Appending them to one growing buffer instead
+cost a copy on the way in, a reallocation as it grew and a memmove each time the
+cut bytes were dropped from its front (docs/performance.md, "The write path").
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ class Chunker:
             raise ValueError("need 0 < min_chunk <= chunk_size")
         self.chunk_size = chunk_size
         self.min_chunk = min_chunk
-        self._buf = bytearray()
-        self._base = 0  # file offset of _buf[0]
+        self._blocks: list[bytes | memoryview] = []  # the bytes from _base on, as received
+        self._base = 0  # file offset of the first byte of _blocks
+        self._held = 0  # bytes in _blocks
         self._start = 0  # file offset where the next chunk starts
         self._parser = parser
         self._next_bound = 0  # index of the first parser boundary not yet passed
@@ -61,7 +67,7 @@ class Chunker:
     @property
     def offset(self) -> int:
         """How many bytes have been fed so far (the stream's current end)."""
-        return self._base + len(self._buf)
+        return self._base + self._held
 
     @property
     def format(self) -> str | None:
@@ -73,10 +79,17 @@ class Chunker:
         return self._parser
 
     def feed(self, data: bytes | memoryview) -> list[Piece]:
-        """Append ``data`` to the stream; return the chunks it completed."""
+        """Append ``data`` to the stream; return the chunks it completed.
+
+        ``bytes`` are kept without a copy; anything else (a buffer the caller may
+        reuse) is copied once.
+        """
         if self._eof:
             raise ValueError("feed after finish")
-        self._buf += data
+        if data:
+            block = data if type(data) is bytes else bytes(data)
+            self._blocks.append(block)
+            self._held += len(block)
         return self._advance()
 
     def finish(self) -> list[Piece]:
@@ -95,40 +108,54 @@ class Chunker:
         Used to serve reads of a file that is still being written and to store
         a provisional tail at fsync without disturbing later boundaries.
         """
-        lo = self._start - self._base
-        return self._start, bytes(self._buf[lo:])
+        return self._start, self._join(self._start, self.offset)
 
     # -- cutting ------------------------------------------------------------
 
     def _advance(self) -> list[Piece]:
         if self._parser is None:
-            if len(self._buf) < DETECT_BYTES and not self._eof:
+            if self._held < DETECT_BYTES and not self._eof:
                 return []
-            self._parser = detect(bytes(self._buf[:DETECT_BYTES]))
+            self._parser = detect(self._join(self._base, min(self.offset, self._base + DETECT_BYTES)))
         self._feed_parser()
         out = []
-        with memoryview(self._buf) as view:  # one copy per chunk (a bytearray slice would make two)
-            while (end := self._next_end()) is not None:
-                lo, hi = self._start - self._base, end - self._base
-                out.append(Piece(self._start, bytes(view[lo:hi])))
-                self._start = end
+        while (end := self._next_end()) is not None:
+            out.append(Piece(self._start, self._join(self._start, end)))
+            self._start = end
         self._trim()
         return out
+
+    def _join(self, lo: int, hi: int) -> bytes:
+        """The held bytes of file offsets ``[lo, hi)`` as one ``bytes``: one copy (none for a
+        range that is exactly one received block)."""
+        parts = []
+        pos = self._base
+        for block in self._blocks:
+            end = pos + len(block)
+            if end > lo:
+                a, b = max(lo, pos) - pos, min(hi, end) - pos
+                parts.append(block if a == 0 and b == len(block) else memoryview(block)[a:b])
+            if end >= hi:
+                break
+            pos = end
+        return b"".join(parts)
 
     def _feed_parser(self) -> None:
         """Show the parser what it has not seen, at most MAX_LOOKAHEAD past its need at a time.
 
         A single huge write is handed over in windows, so it is parsed exactly
-        like the same bytes written in small pieces.
+        like the same bytes written in small pieces. The window starts at
+        ``needed_from``: a parser looks at nothing before it, and it is usually a
+        few bytes behind the end (a header being read), so joining it costs little.
         """
         parser = self._parser
         assert parser is not None
-        view = memoryview(self._buf)
         while parser.needed_from < INFINITE:
             need = parser.needed_from
+            lo = min(need, self.offset)
             window_end = min(self.offset, need + MAX_LOOKAHEAD)
             last = window_end == self.offset
-            parser.feed(view[: window_end - self._base], self._base, self._eof and last)
+            parser.feed(memoryview(self._join(lo, window_end)), lo, self._eof and last)
             if last or parser.needed_from >= INFINITE:
                 break
             if parser.needed_from == need:
@@ -182,11 +209,17 @@ class Chunker:
         return end if end <= avail else None
 
     def _trim(self) -> None:
+        """Let go of the received blocks that neither the next chunk nor the parser needs."""
         keep_from = min(self._start, self._parser.needed_from if self._parser else 0)
-        drop = keep_from - self._base
-        if drop > 0:
-            del self._buf[:drop]
-            self._base = keep_from
+        blocks = self._blocks
+        while blocks and self._base + len(blocks[0]) <= keep_from:
+            self._base += len(blocks[0])
+            self._held -= len(blocks[0])
+            del blocks[0]
+        if blocks and self._base < keep_from:  # a block cut in two: keep its second part, uncopied
+            drop = keep_from - self._base
+            blocks[0] = memoryview(blocks[0])[drop:]
+            self._base, self._held = keep_from, self._held - drop
 
 
 def chunk_bytes(data: bytes, chunk_size: int, min_chunk: int) -> list[Piece]:

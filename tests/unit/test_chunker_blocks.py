@@ -1,0 +1,88 @@
+"""The chunker keeps received blocks as they came: what that must and must not change.
+
+It holds on to the caller's ``bytes`` without copying them, so it must copy a
+buffer the caller may reuse; it hands a parser the file's bytes pieced together
+from several blocks, so those must be the right bytes at the right offsets; and a
+chunk that is exactly one received block is that block, not a copy of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chunkfs.engine.chunker import Chunker, Piece
+from chunkfs.engine.formats.base import BoundaryParser
+
+
+class Checking(BoundaryParser):
+    """Asks for the bytes from a few before the end on, like a parser scanning for a signature,
+    and checks that every view it is shown is the file's bytes at the offset it is told."""
+
+    def __init__(self, data: bytes, lag: int) -> None:
+        super().__init__()
+        self.data, self.lag = data, lag
+        self.watermark = self.needed_from = 0
+        self.seen = 0
+
+    def feed(self, view: memoryview, start: int, eof: bool) -> None:
+        assert start <= self.needed_from or len(view) == 0
+        assert bytes(view) == self.data[start : start + len(view)]
+        end = start + len(view)
+        self.seen = max(self.seen, end)
+        self.watermark = self.needed_from = max(self.needed_from, end - self.lag)
+
+
+def feed_all(chunker: Chunker, blocks: Sequence[bytes | bytearray | memoryview]) -> list[Piece]:
+    out = []
+    for block in blocks:
+        out += chunker.feed(block)
+    return out + chunker.finish()
+
+
+@given(
+    size=st.integers(0, 6000),
+    splits=st.lists(st.integers(1, 1500), max_size=30),
+    lag=st.integers(0, 700),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_parser_sees_the_files_bytes_across_blocks(size: int, splits: list[int], lag: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    blocks, pos = [], 0
+    for n in splits:
+        blocks.append(data[pos : pos + n])
+        pos += n
+    blocks.append(data[pos:])
+    parser = Checking(data, lag)
+    pieces = feed_all(Chunker(1000, 100, parser), blocks)
+    assert b"".join(p.data for p in pieces) == data
+    assert parser.seen == size
+
+
+def test_a_buffer_the_caller_reuses_is_copied() -> None:
+    buf = bytearray(b"a" * 300)
+    chunker = Chunker(1000, 100, BoundaryParser())
+    chunker.feed(buf)
+    buf[:] = b"b" * 300
+    chunker.feed(memoryview(buf))
+    buf[:] = b"c" * 300
+    assert chunker.pending() == (0, b"a" * 300 + b"b" * 300)
+    assert chunker.finish() == [Piece(0, b"a" * 300 + b"b" * 300)]
+
+
+def test_a_chunk_that_is_one_received_block_is_not_copied() -> None:
+    blocks = [bytes([i]) * 1000 for i in range(3)]
+    pieces = feed_all(Chunker(1000, 100, BoundaryParser()), blocks)
+    assert [p.data for p in pieces] == blocks
+    assert all(p.data is b for p, b in zip(pieces, blocks))
+
+
+def test_blocks_are_let_go_once_cut() -> None:
+    """Memory stays bounded by one chunk (plus the block it ends in), however long the stream."""
+    chunker = Chunker(1000, 100, BoundaryParser())
+    for _ in range(100):
+        chunker.feed(bytes(300))
+        assert chunker.pending_size < 1000
+        assert sum(len(b) for b in chunker._blocks) < 1300
