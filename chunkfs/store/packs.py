@@ -50,7 +50,7 @@ class PackWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_size is None:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            self._write(packfmt.encode_header(pack), 0)
+            self._write(0, packfmt.encode_header(pack))
             self.size = packfmt.HEADER.size
         else:
             self._fd = os.open(path, os.O_RDWR)
@@ -62,14 +62,21 @@ class PackWriter:
             os.ftruncate(self._fd, self.size)
             self._dirty = True
 
-    def _write(self, data: bytes, offset: int) -> None:
-        view, pos = memoryview(data), offset
+    def _write(self, offset: int, *parts: bytes) -> None:
+        """Write ``parts`` back to back at ``offset`` with one ``pwritev``: a record's header
+        and its chunk go out without first being copied into one buffer."""
+        views, pos = [memoryview(p) for p in parts if p], offset
         try:
-            while view:  # a nearly full disk writes short: write the rest, which then fails with ENOSPC
-                n = os.pwrite(self._fd, view, pos)
+            while views:  # a nearly full disk writes short: write the rest, which then fails with ENOSPC
+                n = os.pwritev(self._fd, views, pos)
                 if n == 0:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                view, pos = view[n:], pos + n
+                pos += n
+                while n:
+                    if n >= len(views[0]):
+                        n -= len(views.pop(0))
+                    else:
+                        views[0], n = views[0][n:], 0
         except OSError as e:
             os.ftruncate(self._fd, offset)  # never leave a torn record behind a good one
             raise os_error(e, f"pack {self.path}") from None
@@ -81,7 +88,7 @@ class PackWriter:
             if self._fd < 0:
                 return None
             offset = self.size
-            self._write(record + stored, offset)
+            self._write(offset, record, stored)
             entry = packfmt.Entry(chunk, offset + len(record), len(stored), raw_len, flags)
             self.size = entry.offset + entry.stored_len
             self.entries.append(entry)
@@ -99,7 +106,7 @@ class PackWriter:
         """Write the footer, fsync and close; return the final size."""
         with self._lock:
             footer = packfmt.encode_footer(self.entries, self.size)
-            self._write(footer, self.size)
+            self._write(self.size, footer)
             self.size += len(footer)
             os.fsync(self._fd)
             os.close(self._fd)
