@@ -7,6 +7,7 @@ from pathlib import Path
 
 from chunkfs import config
 from chunkfs.cli import output, paths
+from chunkfs.engine.memory import tame_malloc
 from chunkfs.errors import UsageError
 from chunkfs.ops import rebuild, stats, transfer
 from chunkfs.ops import status as statusop
@@ -122,6 +123,7 @@ def _print_transfer(args, verb: str, r: transfer.TransferResult) -> None:
 
 
 def cmd_import(args) -> int:
+    tame_malloc()  # an import moves every byte through chunk buffers, as the mount daemon does
     src = Path(args.src)
     with Repository(need_repo(args)) as repo:
         with output.progress(f"import {src.name}", transfer.source_size(src) if src.exists() else None) as bar:

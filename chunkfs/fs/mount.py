@@ -19,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from chunkfs.engine.memory import tame_malloc
 from chunkfs.errors import ChunkfsError, Conflict, NotADirectory, NotFound, UsageError
 from chunkfs.fs.operations import ChunkfsOperations
 from chunkfs.metrics import start_metrics_server
@@ -140,7 +141,7 @@ def serve(
         raise UsageError(message) from None
     if repo.writable:
         repo.start_background()
-    _tame_malloc()
+    tame_malloc()
     signalled: list[int] = []
     try:
         trio.run(_main, ops, mountpoint, ready, signalled)
@@ -157,23 +158,6 @@ def serve(
         except ChunkfsError as e:  # committed data is safe; open packs get sealed at the next mount
             log.error("cannot seal the open packs: %s", e)
         log.info("unmounted %s", mountpoint)
-
-
-def _tame_malloc() -> None:
-    """Keep glibc from mapping and unmapping every multi-MiB chunk buffer.
-
-    By default each buffer above the mmap threshold is a fresh mmap, and freed
-    memory is trimmed back at once: ~830k page faults per GiB written, the
-    largest hidden cost of the write path (docs/performance.md). Raising both
-    thresholds lets freed chunk buffers be reused.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 << 20)
-    libc.mallopt(m_trim_threshold, 256 << 20)
 
 
 def _unmounted(mountpoint: Path) -> bool:
