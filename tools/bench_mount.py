@@ -37,6 +37,9 @@ on the cold read, where one 3-pass run is too noisy to show a 10–20% change: o
 repository, mounted in turn by the chunkfs of each source tree (``python -m
 chunkfs`` run from TREE, e.g. ``git worktree add /tmp/base HEAD~2``), read cold
 ``--repeat`` rounds in alternating order beside a plain copy; medians per tree.
+``--write-ab TREE --write-ab TREE …`` does the same for the fresh write: each
+round writes the checkpoint to a plain directory and into a new repository
+mounted by each tree in turn (daemon CPU seconds and minor page faults beside).
 """
 
 from __future__ import annotations
@@ -135,6 +138,12 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
 def read_ahead_kb(mnt: Path) -> int | None:
@@ -442,6 +451,51 @@ def compare_reads(trees: list[Path], src: Sources, work: Path, block: int, round
     return res
 
 
+def compare_writes(trees: list[Path], src: Sources, work: Path, block: int, rounds: int) -> dict:
+    """Fresh writes through each source tree's chunkfs in turn: code versions A/B on the write path.
+
+    Each round writes the fresh checkpoint (write() calls, fsync, close) to a plain
+    directory and then, in an order that alternates from round to round, into a new
+    repository mounted by each tree; the daemon's CPU seconds and minor page faults
+    are counted around the write. The repository is removed after each write, so
+    every write is fresh (nothing to dedup against).
+    """
+    res: dict = {"plain": {"mb_s": []}}
+    for tree in trees:
+        res[str(tree)] = {"mb_s": [], "cpu_s_per_gb": [], "faults_per_gib": []}
+    gb = src.size / 1e9
+    bl.warm(src.fresh)
+    for r in range(rounds):
+        plain = work / "ab-plain"
+        os.sync()
+        res["plain"]["mb_s"].append(src.size / 1e6 / bl.timed(bl.copy_file, src.fresh, plain, block)[0])
+        plain.unlink()
+        for i, tree in enumerate(trees if r % 2 == 0 else trees[::-1]):
+            m = Mount([sys.executable, "-m", "chunkfs"], work / f"ab-repo-{i}", work / f"ab-mnt-{i}", tree)
+            _MOUNTS.append(m)
+            m.init()
+            m.mount()
+            try:
+                x = res[str(tree)]
+                os.sync()
+                c0, f0 = cpu_seconds(m.pid), minor_faults(m.pid)
+                x["mb_s"].append(src.size / 1e6 / bl.timed(bl.copy_file, src.fresh, m.mnt / "ckpt", block)[0])
+                x["cpu_s_per_gb"].append((cpu_seconds(m.pid) - c0) / gb)
+                x["faults_per_gib"].append((minor_faults(m.pid) - f0) * MiB * 1024 / src.size)
+            finally:
+                m.umount()
+                _MOUNTS.remove(m)
+                shutil.rmtree(m.repo)
+        bl.log(f"round {r + 1}: " + ", ".join(f"{k} {v['mb_s'][-1]:.0f} MB/s" for k, v in res.items()))
+    for x in res.values():
+        x["median_mb_s"] = bl.median(x["mb_s"])
+        if "cpu_s_per_gb" in x:
+            x["median_cpu_s_per_gb"] = bl.median(x["cpu_s_per_gb"])
+            x["median_faults_per_gib"] = bl.median(x["faults_per_gib"])
+            x["ratio"] = bl.median(a / b for a, b in zip(x["mb_s"], res["plain"]["mb_s"]))
+    return res
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -554,6 +608,9 @@ def main(argv=None) -> int:
     p.add_argument("--read-ab", action="append", default=[], metavar="TREE",
                    help="instead of the phases: cold reads only, through the chunkfs of each source "
                    "TREE given (a git worktree of the base commit, this one…), --repeat rounds")  # fmt: skip
+    p.add_argument("--write-ab", action="append", default=[], metavar="TREE",
+                   help="instead of the phases: fresh writes only, into a new repository mounted by the "
+                   "chunkfs of each source TREE given, --repeat rounds")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -585,6 +642,20 @@ def main(argv=None) -> int:
                     [["plain directory", ab["plain"]["median_mb_s"], "", None, ""]]
                     + [[k, x["median_mb_s"], f"{x['ratio']:.2f}×", x["median_cpu_s_per_gb"],
                         x["read_ahead_kb"][0]] for k, x in ab.items() if k != "plain"],
+                )  # fmt: skip
+            return 0
+        if args.write_ab:
+            ab = compare_writes([Path(t).resolve() for t in args.write_ab], src, work, block, args.repeat)
+            if args.json:
+                json.dump({"args": vars(args), "write_ab": ab}, sys.stdout, indent=2)
+                print()
+            else:
+                bl.print_table(
+                    f"fresh write A/B: {src.size / MiB:,.0f} MiB checkpoint (median of {args.repeat} rounds)",
+                    ["chunkfs source tree", "MB/s", "ratio to plain", "daemon CPU s/GB", "minor faults/GiB"],
+                    [["plain directory", ab["plain"]["median_mb_s"], "", None, ""]]
+                    + [[k, x["median_mb_s"], f"{x['ratio']:.2f}×", x["median_cpu_s_per_gb"],
+                        f"{x['median_faults_per_gib']:,.0f}"] for k, x in ab.items() if k != "plain"],
                 )  # fmt: skip
             return 0
         passes = []
