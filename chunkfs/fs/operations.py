@@ -118,6 +118,11 @@ class ChunkfsOperations(pyfuse3.Operations):
             a.entry_timeout = 0.0
         return a
 
+    def _virtual_entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        """``_virtual_attrs`` for a reply that gives the kernel a reference (``Virtual.hold``)."""
+        self.virtual.hold([ino])
+        return self._virtual_attrs(ino, rec)
+
     def _read_only(self, *inodes: int, name: tuple[int, bytes] | None = None) -> None:
         """Refuse changes inside snapshots, and to the names the mount reserves."""
         if any(Virtual.owns(i) for i in inodes):
@@ -140,7 +145,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
         if Virtual.owns(parent_inode):
-            return self._virtual_attrs(*self.virtual.lookup(parent_inode, name))
+            return self._virtual_entry(*self.virtual.lookup(parent_inode, name))
         if name == b".":
             return self._entry(parent_inode, self.ns.getattr(parent_inode))
         if name == b"..":
@@ -148,14 +153,14 @@ class ChunkfsOperations(pyfuse3.Operations):
             return self._entry(parent, self.ns.getattr(parent))
         special = self.virtual.reserved(parent_inode, name)
         if special is not None:
-            return self._virtual_attrs(*special)
+            return self._virtual_entry(*special)
         try:
             ino, rec = self.ns.lookup(parent_inode, name)
         except NotFound:
             special = self.virtual.lookup_in_real(parent_inode, name)
             if special is None:
                 raise
-            return self._virtual_attrs(*special)
+            return self._virtual_entry(*special)
         return self._entry(ino, rec)
 
     @_errors
@@ -248,6 +253,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         self._next_dir += 1
         if Virtual.owns(inode):
             self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.virtual.readdir(inode)]
+            self.virtual.hold([i for _, i in self._dirs[self._next_dir]])  # until releasedir
         else:
             self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.ns.readdir(inode)]
         return self._next_dir
@@ -261,6 +267,7 @@ class ChunkfsOperations(pyfuse3.Operations):
                 attrs = self._virtual_attrs(ino, self.virtual.getattr(ino))
                 if not pyfuse3.readdir_reply(token, name, attrs, offset + 1):
                     return
+                self.virtual.hold([ino])  # readdirplus: the kernel holds the entry like a lookup
                 continue
             try:
                 rec = self.ns.getattr(ino)
@@ -268,10 +275,12 @@ class ChunkfsOperations(pyfuse3.Operations):
                 continue  # removed since opendir
             if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), offset + 1):
                 return
+            self.ns.hold(ino)  # readdirplus: a reference, as ``_entry`` gives one
             self.ns.hold(ino)  # readdirplus: each entry the kernel took counts as a lookup
 
     async def releasedir(self, fh):
-        self._dirs.pop(fh, None)
+        entries = self._dirs.pop(fh, ())
+        self.virtual.release([(ino, 1) for _, ino in entries if Virtual.owns(ino)])
 
     async def fsyncdir(self, fh, datasync):
         await self._blocking(self.repo.flush)
@@ -330,7 +339,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def release(self, fh):
         if Virtual.owns_handle(fh):
-            self.virtual.release(fh)
+            self.virtual.close(fh)
             return
         ino = await self._blocking(self.files.release, fh)
         with contextlib.suppress(ChunkfsError):
@@ -390,9 +399,12 @@ class ChunkfsOperations(pyfuse3.Operations):
         return s
 
     async def forget(self, inode_list):
-        """The kernel dropped its references (``_entry``); must not raise (no request to answer)."""
+        """The kernel dropped its references (``_entry``, ``_virtual_entry``); must not raise (no
+        request to answer)."""
+        refs = list(inode_list)
+        self.virtual.release([(ino, n) for ino, n in refs if Virtual.owns(ino)])
         try:
-            await self._blocking(self.ns.release_many, list(inode_list))
+            await self._blocking(self.ns.release_many, [(ino, n) for ino, n in refs if not Virtual.owns(ino)])
         except ChunkfsError as e:
             log.error("forget: %s", e)
 

@@ -13,7 +13,11 @@ they are reachable by name.
 
 Kernel inode numbers for these entries are allocated here, above
 ``VIRTUAL_BASE``, and map to (commit, real inode) or to a link target. This is
-FUSE bookkeeping only: what the entries contain comes from the library.
+FUSE bookkeeping only: what the entries contain comes from the library. A
+number lives while something refers to it — the kernel (every entry reply is
+a reference until it FORGETs it) or an open directory listing — and is
+dropped after, so browsing snapshots on a long-lived mount does not grow the
+table without bound; the same entry looked up again gets a new number.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Virtual:
         self.repo = repo
         self._nodes: dict[int, _Node] = {}
         self._ids: dict[_Node, int] = {}
+        self._refs: dict[int, int] = {}  # virtual inode → references (kernel entries, open listings)
         self._next = itertools.count(VIRTUAL_BASE + 1)
         self._files: dict[int, FileContent] = {}
         self._fhs = itertools.count(1 << 40)
@@ -74,6 +79,31 @@ class Virtual:
                 vino = self._ids[node] = next(self._next)
                 self._nodes[vino] = node
             return vino
+
+    def hold(self, vinos: list[int]) -> None:
+        """Count a reference to each of ``vinos`` (an entry reply, or a listing that will send them)."""
+        with self._lock:
+            for vino in vinos:
+                if vino in self._nodes:
+                    self._refs[vino] = self._refs.get(vino, 0) + 1
+
+    def release(self, refs: list[tuple[int, int]]) -> None:
+        """Drop ``n`` references of each (virtual inode, n); a number nothing refers to is forgotten."""
+        with self._lock:
+            for vino, n in refs:
+                left = self._refs.get(vino, 0) - n
+                if left > 0:
+                    self._refs[vino] = left
+                    continue
+                self._refs.pop(vino, None)
+                node = self._nodes.pop(vino, None)
+                if node is not None:
+                    del self._ids[node]
+
+    def size(self) -> int:
+        """How many virtual inode numbers are alive (for tests and the curious)."""
+        with self._lock:
+            return len(self._nodes)
 
     def _node(self, vino: int) -> _Node:
         node = self._nodes.get(vino)
@@ -169,7 +199,7 @@ class Virtual:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return self._files[fh].read(offset, size)
 
-    def release(self, fh: int) -> None:
+    def close(self, fh: int) -> None:
         with self._lock:
             self._files.pop(fh, None)
 
