@@ -125,7 +125,9 @@ class OpenFiles:
                 self.read_ahead.follow(stream, content.following(offset + size - 1, self.read_ahead.depth))
             else:
                 self.read_ahead.cancel(stream)
-        return assemble(spans, self.read_ahead.get)
+        data = assemble(spans, self.read_ahead.get)
+        self.repo.chunks.note_read(len(data))
+        return data
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         entry = self._entry(fh)

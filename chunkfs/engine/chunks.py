@@ -110,11 +110,15 @@ class ChunkIO:
             owner.gc_window = None
             self.packs.close_window(token, persist=True)
 
+    def note_read(self, nbytes: int) -> None:
+        """Count ``nbytes`` of file content returned to a reader (``read_bytes``: what users read,
+        not what the chunk fetches behind it cost — those are ``get`` calls, some read ahead)."""
+        with self._stats_lock:
+            self.read_bytes += nbytes
+
     def get(self, chunk: ChunkId, length: int) -> bytes:
         """The verified bytes of ``chunk`` (``length`` zeros for a hole). A chunk read ahead from a
         remote tier may come as a read-only memoryview: use it as bytes-like."""
-        with self._stats_lock:
-            self.read_bytes += length
         if chunk == HOLE:
             return bytes(length)
         data = self.cache.get(chunk)

@@ -283,7 +283,9 @@ class FileContent:
         return out
 
     def read(self, offset: int, size: int) -> bytes:
-        return assemble(self.spans(offset, size), self.chunks.get)
+        data = assemble(self.spans(offset, size), self.chunks.get)
+        self.chunks.note_read(len(data))
+        return data
 
     def following(self, offset: int, count: int) -> list[tuple[int, ChunkId, int]]:
         """The ``count`` stored chunks after the extent that holds byte ``offset``, as
@@ -316,7 +318,7 @@ class FileContent:
         if self._hasher is None:
             hasher = blake3.blake3()
             for offset in range(0, self.size, 8 << 20):
-                hasher.update(self.read(offset, 8 << 20))
+                hasher.update(assemble(self.spans(offset, 8 << 20), self.chunks.get))  # not a user's read
             self._hasher = hasher
         return self._hasher.copy().digest()
 

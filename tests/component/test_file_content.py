@@ -168,3 +168,16 @@ def test_write_past_eof_leaves_a_hole_that_stores_nothing(tmp_path, repo):
     extents = extents_of(repo, "/sparse")
     assert sum(e.length for e in extents if e.chunk == HOLE) == 5 << 20
     assert len(data_chunks(extents)) == 1
+
+
+def test_read_bytes_counts_what_readers_got_not_the_chunks_behind_it(tmp_path, repo):
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(1 << 20))
+    transfer.import_tree(repo, src, "/model.bin")
+    content = repo.file_content(repo.ns.resolve("/model.bin"))
+    before = repo.chunks.read_bytes
+    data = b"".join(content.read(off, 4096) for off in range(0, 1 << 20, 4096))  # 256 reads of 16 chunks
+    assert data == src.read_bytes()
+    assert repo.chunks.read_bytes - before == 1 << 20
+    assert content.read(1 << 20, 4096) == b""
+    assert repo.chunks.read_bytes - before == 1 << 20, "a read at the end returned nothing"
