@@ -41,7 +41,7 @@ import threading
 from dataclasses import dataclass, field
 
 from chunkfs import clock
-from chunkfs.engine.file import FileContent, assemble
+from chunkfs.engine.file import FileContent
 from chunkfs.engine.readahead import ReadAhead, ReadStream
 from chunkfs.errors import ChunkfsError, IsADirectory
 from chunkfs.repo import Repository
@@ -118,16 +118,7 @@ class OpenFiles:
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._by_fh[fh]
-        content, stream = handle.entry.content, handle.stream
-        with handle.entry.lock:
-            spans = content.spans(offset, size)
-            if stream.sequential(offset, offset + size):
-                self.read_ahead.follow(stream, content.following(offset + size - 1, self.read_ahead.depth))
-            else:
-                self.read_ahead.cancel(stream)
-        data = assemble(spans, self.read_ahead.get)
-        self.repo.chunks.note_read(len(data))
-        return data
+        return self.read_ahead.read(handle.entry.content, handle.stream, offset, size, handle.entry.lock)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         entry = self._entry(fh)

@@ -39,6 +39,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from chunkfs.engine.chunks import ChunkIO
+from chunkfs.engine.file import FileContent, assemble
 from chunkfs.errors import ChunkfsError
 from chunkfs.types import HOLE, ChunkId, Tier
 
@@ -87,6 +88,20 @@ class ReadAhead:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="chunkfs-readahead")
         self._lock = threading.Lock()
         self._fetching: dict[ChunkId, Future] = {}
+
+    def read(self, content: FileContent, stream: ReadStream, offset: int, size: int, lock) -> bytes:
+        """A reader's request on an open handle: planned under ``lock`` (the file's: the plan is
+        this moment's content), its chunks fetched after the lock is released, the next ones
+        fetched ahead when it continues ``stream``."""
+        with lock:
+            spans = content.spans(offset, size)
+            if stream.sequential(offset, offset + size):
+                self.follow(stream, content.following(offset + size - 1, self.depth))
+            else:
+                self.cancel(stream)
+        data = assemble(spans, self.get)
+        self.chunks.note_read(len(data))
+        return data
 
     def follow(self, stream: ReadStream, upcoming: list[tuple[int, ChunkId, int]]) -> None:
         """Fetch the chunks a sequential reader comes to next: ``(file offset, chunk, length)``

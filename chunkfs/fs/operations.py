@@ -72,7 +72,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         self.repo = repo
         self.ns = repo.ns
         self.files = OpenFiles(repo)
-        self.virtual = Virtual(repo)
+        self.virtual = Virtual(repo, self.files.read_ahead)
         self._seen: dict[int, int] = {}  # inode → manifest when this mount last opened or closed it
         self._limiter = trio.CapacityLimiter(WORKERS)
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}

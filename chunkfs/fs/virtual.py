@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from chunkfs import clock
 from chunkfs.engine.file import FileContent
+from chunkfs.engine.readahead import ReadAhead, ReadStream
 from chunkfs.errors import NotFound, ReadOnly
 from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace.views import CommitView
@@ -52,13 +53,14 @@ class _Node:
 class Virtual:
     """Inode numbers and answers for ``.snapshots`` and the ``@latest``/``@best`` links."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, read_ahead: ReadAhead) -> None:
         self.repo = repo
+        self.read_ahead = read_ahead  # the open files' (openfiles.py): one pool for every reader
         self._nodes: dict[int, _Node] = {}
         self._ids: dict[_Node, int] = {}
         self._refs: dict[int, int] = {}  # virtual inode → references (kernel entries, open listings)
         self._next = itertools.count(VIRTUAL_BASE + 1)
-        self._files: dict[int, FileContent] = {}
+        self._files: dict[int, tuple[FileContent, ReadStream, threading.Lock]] = {}
         self._fhs = itertools.count(1 << 40)
         self._lock = threading.Lock()
         now = clock.now_ns()
@@ -193,13 +195,16 @@ class Virtual:
         content = self.repo.content_of(view.extents(node.ino))
         with self._lock:
             fh = next(self._fhs)
-            self._files[fh] = content
+            self._files[fh] = (content, ReadStream(), threading.Lock())
         return fh
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return self._files[fh].read(offset, size)
+        content, stream, lock = self._files[fh]
+        return self.read_ahead.read(content, stream, offset, size, lock)
 
     def close(self, fh: int) -> None:
         with self._lock:
-            self._files.pop(fh, None)
+            entry = self._files.pop(fh, None)
+        if entry is not None:
+            self.read_ahead.cancel(entry[1])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fusetest import mount_device
+from fusetest import cli, mount_device
 
 from chunkfs.fs.mount import READ_AHEAD_KB
 from chunkfs.repo import Repository
@@ -188,3 +188,24 @@ def test_damaged_chunk_fails_only_the_reader_that_reaches_it(make_mount):
     # the chunks after it still read
     rest = [(o, step) for o in range(start + length, len(data), step)]
     assert read_without_kernel_read_ahead(mnt / "f", rest) == data[start + length :]
+
+
+def test_snapshot_reads_are_read_ahead_too(make_mount):
+    mnt = make_mount(settings=SMALL_CHUNKS)
+    data = rand(8 * CHUNK, seed=4)
+    (mnt / "f").write_bytes(data)
+    mnt.umount()
+    cli("tag", "v1", "--repo", mnt.repo)
+    chunks = stored_chunks(mnt, "f")
+    start, bad, _ = chunks[3]
+    damage(mnt, bad)
+    mnt.mount()
+    mnt.expect_log(bad.hex())
+
+    step = 32 * KiB
+    snapshot = mnt / ".snapshots" / "v1" / "f"
+    assert read_without_kernel_read_ahead(snapshot, [(o, step) for o in range(0, start, step)]) == data[:start]
+    deadline = time.monotonic() + 30
+    while f"read-ahead of chunk {bad.hex()} failed" not in mnt.log():
+        assert time.monotonic() < deadline, "a sequential read of a snapshot file read nothing ahead"
+        time.sleep(0.05)
