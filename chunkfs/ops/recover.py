@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import blake3
+
 from chunkfs import clock, config
 from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound
 from chunkfs.index import Index
@@ -218,11 +220,13 @@ def _from_replica(replicas, dest, name: str, repo_path: Path) -> bool:
         except ChunkfsError:
             continue
         tmp = repo_path / f".recover-{os.getpid()}.pack"
+        digest = blake3.blake3(data).digest()
         try:
             tmp.write_bytes(data)
-            dest.put_file(name, tmp)
+            dest.put_file(name, tmp, blake3_digest=digest)
         finally:
             tmp.unlink(missing_ok=True)
+        dest.verify(name, digest, len(data))
         log.info("recover: %s restored from replica %s", name, r.url)
         return True
     return False

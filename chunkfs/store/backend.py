@@ -34,7 +34,8 @@ class Backend(ABC):
 
     @abstractmethod
     def put_file(self, name: str, path: Path, *, blake3_digest: bytes | None = None) -> None:
-        """Store a local file's content under ``name`` atomically.
+        """Store a local file's content under ``name`` atomically; the caller then checks it with
+        ``verify`` (S3 does not check it twice).
 
         ``blake3_digest``: the file's BLAKE3 where the caller already has it (it just hashed the
         pack to verify the copy), so that a backend that records it (S3, in the object metadata)

@@ -176,12 +176,13 @@ class S3Backend(Backend):
         self._check_stored(name, len(data), digest)
 
     def put_file(self, name: str, path: Path, *, blake3_digest: bytes | None = None) -> None:
-        """Upload a file, in parts when it is big, then check size and BLAKE3 metadata with a HEAD.
+        """Upload a file, in parts when it is big, with its BLAKE3 in the object metadata.
 
         The metadata is ``blake3_digest`` when the caller passes it, else the file is hashed
-        first (an extra read of the whole file). An upload that fails is aborted by s3transfer;
-        one cut off with the endpoint can leave parts behind, which a bucket lifecycle rule
-        (AbortIncompleteMultipartUpload) removes.
+        first (an extra read of the whole file). No HEAD here: every caller checks the object
+        with ``verify`` next (size and that metadata), and a second HEAD would only repeat it.
+        An upload that fails is aborted by s3transfer; one cut off with the endpoint can leave
+        parts behind, which a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes.
         """
         try:
             if blake3_digest is None:
@@ -198,7 +199,6 @@ class S3Backend(Backend):
 
         with self._errors(name):
             self._retrying(upload)
-        self._check_stored(name, size, digest)
 
     def get(self, name: str) -> bytes:
         with self._errors(name):
