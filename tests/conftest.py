@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from chunkfs import clock
@@ -15,3 +18,23 @@ def restore_clock(monkeypatch):
     gc in another process (on the real clock) sees as too new to drop.
     """
     monkeypatch.setattr(clock, "_offset_ns", clock._offset_ns)
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path):
+    """``make_tmpfs("12m")`` → a directory on a tmpfs of that size: a small disk to fill (ENOSPC,
+    hot-tier pressure). Unmounted after the test; skipped without root, which mounting needs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def make(size: str):
+        path = tmp_path / f"tmpfs-{len(mounted)}"
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=True)

@@ -88,19 +88,8 @@ def test_kill_9_during_checkpoint_series(mnt, delay):
     assert (mnt / "after-crashes").read_bytes() == b"the mount works normally"
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "hot-tmpfs"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(path)], check=True)
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def test_disk_full_is_enospc(small_tmpfs, make_mount):
-    mnt = make_mount(hot=small_tmpfs / "hot")
+def test_disk_full_is_enospc(make_tmpfs, make_mount):
+    mnt = make_mount(hot=make_tmpfs("48m") / "hot")
     mnt.expect_log(r"no space left")
     committed: dict[str, str] = {}
     failure = None

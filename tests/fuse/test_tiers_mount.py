@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).parent
 for _helpers in ("backends", "component", "tiers"):
@@ -28,17 +27,10 @@ for _helpers in ("backends", "component", "tiers"):
 
 from fusetest import cli  # noqa: E402
 from s3_fixtures import aws_env, moto_server, own_rclone  # noqa: E402, F401 (fixtures)
+from s3_servers import free_port  # noqa: E402
 from tier_helpers import s3_url, same_tree, write_run  # noqa: E402
 
-import pytest  # noqa: E402
-
 RUN = "llama/run1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiered_mount(
@@ -121,7 +113,7 @@ def _remote_read_bytes(port: int) -> float:
 
 
 def test_run_tiered_to_warm_reads_back_through_the_mount_from_s3(make_mount, moto_server, tmp_path):
-    port = _free_port()
+    port = free_port()
     m = _tiered_mount(make_mount, moto_server.endpoint, metrics_port=port)
     src = _write_run(m, tmp_path)
     _complete_and_tier_to_warm(m)
@@ -134,7 +126,7 @@ def test_run_tiered_to_warm_reads_back_through_the_mount_from_s3(make_mount, mot
 
 
 def test_prefetch_pin_then_read_through_the_mount_makes_no_s3_request(make_mount, moto_server, tmp_path):
-    port = _free_port()
+    port = free_port()
     m = _tiered_mount(make_mount, moto_server.endpoint, metrics_port=port)
     src = _write_run(m, tmp_path)
     _complete_and_tier_to_warm(m)
@@ -195,19 +187,8 @@ def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(make_mount,
     same_tree(src, m.path / RUN)
 
 
-@pytest.fixture
-def small_hot(tmp_path):
-    """A 12 MiB tmpfs for the hot tier."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "hot-tmpfs"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(path)], check=True)
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def test_the_daemon_makes_room_on_a_full_hot_disk(make_mount, moto_server, small_hot, tmp_path):
+def test_the_daemon_makes_room_on_a_full_hot_disk(make_mount, moto_server, make_tmpfs, tmp_path):
+    small_hot = make_tmpfs("12m")
     m = _tiered_mount(make_mount, moto_server.endpoint, hot=small_hot / "hot", hot_min_free=50)
     src = _write_run(m, tmp_path)  # 9.5 MB of a 12 MiB disk; the run is not complete
 

@@ -5,11 +5,8 @@ stay (they would be lost), and every file reads back bit-identical from wherever
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
-import pytest
 from tier_helpers import export_and_compare, import_run, tiered_settings, write_run
 
 from chunkfs import config
@@ -21,24 +18,13 @@ from chunkfs.types import Tier
 MIN_FREE = 50  # percent
 
 
-@pytest.fixture
-def small_hot(tmp_path):
-    """A 12 MiB tmpfs for the hot tier."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / "hot-tmpfs"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(path)], check=True)
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 def _free_percent(path) -> float:
     disk = shutil.disk_usage(path)
     return 100 * disk.free / disk.total
 
 
-def test_hot_pressure_evicts_packs_with_warm_copies_oldest_first(small_hot, tmp_path):
+def test_hot_pressure_evicts_packs_with_warm_copies_oldest_first(make_tmpfs, tmp_path):
+    small_hot = make_tmpfs("12m")
     settings = tiered_settings(
         None, warm=str(tmp_path / "warm"),
         lifecycle=config.LifecycleSettings(run_idle=0, hot_min_free=MIN_FREE, cold_after_days=0),
