@@ -585,6 +585,22 @@ def print_report(s: dict, args, src: Sources) -> None:
     )
 
 
+
+def _report_ab(args, key: str, title: str, ab: dict, last_column: str, last_value) -> None:
+    """Print an A/B comparison (``--read-ab``, ``--write-ab``): JSON, or a table with the plain
+    directory first and ``last_value(row)`` in its last column."""
+    if args.json:
+        json.dump({"args": vars(args), key: ab}, sys.stdout, indent=2)
+        print()
+        return
+    bl.print_table(
+        f"{title} (median of {args.repeat} rounds)",
+        ["chunkfs source tree", "MB/s", "ratio to plain", "daemon CPU s/GB", last_column],
+        [["plain directory", ab["plain"]["median_mb_s"], "", None, ""]]
+        + [[k, x["median_mb_s"], f"{x['ratio']:.2f}×", x["median_cpu_s_per_gb"], last_value(x)]
+           for k, x in ab.items() if k != "plain"],
+    )  # fmt: skip
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -632,31 +648,13 @@ def main(argv=None) -> int:
         src = make_sources(src_dir, size, shard, args.writers, args.changed, args.seed)
         if args.read_ab:
             ab = compare_reads([Path(t).resolve() for t in args.read_ab], src, work, block, args.repeat)
-            if args.json:
-                json.dump({"args": vars(args), "read_ab": ab}, sys.stdout, indent=2)
-                print()
-            else:
-                bl.print_table(
-                    f"cold read A/B: {src.size / MiB:,.0f} MiB checkpoint (median of {args.repeat} rounds)",
-                    ["chunkfs source tree", "MB/s", "ratio to plain", "daemon CPU s/GB", "read_ahead_kb"],
-                    [["plain directory", ab["plain"]["median_mb_s"], "", None, ""]]
-                    + [[k, x["median_mb_s"], f"{x['ratio']:.2f}×", x["median_cpu_s_per_gb"],
-                        x["read_ahead_kb"][0]] for k, x in ab.items() if k != "plain"],
-                )  # fmt: skip
+            _report_ab(args, "read_ab", f"cold read A/B: {src.size / MiB:,.0f} MiB checkpoint", ab,
+                       "read_ahead_kb", lambda x: x["read_ahead_kb"][0])  # fmt: skip
             return 0
         if args.write_ab:
             ab = compare_writes([Path(t).resolve() for t in args.write_ab], src, work, block, args.repeat)
-            if args.json:
-                json.dump({"args": vars(args), "write_ab": ab}, sys.stdout, indent=2)
-                print()
-            else:
-                bl.print_table(
-                    f"fresh write A/B: {src.size / MiB:,.0f} MiB checkpoint (median of {args.repeat} rounds)",
-                    ["chunkfs source tree", "MB/s", "ratio to plain", "daemon CPU s/GB", "minor faults/GiB"],
-                    [["plain directory", ab["plain"]["median_mb_s"], "", None, ""]]
-                    + [[k, x["median_mb_s"], f"{x['ratio']:.2f}×", x["median_cpu_s_per_gb"],
-                        f"{x['median_faults_per_gib']:,.0f}"] for k, x in ab.items() if k != "plain"],
-                )  # fmt: skip
+            _report_ab(args, "write_ab", f"fresh write A/B: {src.size / MiB:,.0f} MiB checkpoint", ab,
+                       "minor faults/GiB", lambda x: f"{x['median_faults_per_gib']:,.0f}")  # fmt: skip
             return 0
         passes = []
         peak = 0
