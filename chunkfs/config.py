@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkfs.errors import ConfigError
+from chunkfs.types import MAX_LEVELS
 
 CONFIG_NAME = "chunkfs.toml"
 
@@ -154,6 +155,30 @@ def _duration(value: Any) -> int:
     return parse_duration(value)
 
 
+def _processes(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    return _int(0, 256)(value)
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    processes: int | str = _setting(
+        "auto", _processes,
+        'engine worker processes of a mount: they chunk, hash, compress and store what is written '
+        '("auto": one per CPU, at most 8; 0: all of it in the daemon\'s own process)',
+    )  # fmt: skip
+    handoff: int = _setting(
+        128 << 20, _size(4 << 20, 4 << 30),
+        "shared memory of a mount for written bytes its worker processes have not taken yet, split between "
+        "them (at least 4 MiB each); a writer waits while its worker's share is full",
+    )  # fmt: skip
+
+    def count(self, cpus: int | None) -> int:
+        """How many worker processes: ``processes``, with "auto" resolved for ``cpus`` CPUs."""
+        return min(cpus or 1, 8) if self.processes == "auto" else int(self.processes)
+
+
 @dataclass(frozen=True)
 class TierSettings:
     hot: str = _setting("hot", _string, "directory of the hot tier (relative to the repository)")
@@ -235,6 +260,8 @@ def _levels(value: Any) -> str:
             raise ValueError(f"{n!r} is not a usable level name (letters, digits, _; not a builtin key)")
     if len(set(names)) != len(names):
         raise ValueError("level names must be distinct")
+    if len(names) > MAX_LEVELS:
+        raise ValueError(f"at most {MAX_LEVELS} levels (a checkpoint key must fit an index key)")
     return "/".join(names)
 
 
@@ -373,6 +400,7 @@ class Settings:
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     packs: PackSettings = field(default_factory=PackSettings)
+    writers: WriterSettings = field(default_factory=WriterSettings)
     tiers: TierSettings = field(default_factory=TierSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)

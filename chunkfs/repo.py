@@ -4,10 +4,10 @@ A repository on disk::
 
     REPO/chunkfs.toml     settings (config.py)
     REPO/index/           the LMDB index (index/)
-    REPO/hot/             the hot tier: packs/ab/<pack id>.pack (store/)
-    REPO/cache/           the disk read cache of warm/cold chunks (store/readcache.py)
+    REPO/hot/             the hot tier: packs/ab/<pack id>.pack (store/); spool/: unnamed spool files of open files
+    REPO/cache/           the disk read cache of warm/cold chunks (store/tiering/readcache.py)
     REPO/lock             flock'd by the one process that may write
-    REPO/tiers.lock       flock'd by whoever creates or deletes pack objects on a tier (store/tiers.py)
+    REPO/tiers.lock       flock'd by whoever creates or deletes pack objects on a tier (store/tiering/lock.py)
     REPO/tmp/             scratch files of tier moves and repacks
 
 Background work (``start_background``, called by the mount daemon and by long
@@ -15,18 +15,27 @@ writing commands): the uploader drains the write-back queue to the warm tier,
 and every ``lifecycle.interval`` the policies run (idle runs' open packs are
 sealed, packs move between tiers), and at once whenever the hot disk is short
 of ``lifecycle.hot_min_free``; activity counters are saved every few seconds. With ``replication.replicas`` configured the replicator copies sealed
-packs to them (store/replicas.py), and with a warm tier or replicas the index is
+packs to them (store/maintenance/replicas.py), and with a warm tier or replicas the index is
 backed up there every ``backup.interval`` and once more when it stops
-(store/metabackup.py). Only a writable repository runs it (docs/tiers.md, "Who
+(store/maintenance/metabackup.py). Only a writable repository runs it (docs/tiers.md, "Who
 does what").
 
 The CLI, the FUSE daemon and the admin operations all go through
-``Repository``. One process at a time opens a repository for writing (the
-lock); any number may open it read-only alongside (LMDB readers never block).
+``Repository``. One process at a time opens a repository as its *maintainer*
+(``writable``: the lock) — it recovers what dead processes left, runs the
+background work above and drops nameless inodes. Others may write beside it
+(``shared``: the mount daemon's engine worker processes, ``chunkfs import`` while
+mounted): each appends to packs of its own, dedups against every chunk the index
+holds, commits in short LMDB transactions (LMDB serialises them across
+processes), takes its own gc writer lease and answers gc's seal requests; its
+open packs carry a ``flock`` so that the maintainer never seals them under it.
+Any number may open it read-only alongside (LMDB readers never block).
+docs/concurrency.md says who may do what.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -34,32 +43,39 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from chunkfs import clock, config
 from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
+from chunkfs.engine.memory import tame_malloc
 from chunkfs.errors import AlreadyExists, ChunkfsError, Conflict, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace import Namespace
 from chunkfs.namespace.history import History
 from chunkfs.namespace.registry import MAX_SIDECAR, Registry
-from chunkfs.store import lifecycle
-from chunkfs.store.backend import LocalBackend
-from chunkfs.store.fetch import RemoteReader
-from chunkfs.store.metabackup import Backupper, MetaBackup
-from chunkfs.store.packstore import PackStore
-from chunkfs.store.readcache import ReadCache
-from chunkfs.store.replicas import Replicas, Replicator
-from chunkfs.store.tiers import Tiers, tier_name
-from chunkfs.store.uploads import Uploader
-from chunkfs.types import Extent, Tier
+from chunkfs.namespace.snapshots import Snapshots
+from chunkfs.store.backends.local import LocalBackend
+from chunkfs.store.maintenance.metabackup import Backupper, MetaBackup
+from chunkfs.store.maintenance.replicas import Replicas, Replicator
+from chunkfs.store.pack.store import PackStore
+from chunkfs.store.tiering import lifecycle
+from chunkfs.store.tiering.fetch import RemoteReader
+from chunkfs.store.tiering.readcache import ReadCache
+from chunkfs.store.tiering.tiers import Tiers
+from chunkfs.store.tiering.uploads import Uploader
+from chunkfs.types import Extent, Tier, tier_name
 
 log = logging.getLogger(__name__)
 
 COUNTERS_EVERY = 10.0
 """Seconds between rounds of the background thread: counters saved, complete runs' open packs sealed."""
+
+SEAL_POLL = 1.0
+"""Seconds between looks for a gc's request to seal the open packs (``PackStore.answer_seal_request``)."""
 
 LOCK_NAME = "lock"
 
@@ -81,17 +97,37 @@ def lock_holder(path: Path) -> str | None:
         os.close(fd)
 
 
+def take_lock(path: Path) -> int:
+    """Take the repository's write lock (``REPO/lock``); the fd holds it until closed."""
+    fd = os.open(Path(path) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise Conflict(
+            f"{path}: repository is in use by {holder} (mounted or importing); "
+            "unmount it or wait for that command to finish"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Repository:
     """An open chunkfs repository."""
 
-    def __init__(self, path: Path, *, writable: bool = True) -> None:
+    def __init__(self, path: Path, *, writable: bool = True, shared: bool = False) -> None:
+        """``writable``: as the maintainer (takes the lock); ``shared``: writing beside the
+        maintainer (no lock; see the module docstring); neither: read-only."""
         self.path = Path(path).resolve()
         if not (self.path / config.CONFIG_NAME).exists():
             raise NotFound(f"{self.path}: not a chunkfs repository (no {config.CONFIG_NAME}); create one with `chunkfs init`")
         self.settings = config.load(self.path / config.CONFIG_NAME)
-        self.writable = writable
+        self.writable = writable or shared
+        self.shared = shared
         self._closed = False
-        self._lock_fd = self._take_lock() if writable else None
+        self._lock_fd = take_lock(self.path) if writable and not shared else None
         try:
             self.index = Index(self.path / "index", readonly=False)
         except BaseException:  # a failed open must not keep the repository locked
@@ -106,9 +142,10 @@ class Repository:
                 os.close(self._lock_fd)
             raise
         self.registry = Registry(self.index, self.settings.registry)
-        self.ns = Namespace(self.index, self.registry)
+        self.ns = Namespace(self.index, self.registry, keep_nameless=shared)
         self.history = History(self.index)
-        if writable:
+        self.snapshots = Snapshots(self.history, self.registry)
+        if self.writable and not shared:
             self.registry.ensure_built()
             self.packs.recover()
             self.ns.forget_orphans()
@@ -143,6 +180,7 @@ class Repository:
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self._saved: dict[str, int] = {}
+        self._complete_seen = 0  # the newest `run complete` mark whose open packs were sealed
         self._counters_lock = threading.Lock()
 
     @staticmethod
@@ -156,6 +194,11 @@ class Repository:
     @property
     def hot_path(self) -> Path:
         return self.path / self.settings.tiers.hot
+
+    @property
+    def spool_path(self) -> Path:
+        """Where open files spool bytes written far out of order (on the hot disk; engine/ahead.py)."""
+        return self.hot_path / "spool"
 
     @property
     def cache_path(self) -> Path:
@@ -178,17 +221,22 @@ class Repository:
     def start_background(self, *, policies: bool = True) -> None:
         """Start the uploader and the periodic work (lifecycle policies if ``policies``, counters).
 
-        Only for the process that holds the repository lock; ``stop_background`` (or ``close``) ends it.
+        The maintainer runs all of it; a ``shared`` writer only its own part (answering gc's
+        seal requests, sealing its open packs of complete runs, saving its counters).
+        ``stop_background`` (or ``close``) ends it.
         """
         if not self.writable:
             raise Conflict(f"{self.path}: background work needs the repository opened for writing")
         if self._background is not None:
             return
-        if self.uploader is not None:
-            self.uploader.start()
-        if self.replicator is not None:
-            self.replicator.start()
-        self.backupper.start()
+        if self.shared:
+            policies = False
+        else:
+            if self.uploader is not None:
+                self.uploader.start()
+            if self.replicator is not None:
+                self.replicator.start()
+            self.backupper.start()
         self._stop.clear()
         self._background = threading.Thread(
             target=self._periodic, args=(policies,), name="chunkfs-lifecycle", daemon=True
@@ -211,8 +259,15 @@ class Repository:
     def _periodic(self, policies: bool) -> None:
         interval = self.settings.lifecycle.interval
         next_policy = time.monotonic() + interval
-        while not self._stop.wait(COUNTERS_EVERY):
+        next_round = time.monotonic() + COUNTERS_EVERY
+        while not self._stop.wait(SEAL_POLL):
             try:
+                if self.packs.answer_seal_request():  # a gc waits for it: within a second
+                    log.info("sealed the open packs: a gc asked for them")
+                self.seal_newly_completed()  # `chunkfs run complete` waits for it too
+                if time.monotonic() < next_round:
+                    continue
+                next_round = time.monotonic() + COUNTERS_EVERY
                 self.save_counters()
                 self.seal_complete()
                 due = interval and time.monotonic() >= next_policy
@@ -223,6 +278,16 @@ class Repository:
                 log.warning("background tier work: %s", e)
             except Exception:  # a bug: keep running and say so
                 log.exception("background tier work: unexpected error")
+
+    def seal_newly_completed(self) -> int:
+        """Seal at once the open packs of the runs marked complete (`chunkfs run complete`) since the
+        last look: the user said the run is done, its data can move now."""
+        with self.index.read() as t:
+            marked = {g: rec.completed_ns for g, rec in t.runs() if rec.completed_ns > self._complete_seen}
+        if not marked:
+            return 0
+        self._complete_seen = max(marked.values())
+        return self.packs.seal_groups(set(marked), clock.now_ns() + 1)
 
     def seal_complete(self) -> int:
         """Seal the open packs of complete runs (marked, or idle for ``lifecycle.run_idle``) that no
@@ -295,20 +360,21 @@ class Repository:
                 total[k] = total.get(k, 0) + v - self._saved.get(k, 0)
         return total
 
-    def _take_lock(self) -> int:
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    @staticmethod
+    @contextlib.contextmanager
+    def metadata(path: Path) -> Iterator[Registry]:
+        """The checkpoint registry of the repository at ``path``, writable without the repository
+        lock: ``chunkfs meta set`` must work while the repository is mounted. LMDB serialises write
+        transactions across processes, and the registry writes nothing but index records, so it
+        needs neither the lock nor the chunk store."""
+        path = Path(path).resolve()
+        if not (path / config.CONFIG_NAME).exists():
+            raise NotFound(f"{path}: not a chunkfs repository (no {config.CONFIG_NAME})")
+        index = Index(path / "index")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise Conflict(
-                f"{self.path}: repository is in use by {holder} (mounted or importing); "
-                "unmount it or wait for that command to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-        return fd
+            yield Registry(index, config.load(path / config.CONFIG_NAME).registry)
+        finally:
+            index.close()
 
     @classmethod
     def create(cls, path: Path, *, hot: Path | None = None, settings: config.Settings | None = None) -> Repository:
@@ -324,21 +390,45 @@ class Repository:
             settings = dataclasses.replace(settings, tiers=tiers)
         text = config.render(settings)
         config.parse_text(text)  # settings the next open would refuse: fail before creating anything
+        tiers = Tiers(path, settings, None, LocalBackend(path / settings.tiers.hot))
         if settings.tiers.warm or settings.tiers.cold:  # a wrong bucket or credentials: fail before creating
-            Tiers(path, settings, None, LocalBackend(path / settings.tiers.hot)).check_reachable()
+            tiers.check_reachable()
+            tiers.check_unclaimed()  # a location belongs to one repository (store/backends/ownership.py)
         path.mkdir(parents=True, exist_ok=True)
-        Index(path / "index", create=True).close()
+        index = Index(path / "index", create=True)
         (path / settings.tiers.hot).mkdir(parents=True, exist_ok=True)
+        try:
+            tiers.claim(index.repo_id)
+        finally:
+            index.close()
+            tiers.close()
         tmp = path / (config.CONFIG_NAME + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path / config.CONFIG_NAME)
         return cls(path)
 
+    @classmethod
+    def for_writing(cls, path: Path) -> Repository:
+        """Open to write: as the maintainer when nothing holds the repository, else (a mount
+        does) as a ``shared`` writer beside it."""
+        try:
+            return cls(path)
+        except Conflict:
+            return cls(path, shared=True)
+
+    @staticmethod
+    def tune_allocator() -> None:
+        """Set this process's allocator up for moving chunks (engine/memory.py): for the
+        mount daemon and ``chunkfs import``, which move every byte through chunk buffers."""
+        tame_malloc()
+
     # -- files ----------------------------------------------------------------------
 
     def file_content(self, ino: int) -> FileContent:
         """The content of file ``ino``, ready to read and modify."""
-        return FileContent(self.chunks, self.ns.extents(ino), self.ns.group_of(ino), self.settings.chunking)
+        return FileContent(
+            self.chunks, self.ns.extents(ino), self.ns.group_of(ino), self.settings.chunking, self.spool_path
+        )
 
     def content_of(self, extents: list[Extent]) -> FileContent:
         """Read access to any content (a historic version, say) by its extents."""
@@ -364,7 +454,7 @@ class Repository:
             ino, extents, mtime_ns, blake3=content.digest(), writer_uid=writer_uid, sidecar=sidecar
         )
         if final:
-            self.chunks.end_window(content)  # gc protocol (docs/gc.md): its chunks are committed now
+            content.end_window()  # gc protocol (docs/gc.md): its chunks are committed now
         self.index.sync()  # metasync is off: without this a power cut could undo the commit
         return rec
 
@@ -387,13 +477,14 @@ class Repository:
             self.save_counters()
             self.replicas.close()
             self.tiers.close()
-        finally:
+        finally:  # whatever failed above: no descriptor outlives the handle (read-only ones too)
+            self.hot.close()
             self.index.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-    def __enter__(self) -> Repository:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,13 +1,15 @@
 """Value types shared by every layer (the vocabulary package).
 
 They hold data only; how they are encoded in LMDB lives in ``index/keys.py`` and
-how chunks are laid out in packs in ``store/packfmt.py``.
+how chunks are laid out in packs in ``store/pack/format.py``.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from chunkfs.errors import ConfigError
 
 ChunkId = bytes
 """BLAKE3-256 of a chunk's uncompressed bytes (32 bytes)."""
@@ -17,6 +19,19 @@ PackId = bytes
 
 CHUNK_ID_LEN = 32
 PACK_ID_LEN = 16
+
+ROOT_INODE = 1
+"""The root directory's inode number (it always exists)."""
+
+NAME_MAX = 255
+"""The longest file name (bytes), as on ext4: longer ones get ENAMETOOLONG."""
+
+MAX_FILE_SIZE = 1 << 48
+"""The largest file (256 TiB; ext4 allows 16 TiB): a larger size or a write past it is EFBIG.
+Holes of any size below it cost nothing (index/keys.py stores one extent per hole)."""
+
+MAX_LEVELS = 6
+"""The most registry levels (``registry.levels``) a checkpoint key can hold (index/keys.py, "Long keys")."""
 
 HOLE = bytes(CHUNK_ID_LEN)
 """The chunk id of a hole in a sparse file: reads as zeros, stores nothing."""
@@ -66,6 +81,17 @@ class Tier(enum.IntEnum):
     HOT = 0
     WARM = 1
     COLD = 2
+
+
+def tier_name(tier: Tier) -> str:
+    return tier.name.lower()
+
+
+def parse_tier(name: str) -> Tier:
+    try:
+        return Tier[name.upper()]
+    except KeyError:
+        raise ConfigError(f"{name!r} is not a tier; use hot, warm or cold") from None
 
 
 class PackState(enum.IntEnum):

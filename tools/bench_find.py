@@ -173,7 +173,8 @@ def measure_cli(repo_path: Path, repeat: int) -> dict[str, dict]:
         ),
     ):
         cmd = [sys.executable, "-m", "chunkfs", "find", "--repo", str(repo_path), "--json", *args]
-        ms, done = _time(lambda: subprocess.run(cmd, capture_output=True, text=True, check=True), repeat)
+        ms, done = _time(lambda cmd=cmd: subprocess.run(cmd, capture_output=True, text=True, check=True),
+                         repeat)  # fmt: skip
         out[name] = {"ms": round(ms, 1), "results": len(json.loads(done.stdout))}
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import chunkfs.cli.main"], check=True)

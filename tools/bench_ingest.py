@@ -44,11 +44,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
-from chunkfs import config  # noqa: E402
-from chunkfs.ops.transfer import import_tree  # noqa: E402
-from chunkfs.repo import Repository  # noqa: E402
+from chunkfs import config
+from chunkfs.ops.transfer import import_tree
+from chunkfs.repo import Repository
 
 # -- the checkpoint series ------------------------------------------------------------------------
 
@@ -225,13 +225,13 @@ def run_once(series: list[dict], work: Path, chunk_size: int, plain_first: bool)
 
             cpu = {}
 
-            def chunkfs_import():
+            def chunkfs_import(ck=ck, cpu=cpu):
                 c0 = time.process_time()
                 t = bl.timed(import_tree, repo, ck["dir"], f"/run/step-{ck['step']:04d}")[0]
                 cpu["s"] = time.process_time() - c0
                 return t
 
-            def plain_import():
+            def plain_import(ck=ck):
                 return bl.timed(plain_copy, ck["dir"], plain / ck["dir"].name)[0]
 
             if plain_first:

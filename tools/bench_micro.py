@@ -36,8 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
-import numpy as np  # noqa: E402
+import benchlib as bl
+import numpy as np
 
 CHUNK = 4 << 20
 
@@ -79,7 +79,7 @@ def minilm_weights() -> bytes | None:
     if path is None or not path.exists():
         return None
     with safe_open(str(path), "np") as f:
-        return b"".join(f.get_tensor(k).tobytes() for k in f.keys())
+        return b"".join(f.get_tensor(k).tobytes() for k in f.keys())  # noqa: SIM118 — safe_open: no __iter__
 
 
 def adam_moments(params: int = 1 << 22) -> bytes:
@@ -144,9 +144,11 @@ def planes_speed(data: bytes) -> list[list]:
         planes = codec.to_planes(data, w)
         ways = {
             "codec.to_planes": lambda w=w: codec.to_planes(data, w),
-            "codec.from_planes": lambda w=w: codec.from_planes(planes, w),
+            "codec.from_planes": lambda w=w, planes=planes: codec.from_planes(planes, w),
             "numpy .T.tobytes()": lambda w=w: np.frombuffer(data, np.uint8).reshape(-1, w).T.tobytes(),
-            "numpy .T, inverse": lambda w=w: np.frombuffer(planes, np.uint8).reshape(w, -1).T.tobytes(),
+            "numpy .T, inverse": (
+                lambda w=w, planes=planes: np.frombuffer(planes, np.uint8).reshape(w, -1).T.tobytes()
+            ),
         }
         for name, fn in ways.items():
             fn()  # warm: the first run pays page faults for its output buffers

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 ACCESS, SECRET, BUCKET = "bench-access", "bench-secret-not-real", "bench"
 
@@ -55,11 +55,12 @@ def start_rclone(root: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
     (root / BUCKET).mkdir(parents=True)
     (workdir / "rclone.conf").touch()
     log = workdir / "rclone.log"
-    proc = subprocess.Popen(
-        [str(rclone), "serve", "s3", "--config", str(workdir / "rclone.conf"), "--addr", "127.0.0.1:0",
-         "--auth-key", f"{ACCESS},{SECRET}", str(root)],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with open(log, "wb") as out:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(rclone), "serve", "s3", "--config", str(workdir / "rclone.conf"), "--addr", "127.0.0.1:0",
+             "--auth-key", f"{ACCESS},{SECRET}", str(root)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if m := re.search(r"Starting s3 server on \[http://127\.0\.0\.1:(\d+)/\]", log.read_text()):
@@ -101,9 +102,9 @@ def main() -> None:
 
     from chunkfs import clock, config
     from chunkfs.ops import tier as tierop
-    from chunkfs.repo import Repository
     from chunkfs.ops import transfer
-    from chunkfs.store.packs import pack_name
+    from chunkfs.repo import Repository
+    from chunkfs.store.pack.files import pack_name
     from chunkfs.types import Tier
 
     work = Path(tempfile.mkdtemp(prefix="bench-tier-", dir=args.dir))

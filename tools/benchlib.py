@@ -11,6 +11,7 @@ that the noise of a shared 2-core machine cancels out as far as possible.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import struct
@@ -236,8 +237,7 @@ def write_safetensors(
                     out.write(block)
                     left -= len(block)
                 continue
-            for k in range(0, n, step):
-                out.write(bf16_normal(rng, min(step, n - k)).tobytes())
+            out.writelines(bf16_normal(rng, min(step, n - k)).tobytes() for k in range(0, n, step))
 
 
 def pick_fraction(spans: Sequence[tuple[str, int, int]], fraction: float, seed: int) -> set[str]:
@@ -296,7 +296,7 @@ def fmt(v: object) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
-        if v != v:
+        if math.isnan(v):
             return "—"
         if abs(v) >= 100:
             return f"{v:,.0f}"
@@ -313,9 +313,9 @@ def code_version() -> dict:
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+                              capture_output=True, check=False, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "chunkfs"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, check=False, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"head": None, "dirty": None}
     return {"head": head or None, "dirty": bool(dirty)}

@@ -103,10 +103,11 @@ def main() -> int:
     print_table(
         "\nRepository totals",
         [
-            ("logical bytes", human_bytes(s["logical_bytes"])),
-            ("stored bytes", human_bytes(s["stored_bytes"])),
+            ("logical bytes (current tree)", human_bytes(s["logical_bytes"])),
+            ("every version as plain copies", human_bytes(s["versions_bytes"])),
+            ("pack bytes", human_bytes(s["pack_bytes"])),
             ("dedup ratio", f"{s['dedup_ratio']:.2f}x"),
-            ("stored / logical", f"{s['stored_fraction']:.1%}"),
+            ("pack bytes / every version", f"{s['stored_fraction']:.1%}"),
             ("chunks", str(s["chunks"])),
         ],
     )

@@ -9,10 +9,16 @@ the most any Python FUSE filesystem can reach on this machine: what is left
 between it and chunkfs is chunkfs's own work.
 
     python tools/nullfs.py MOUNTPOINT [--ready-file PATH] [--read-ahead-kb 4096] [--to-thread]
+                           [--max-background N] [--no-writeback-cache]
 
 Serves in the foreground until unmounted (``fusermount3 -u MOUNTPOINT``) or
 SIGTERM. ``--to-thread`` answers every read/write through
 ``trio.to_thread.run_sync`` like chunkfs does (to measure the cost of that hop).
+``--max-background N`` sets the kernel's limit of background requests in flight
+(written-back pages, read-ahead; the kernel's default is 12) and its congestion
+threshold (3/4 of it) through the fusectl files of the connection;
+``--no-writeback-cache`` makes every write() a synchronous WRITE request
+(tools/bench_fuse_ceiling.py compares them).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import errno
 import os
 import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,9 +42,10 @@ ZEROS = bytes(16 << 20)
 class NullFS(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, to_thread: bool) -> None:
+    def __init__(self, to_thread: bool, writeback_cache: bool = True) -> None:
         super().__init__()
         self.to_thread = to_thread
+        self.enable_writeback_cache = writeback_cache
         self.names: dict[tuple[int, bytes], int] = {}
         self.kind: dict[int, int] = {ROOT: stat.S_IFDIR | 0o755}
         self.sizes: dict[int, int] = {ROOT: 0}
@@ -146,12 +154,34 @@ def _bdi(mountpoint: Path) -> Path | None:
     return Path(f"/sys/class/bdi/{dev[-1]}") if dev else None
 
 
-async def _main(mountpoint: Path, read_ahead_kb: int, ready_file: str | None) -> None:
+def connection(bdi: Path) -> Path:
+    """The fusectl directory of the FUSE connection behind ``bdi`` (``/sys/class/bdi/0:N``)."""
+    return Path(f"/sys/fs/fuse/connections/{bdi.name.split(':')[1]}")
+
+
+def set_max_background(bdi: Path, n: int) -> None:
+    """Raise the connection's background request limit (congestion threshold first lowered or
+    raised with it: the kernel refuses a threshold above the limit)."""
+    conn = connection(bdi)
+    if not conn.exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections"], check=False)
+    threshold = max(1, n * 3 // 4)
+    if n >= int((conn / "max_background").read_text()):
+        (conn / "max_background").write_text(str(n))
+        (conn / "congestion_threshold").write_text(str(threshold))
+    else:
+        (conn / "congestion_threshold").write_text(str(threshold))
+        (conn / "max_background").write_text(str(n))
+
+
+async def _main(mountpoint: Path, read_ahead_kb: int, ready_file: str | None, max_background: int | None) -> None:
     async def tune():
         await trio.sleep(0.2)  # after FUSE INIT, which would reset it
         bdi = _bdi(mountpoint)
         if bdi and read_ahead_kb:
             (bdi / "read_ahead_kb").write_text(str(read_ahead_kb))
+        if bdi and max_background:
+            set_max_background(bdi, max_background)
         if ready_file:
             Path(ready_file).write_text(f"pid {os.getpid()}\n")
 
@@ -174,11 +204,14 @@ def main(argv=None) -> int:
     p.add_argument("--ready-file", help="written (pid N) once mounted and tuned")
     p.add_argument("--read-ahead-kb", type=int, default=4096)
     p.add_argument("--to-thread", action="store_true", help="answer reads/writes via trio.to_thread like chunkfs")
+    p.add_argument("--max-background", type=int, default=None, help="background requests in flight (kernel default 12)")
+    p.add_argument("--no-writeback-cache", action="store_true", help="every write() a synchronous WRITE request")
     args = p.parse_args(argv)
     mp = args.mountpoint.resolve()
-    pyfuse3.init(NullFS(args.to_thread), str(mp), set(pyfuse3.default_options) | {"fsname=nullfs", "subtype=nullfs"})
+    fs = NullFS(args.to_thread, not args.no_writeback_cache)
+    pyfuse3.init(fs, str(mp), set(pyfuse3.default_options) | {"fsname=nullfs", "subtype=nullfs"})
     try:
-        trio.run(_main, mp, args.read_ahead_kb, args.ready_file)
+        trio.run(_main, mp, args.read_ahead_kb, args.ready_file, args.max_background)
     finally:
         pyfuse3.close(unmount=os.path.ismount(mp))
     return 0

@@ -35,16 +35,17 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser(
         "drill",
         help="restore a version from one tier into a scratch directory and verify it",
-        description="Restore PATH as of a version reading only from the named source (no cache, no hot copy), "
+        description="Restore PATH as of a version reading only from the named source (no cache, no other tier), "
         "verify every file against the BLAKE3 recorded at commit, optionally run a check command on it, and "
         "record the result. `chunkfs drill --history` lists past drills.",
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", help="file or directory in a mount, or a repository path with --repo")
     p.add_argument("--at", metavar="VERSION", help="commit number, tag or ISO time (default: the newest commit)")
-    p.add_argument("--from", dest="source", choices=drillop.SOURCES, default="warm", help="where to read from")
-    p.add_argument("--check-cmd", metavar="CMD", help="run CMD with the scratch directory as last argument "
-                   "(and $CHUNKFS_DRILL_DIR); a non-zero exit fails the drill")  # fmt: skip
+    p.add_argument("--from", dest="source", choices=drillop.SOURCES,
+                   help="where to read from (default: warm, else cold, else hot: the first tier configured)")
+    p.add_argument("--check-cmd", metavar="CMD", help="run CMD with the restored checkpoint (the directory or "
+                   "file PATH names) as last argument and $CHUNKFS_DRILL_DIR; a non-zero exit fails the drill")  # fmt: skip
     p.add_argument("--scratch", metavar="DIR", help="restore under DIR (default: a new temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the restored files")
     p.add_argument("--history", action="store_true", help="list past drills instead")
@@ -76,24 +77,28 @@ def register(sub, repo_argument) -> None:
     p.set_defaults(handler=cmd_recover)
 
 
-def _repo_dir(args) -> Path:
-    if args.repo:
-        return Path(args.repo)
-    raise UsageError("no repository given: pass --repo REPO or set CHUNKFS_REPO")
+DAMAGE = CorruptData.exit_code
+"""The exit code of a check that found damage (fsck, drill, recover --verify): the one of CorruptData."""
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def cmd_fsck(args) -> int:
     if not 0.0 < args.sample <= 1.0:
         raise UsageError("--sample: a fraction between 0 (exclusive) and 1")
-    with Repository(_repo_dir(args), writable=args.repair) as repo:
-        with output.progress("fsck", None, unit="packs") as bar:
-            report = fsckop.fsck(repo, repair=args.repair, sample=args.sample, progress=bar)
+    with (
+        Repository(paths.repository(args.repo), writable=args.repair) as repo,
+        output.progress("fsck", None, unit="packs") as bar,
+    ):
+        report = fsckop.fsck(repo, repair=args.repair, sample=args.sample, progress=bar)
     if args.json:
         output.print_json(report.as_dict())
-        return 0 if report.ok else 1
+        return 0 if report.ok else DAMAGE
     o = output.out
-    o.print(f"checked {report.versions} versions, {report.chunks_referenced} chunks referenced, "
-            f"{report.chunks_checked} hashed, {report.packs_checked} packs, "
+    o.print(f"checked {_n(report.versions, 'version')}, {_n(report.chunks_referenced, 'chunk')} referenced, "
+            f"{report.chunks_checked} hashed, {_n(report.packs_checked, 'pack')}, "
             f"{output.human_bytes(report.bytes_read)} read in {report.seconds:.1f}s", markup=False)  # fmt: skip
     for p in report.problems:
         o.print(f"{'REPAIRED' if p.repaired else 'PROBLEM'}  {p.kind}: {p.message}", markup=False, highlight=False)
@@ -101,7 +106,7 @@ def cmd_fsck(args) -> int:
         o.print("affected files:", markup=False)
         for a in report.affected:
             which = ", ".join([f"commit {c}" for c in a.commits] + (["current"] if a.current else []))
-            state = "repaired" if a.repaired and args.repair else f"{a.chunks} damaged chunks"
+            state = "repaired" if a.repaired and args.repair else _n(a.chunks, "damaged chunk")
             o.print(f"  {a.path}  ({which}; {state})", markup=False, highlight=False)
     if args.repair:
         o.print(f"repaired {report.repaired_chunks} chunks from replicas, re-indexed {report.reindexed_chunks} "
@@ -109,14 +114,15 @@ def cmd_fsck(args) -> int:
     if report.ok:
         o.print("ok" if not report.problems else "ok (everything repaired)")
         return 0
-    output.error(f"{sum(not p.repaired for p in report.problems)} problems"
-                 + ("" if args.repair else "; `chunkfs fsck --repair` fetches damaged chunks from replicas"))  # fmt: skip
-    return 1
+    output.error(f"{_n(sum(not p.repaired for p in report.problems), 'problem')} found"
+                 + ("" if args.repair else "; `chunkfs fsck --repair` fetches damaged chunks from replicas, "
+                    "or restore the affected files"))  # fmt: skip
+    return DAMAGE
 
 
 def cmd_drill(args) -> int:
     if args.history:
-        with Repository(_repo_dir(args), writable=False) as repo:
+        with Repository(paths.repository(args.repo), writable=False) as repo:
             rows = drillop.history(repo)
         if args.json:
             output.print_json(rows)
@@ -138,8 +144,9 @@ def cmd_drill(args) -> int:
     else:
         o = output.out
         o.print(f"drill {result.path} at commit {result.commit} from {result.source}: {result.files} files, "
-                f"{output.human_bytes(result.bytes)} in {result.seconds:.2f}s ({result.mb_per_s:.1f} MB/s), "
-                f"{result.verified} verified", markup=False)  # fmt: skip
+                f"{output.human_bytes(result.bytes)} restored in {result.restore_seconds:.2f}s "
+                f"({result.mb_per_s:.1f} MB/s), {result.verified} verified"
+                + (f"; check command {result.check_seconds:.2f}s" if result.check_cmd else ""), markup=False)  # fmt: skip
         for path in result.unverified:
             o.print(f"  unverified (no BLAKE3 recorded at commit): {path}", markup=False)
         for problem in result.problems:
@@ -150,12 +157,12 @@ def cmd_drill(args) -> int:
     if result.verdict != "pass":
         if not args.json:
             output.error(f"drill failed: {result.problems[0]}")
-        return 1
+        return DAMAGE
     return 0
 
 
 def cmd_backup(args) -> int:
-    with Repository(_repo_dir(args), writable=False) as repo:
+    with Repository(paths.repository(args.repo), writable=False) as repo:
         replicated = repo.replicas.run_once() if repo.replicas.configured else 0
         result = repo.metabackup.run()
         lag = repo.replicas.lag() if repo.replicas.configured else None
@@ -194,6 +201,6 @@ def cmd_recover(args) -> int:
                     "node; `chunkfs fsck` names the versions affected", markup=False)  # fmt: skip
     if result.fsck is not None and not result.fsck["ok"]:
         output.error("the recovered repository has problems; run `chunkfs fsck` on it for details")
-        return 1
+        return DAMAGE
     return 0
 

@@ -7,10 +7,7 @@ writers through the index (the condemn/resurrect/lease protocol).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from chunkfs.cli import output
-from chunkfs.cli.paths import resolve
+from chunkfs.cli import output, paths
 from chunkfs.ops import gc as gcop
 from chunkfs.ops import retention
 from chunkfs.repo import Repository
@@ -24,6 +21,13 @@ def register(sub, repo_argument) -> None:
         "which replace them for this run), drop the versions they do not keep (never the current tree or "
         "tagged versions), then delete packs that hold no live chunk and repack mostly-dead ones on every "
         "tier. Safe while the mount writes, and safe to kill: a rerun finishes the job.",
+        epilog="Getting space back while training writes: delete the checkpoints (or let the rules drop "
+        "them) and run `chunkfs gc` twice, a little apart: the first run takes the unreferenced chunks out "
+        "of use, the next deletes their bytes once every file that was being written meanwhile has been "
+        "closed (and after gc.grace; `--grace 0s` to skip it). The mount seals its open packs when gc asks, "
+        "so their dead bytes come back too. A pack is rewritten when less than gc.repack_below of it is "
+        "live (--repack-below 1: whatever is dead); while the hot disk has less than lifecycle.hot_min_free "
+        "free, hot packs with 5% or more dead bytes are. `--json` shows what waits and why (leases).",
     )
     repo_argument(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be dropped and freed")
@@ -38,17 +42,11 @@ def register(sub, repo_argument) -> None:
     p.set_defaults(handler=cmd_gc)
 
 
-def _repo_dir(args) -> Path:
-    if args.repo:
-        return Path(args.repo)
-    return resolve(".", None)[0]
-
-
 def cmd_gc(args) -> int:
     from chunkfs.config import parse_duration
     from chunkfs.errors import UsageError
 
-    with Repository(_repo_dir(args), writable=False) as repo:
+    with Repository(paths.repository(args.repo), writable=False) as repo:
         rules = retention.rules_for(
             repo.settings, keep_last=args.keep_last, keep_within=args.keep_within,
             keep_best=args.keep_best, keep_every=args.keep_every,

@@ -2,23 +2,31 @@
 
 Each subcommand module registers its parser and a handler ``run(args) -> int``;
 handlers call the library and print. Errors: a ``ChunkfsError`` becomes one
-line on stderr and its exit code (1, or 2 for usage errors, as argparse does).
+line on stderr and the exit code of its kind (errors.py; 2 for usage errors, as argparse does).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from chunkfs import __version__
-from chunkfs.cli import admin_cmds, mount_cmds, output, registry_cmds, repo_cmds, tier_cmds, version_cmds
-from chunkfs.errors import ChunkfsError
+from chunkfs.cli import (
+    admin_cmds,
+    mount_cmds,
+    output,
+    paths,
+    registry_cmds,
+    repo_cmds,
+    tier_cmds,
+    version_cmds,
+)
+from chunkfs.errors import ChunkfsError, NotFound
 
 COMMAND_MODULES = [repo_cmds, mount_cmds, version_cmds, registry_cmds, tier_cmds, admin_cmds]
 
-from chunkfs.cli import gc_cmds  # noqa: E402  (chunkfs gc: retention and garbage collection)
+from chunkfs.cli import gc_cmds
 
 COMMAND_MODULES.append(gc_cmds)
 
@@ -26,8 +34,8 @@ COMMAND_MODULES.append(gc_cmds)
 def repo_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo",
-        default=os.environ.get("CHUNKFS_REPO"),
-        help="repository directory (default: $CHUNKFS_REPO)",
+        help="repository directory (default: the mount the PATH or the current directory is in, else "
+        "$CHUNKFS_REPO)",
     )
 
 
@@ -54,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except ChunkfsError as e:  # UsageError included: one line, exit 2
-        output.error(str(e))
+        why = paths.hint() if isinstance(e, NotFound) else None
+        output.error(f"{e} ({why})" if why else str(e))
         return e.exit_code
     except OSError as e:  # a local path the user named: missing, not writable, disk full...
         logging.getLogger("chunkfs").info("details", exc_info=True)

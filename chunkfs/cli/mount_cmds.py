@@ -9,6 +9,7 @@ one-line reason why not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from chunkfs import errors
 from chunkfs.cli import output
 from chunkfs.errors import BackendUnavailable, ChunkfsError, Conflict, NotFound
 from chunkfs.fs import mount as fsmount
@@ -33,10 +35,10 @@ def register(sub, repo_argument) -> None:
         "keeps serving in the background (logging to REPO/mount.log) until `chunkfs umount`.",
     )
     p.add_argument("repo_dir", metavar="REPO", help="repository directory")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory (see -o nonempty)")
     p.add_argument(
         "-o", dest="options", action="append", default=[], metavar="OPTS",
-        help="comma-separated FUSE mount options, e.g. allow_other",
+        help="comma-separated mount options: allow_other, ro, nonempty, … (docs/mount.md)",
     )  # fmt: skip
     p.add_argument("-f", "--foreground", action="store_true", help="serve in this process (systemd, debugging)")
     p.add_argument(
@@ -58,7 +60,7 @@ def cmd_mount(args) -> int:
     repo, mountpoint = Path(args.repo_dir).resolve(), Path(args.mountpoint)
     if args.foreground or args.ready_fd is not None:
         return _serve(repo, mountpoint, args.options, args.ready_fd, args.metrics)
-    fsmount.check_mountpoint(mountpoint.resolve())
+    fsmount.check_mountpoint(mountpoint.resolve(), args.options)
     if not repo.is_dir():
         raise NotFound(f"{repo}: not a chunkfs repository; create one with `chunkfs init`")
     read_fd, write_fd = os.pipe()
@@ -76,7 +78,10 @@ def cmd_mount(args) -> int:
         message = ready.readline().strip()
     if message != "ok":
         child.wait(timeout=READY_TIMEOUT)
-        raise ChunkfsError(message or f"the mount daemon exited ({child.returncode}); see {repo}/mount.log")
+        kind, _, text = message.partition(" ")
+        if not text:
+            raise ChunkfsError(f"the mount daemon exited ({child.returncode}); see {repo}/mount.log")
+        raise errors.by_name(kind, text)  # the daemon's error, of its kind (its exit code)
     output.out.print(f"mounted {repo} at {mountpoint.resolve()} (daemon pid {child.pid})")
     return 0
 
@@ -84,10 +89,16 @@ def cmd_mount(args) -> int:
 def _serve(repo: Path, mountpoint: Path, options: list[str], ready_fd: int | None, metrics: str | None) -> int:
     logging.getLogger().setLevel(logging.INFO)
 
-    def ready(problem: str | None) -> None:
+    def ready(problem: Exception | None) -> None:
+        """Tell the waiting ``chunkfs mount``: ``ok``, or ``KIND message`` on one line."""
         if ready_fd is None:
             return
-        os.write(ready_fd, b"ok\n" if problem is None else problem.encode() + b"\n")
+        if problem is None:
+            line = "ok"
+        else:
+            kind = type(problem).__name__ if isinstance(problem, ChunkfsError) else "ChunkfsError"
+            line = f"{kind} {' '.join(str(problem).split())}"
+        os.write(ready_fd, line.encode() + b"\n")
         os.close(ready_fd)
 
     fsmount.serve(repo, mountpoint, options, ready, metrics)
@@ -113,11 +124,12 @@ def cmd_umount(args) -> int:
         raise NotFound(f"{mountpoint}: no chunkfs filesystem is mounted here")
     repo, read_only = mounted
     pid = None if read_only else _daemon_pid(repo)  # a read-only daemon has nothing to commit (and no lock)
-    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "fusermount3 failed"
         if "busy" in reason.lower():
-            raise Conflict(f"{mountpoint}: filesystem is busy (files open or a shell inside it); close them and retry")
+            users = "; ".join(holders(mountpoint)[:8]) or "a process this user cannot see"
+            raise Conflict(f"{mountpoint}: filesystem is busy, held by {users}; close them and retry")
         raise BackendUnavailable(f"{mountpoint}: cannot unmount: {reason}")
     deadline = time.monotonic() + UMOUNT_TIMEOUT
     while pid is not None and _alive(pid):  # the daemon commits and seals before it exits
@@ -126,6 +138,41 @@ def cmd_umount(args) -> int:
         time.sleep(0.05)
     output.out.print(f"unmounted {mountpoint}")
     return 0
+
+
+def holders(mountpoint: Path) -> list[str]:
+    """The processes that hold ``mountpoint`` busy, as ``fuser -m`` finds them: "pid N (COMMAND:
+    how)" for a working or root directory, an open file or a mapped file under it. Only links in
+    /proc are read — nothing on the mount itself, which could hang."""
+    inside = str(mountpoint)
+
+    def under(target: str) -> bool:
+        return target == inside or target.startswith(inside + "/")
+
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        uses = []
+        for what in ("cwd", "root"):
+            with contextlib.suppress(OSError):
+                if under(os.readlink(f"/proc/{entry.name}/{what}")):
+                    uses.append("working directory" if what == "cwd" else "root directory")
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{entry.name}/fd/{fd}")
+                    if under(target):
+                        uses.append(f"open {target}")
+        with contextlib.suppress(OSError), open(f"/proc/{entry.name}/maps") as maps:
+            mapped = {parts[5].strip() for line in maps if len(parts := line.split(maxsplit=5)) == 6}
+            uses += [f"mapped {m}" for m in sorted(mapped) if under(m)]
+        if uses:
+            comm = "?"
+            with contextlib.suppress(OSError):
+                comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+            found.append(f"pid {entry.name} ({comm}: {', '.join(dict.fromkeys(uses))})")
+    return found
 
 
 def _daemon_pid(repo: Path) -> int | None:

@@ -1,7 +1,8 @@
 """How the CLI talks to people and scripts: progress bars, tables, JSON, errors.
 
 Progress bars and colours appear only when stderr is a terminal, so piped and
-scripted runs stay quiet; ``--json`` output goes to stdout alone.
+scripted runs stay quiet; piped tables are never cut to a terminal's width;
+``--json`` output goes to stdout alone.
 """
 
 from __future__ import annotations
@@ -22,8 +23,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-err = Console(stderr=True)
-out = Console()
+PIPED_WIDTH = 1 << 16
+"""The width tables are laid out in when the output is not a terminal: wide enough that no value is
+ever cut or wrapped (a script reads full paths; ``--json`` stays the machine format)."""
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True)
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
 
 
 @contextlib.contextmanager

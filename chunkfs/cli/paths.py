@@ -1,11 +1,15 @@
-"""PATH arguments: a path inside a mounted chunkfs, or a repository path with ``--repo``.
+"""Which repository a command works on, and what its PATH argument names: one rule for all.
 
-DESIGN.md's command-line rule: ``/models/llama/run1`` (inside a mount) names the
-repository mounted there and the path below the mountpoint; with ``--repo REPO``
-(or ``$CHUNKFS_REPO``) the argument is a path inside the repository (``/llama/run1``).
-Symlinks on the way are followed, so ``/models/llama3/@latest/adapter_model.safetensors``
-names the file in the newest checkpoint. Paths inside ``MOUNT/.snapshots`` are not
-repository paths: name a past version as ``PATH --at POINT`` or ``PATH@POINT``.
+* A PATH inside a mounted chunkfs (``/models/llama/run1``) names the repository mounted
+  there and the path below the mountpoint — whatever ``$CHUNKFS_REPO`` says (``--repo``, if
+  given, must be that repository). Symlinks on the way are followed, so
+  ``/models/llama3/@latest/adapter_model.safetensors`` names the file in the newest
+  checkpoint. Paths inside ``MOUNT/.snapshots`` are not repository paths: name a past
+  version as ``PATH --at POINT`` or ``PATH@POINT``.
+* Any other PATH is a path inside the repository given by ``--repo`` or ``$CHUNKFS_REPO``
+  (``/llama/run1``); when it does not exist there, the error says it was read that way.
+* A command without a PATH works on ``--repo``; without it, on the repository mounted
+  where the current directory is; else on ``$CHUNKFS_REPO``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chunkfs.errors import UsageError
+from chunkfs import config
+from chunkfs.errors import NotFound, UsageError
 
 
 def chunkfs_mounts() -> list[tuple[Path, Path]]:
@@ -50,20 +55,66 @@ def real_path(path: str) -> Path:
     return real
 
 
-def resolve(path: str, repo: str | None) -> tuple[Path, str]:
-    """(repository directory, repository path) for a PATH argument."""
-    if repo:
-        return Path(repo), "/" + path.strip("/")
-    absolute = real_path(path)
+ENV = "CHUNKFS_REPO"
+
+_reading: str | None = None
+"""How the last PATH was read, when as a repository path (``hint``: for a 'not found' error)."""
+
+
+def _checked(repo: Path, source: str) -> Path:
+    if not (repo / config.CONFIG_NAME).exists():
+        raise NotFound(f"{repo} (from {source}): not a chunkfs repository (no {config.CONFIG_NAME})")
+    return repo
+
+
+def mount_of(path: Path) -> tuple[Path, Path] | None:
+    """(mountpoint, repository) of the chunkfs mount that holds the absolute ``path``, or None."""
     best = None
     for mountpoint, repository in chunkfs_mounts():
-        if absolute == mountpoint or mountpoint in absolute.parents:
-            if best is None or len(mountpoint.parts) > len(best[0].parts):
-                best = (mountpoint, repository)
-    if best is None:
+        inside = path == mountpoint or mountpoint in path.parents
+        if inside and (best is None or len(mountpoint.parts) > len(best[0].parts)):
+            best = (mountpoint, repository)
+    return best
+
+
+def repository(flag: str | None) -> Path:
+    """The repository of a command without a PATH (see the module docstring)."""
+    if flag:
+        return _checked(Path(flag), "--repo")
+    mounted = mount_of(Path(os.path.abspath(".")))
+    if mounted is not None:
+        return mounted[1]
+    if os.environ.get(ENV):
+        return _checked(Path(os.environ[ENV]), f"${ENV}")
+    raise UsageError(f"no repository: run this inside a mounted chunkfs, pass --repo REPO or set {ENV}")
+
+
+def resolve(path: str, flag: str | None) -> tuple[Path, str]:
+    """(repository directory, repository path) for a PATH argument (see the module docstring)."""
+    global _reading
+    _reading = None
+    absolute = real_path(path)
+    mounted = mount_of(absolute)
+    if mounted is not None:
+        mountpoint, repository_dir = mounted
+        if flag and Path(flag).resolve() != repository_dir.resolve():
+            raise UsageError(f"{path}: inside the mount of {repository_dir}, not of --repo {flag}; drop --repo")
+        rel = absolute.relative_to(mountpoint)
+        return repository_dir, "/" + ("" if rel == Path(".") else str(rel))
+    source = "--repo" if flag else f"${ENV}"
+    repo = flag or os.environ.get(ENV)
+    if not repo:
         raise UsageError(
-            f"{path}: not inside a mounted chunkfs; pass --repo REPO to name a repository path"
+            f"{path}: not inside a mounted chunkfs; pass --repo REPO (or set {ENV}) to read it as a path "
+            "inside a repository"
         )
-    mountpoint, repository = best
-    rel = absolute.relative_to(mountpoint)
-    return repository, "/" + ("" if rel == Path(".") else str(rel))
+    _reading = (
+        f"{path} was read as a path inside repository {repo} (from {source}), since it is not inside a "
+        "mounted chunkfs"
+    )
+    return _checked(Path(repo), source), "/" + path.strip("/")
+
+
+def hint() -> str | None:
+    """How the last PATH of this command was read, when as a repository path (for its errors)."""
+    return _reading

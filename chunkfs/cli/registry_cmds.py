@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.markup import escape
 
-from chunkfs import config
 from chunkfs.cli import output, paths
-from chunkfs.errors import NotFound, UsageError
-from chunkfs.index import Index
+from chunkfs.errors import UsageError
 from chunkfs.namespace.registry import Checkpoint, Registry, parse_sort, parse_where
 from chunkfs.repo import Repository
 
@@ -29,25 +26,6 @@ def registry_of(repo: Repository) -> Registry:
     """The repository's registry (the one the library wired, else a new one on its index)."""
     reg = getattr(repo, "registry", None)
     return reg if reg is not None else Registry(repo.index, repo.settings.registry)
-
-
-@contextlib.contextmanager
-def metadata_writer(repo_dir: Path) -> Iterator[Registry]:
-    """A registry on a writable handle of the index, without the repository lock.
-
-    ``meta set`` must work while the repository is mounted: LMDB serialises
-    write transactions across processes, and the registry writes nothing but
-    index records, so it needs neither the lock nor the chunk store.
-    """
-    repo_dir = Path(repo_dir).resolve()
-    if not (repo_dir / config.CONFIG_NAME).exists():
-        raise NotFound(f"{repo_dir}: not a chunkfs repository (no {config.CONFIG_NAME})")
-    settings = config.load(repo_dir / config.CONFIG_NAME)
-    index = Index(repo_dir / "index")
-    try:
-        yield Registry(index, settings.registry)
-    finally:
-        index.close()
 
 
 class _FindParser(argparse.ArgumentParser):
@@ -168,12 +146,6 @@ def _open(path: str, repo: str | None) -> tuple[Repository, str]:
     return Repository(repo_dir, writable=False), repo_path
 
 
-def _repo_dir(args) -> Path:
-    if args.repo:
-        return Path(args.repo)
-    return resolve(".", None)[0]  # run inside a mount: its repository
-
-
 def _time(ns: int) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ", timespec="seconds")
 
@@ -223,7 +195,7 @@ def cmd_get(args) -> int:
 def cmd_set(args) -> int:
     values = _pairs(args.pairs)
     repo_dir, path = resolve(args.path, args.repo)
-    with metadata_writer(repo_dir) as reg:
+    with Repository.metadata(repo_dir) as reg:
         rec = reg.set_meta(path, values)
     _print_record(args, rec)
     return 0
@@ -231,20 +203,20 @@ def cmd_set(args) -> int:
 
 def cmd_unset(args) -> int:
     repo_dir, path = resolve(args.path, args.repo)
-    with metadata_writer(repo_dir) as reg:
+    with Repository.metadata(repo_dir) as reg:
         rec = reg.set_meta(path, dict.fromkeys(args.keys))
     _print_record(args, rec)
     return 0
 
 
 def cmd_scan(args) -> int:
-    repo_dir, path = resolve(args.path, args.repo) if args.path else (_repo_dir(args), "/")
+    repo_dir, path = resolve(args.path, args.repo) if args.path else (paths.repository(args.repo), "/")
     with Repository(repo_dir, writable=False) as repo:  # first read the sidecar files…
         sidecars = {}
         for ino, size in registry_of(repo).sidecar_files(path):
             content = repo.file_content(ino)
             sidecars[ino] = content.read(0, size)
-    with metadata_writer(repo_dir) as reg:  # …then rewrite the records, in a few transactions
+    with Repository.metadata(repo_dir) as reg:  # …then rewrite the records, in a few transactions
         result = reg.scan(path, sidecars.get)
     if args.json:
         output.print_json(vars(result))
@@ -266,7 +238,7 @@ def cmd_find(args) -> int:
     where = parse_where(args.where) if args.where else None  # syntax errors before opening anything
     if args.sort:
         parse_sort(args.sort)
-    with Repository(_repo_dir(args), writable=False) as repo:
+    with Repository(paths.repository(args.repo), writable=False) as repo:
         reg = registry_of(repo)
         records = reg.find(
             fields=levels, step=args.step, where=where, sort=args.sort, latest=args.latest, limit=args.limit

@@ -7,17 +7,10 @@ from pathlib import Path
 
 from chunkfs import config
 from chunkfs.cli import output, paths
-from chunkfs.engine.memory import tame_malloc
-from chunkfs.errors import UsageError
+from chunkfs.errors import CorruptData
 from chunkfs.ops import rebuild, stats, transfer
 from chunkfs.ops import status as statusop
 from chunkfs.repo import Repository
-
-
-def need_repo(args) -> Path:
-    if not args.repo:
-        raise UsageError("no repository given: pass --repo REPO or set CHUNKFS_REPO")
-    return Path(args.repo)
 
 
 def register(sub, repo_argument) -> None:
@@ -38,7 +31,8 @@ def register(sub, repo_argument) -> None:
         "import",
         help="copy a local file or tree into the repository",
         description="Copy SRC (a local file or directory) to DEST (a path in the repository), "
-        "chunking and deduplicating it exactly as the mount does.",
+        "chunking and deduplicating it exactly as the mount does. Works while the repository is "
+        "mounted: the import writes beside the mount, which shows the result within a second.",
     )
     repo_argument(p)
     p.add_argument("src", metavar="SRC", help="local file or directory")
@@ -60,7 +54,13 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser(
         "stats",
         help="logical vs stored bytes, dedup and compression",
-        description="Show what the repository holds: logical bytes, stored bytes, chunks, packs, ratios.",
+        description="Show what the repository holds. Logical: the current tree (the sum of its file sizes) "
+        "and every version the history keeps. Chunks (raw bytes, each distinct chunk once): unique = those "
+        "the current tree references + those only older versions reference + unreferenced ones (the next "
+        "gc reclaims them); stored = the same after compression. Packs: pack bytes = stored + condemned "
+        "(waiting for gc's sweep) + overhead (headers, footers) + dead space (gc repacks it away). Dedup "
+        "ratio: the versions' bytes per referenced unique byte; stored / versions: pack bytes per byte of "
+        "every version as a plain copy (docs/operations.md, 'What stats counts').",
     )
     repo_argument(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -69,9 +69,10 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser(
         "du",
         help="logical and stored bytes per run and tier",
-        description="For every run (pack group) under PATH: its files and their logical size, and the "
-        "bytes of the run's own packs on each tier (data shared with earlier runs counts where it was "
-        "first stored).",
+        description="For every run (pack group) under PATH: its current files and their logical size, and "
+        "the bytes of the run's own packs on each tier — every version's chunks, headers and the dead space "
+        "gc has not repacked yet included (data shared with earlier runs counts where it was first stored). "
+        "So stored can exceed logical: `chunkfs stats` splits the repository's figures.",
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", default=None, help="default: the whole repository")
@@ -82,8 +83,11 @@ def register(sub, repo_argument) -> None:
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     r = isub.add_parser(
         "rebuild",
-        help="rebuild the chunk index from the packs alone",
-        description="Recreate the chunk and pack index from the packs' own footers and records.",
+        help="rebuild the chunk index from the packs alone (and salvage a damaged index)",
+        description="Recreate the chunk and pack index from the packs' own footers and records. A "
+        "truncated, corrupt or missing index is first kept aside as REPO/index.damaged-TIME, and every "
+        "record that can still be read from it (the tree, its history, the registry) is salvaged into "
+        "a new one. The repository must not be mounted.",
     )
     repo_argument(r)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -123,25 +127,30 @@ def _print_transfer(args, verb: str, r: transfer.TransferResult) -> None:
 
 
 def cmd_import(args) -> int:
-    tame_malloc()  # an import moves every byte through chunk buffers, as the mount daemon does
+    Repository.tune_allocator()
     src = Path(args.src)
-    with Repository(need_repo(args)) as repo:
-        with output.progress(f"import {src.name}", transfer.source_size(src) if src.exists() else None) as bar:
-            result = transfer.import_tree(repo, src, args.dest, bar)
+    with (
+        Repository.for_writing(paths.repository(args.repo)) as repo,  # beside a mount, if mounted
+        output.progress(f"import {src.name}", transfer.source_size(src) if src.exists() else None) as bar,
+    ):
+        result = transfer.import_tree(repo, src, args.dest, bar)
     _print_transfer(args, "imported", result)
     return 0
 
 
 def cmd_export(args) -> int:
-    with Repository(need_repo(args), writable=False) as repo:
-        with output.progress(f"export {args.src}", None) as bar:
-            result = transfer.export_tree(repo, args.src, Path(args.dest), bar)
+    with (
+        Repository(paths.repository(args.repo), writable=False) as repo,
+        output.progress(f"export {args.src}", None) as bar,
+    ):
+        result = transfer.export_tree(repo, args.src, Path(args.dest), bar)
     _print_transfer(args, "exported", result)
     return 0
 
 
 def cmd_stats(args) -> int:
-    with Repository(need_repo(args), writable=False) as repo:
+    repo_dir = paths.repository(args.repo)
+    with Repository(repo_dir, writable=False) as repo:
         s = stats.collect(repo)
         usage = statusop.tier_usage(repo)
     bytes_by_tier = {t: u.bytes for t, u in usage.items() if u.configured or u.packs}
@@ -150,19 +159,25 @@ def cmd_stats(args) -> int:
         return 0
     h = output.human_bytes
     output.print_table(
-        f"chunkfs repository {args.repo}",
+        f"chunkfs repository {repo_dir}",
         [
             ("files", f"{s.files}"),
-            ("logical", h(s.logical_bytes)),
-            ("unique (after dedup)", h(s.unique_bytes)),
+            ("logical: current tree", h(s.logical_bytes)),
+            ("logical: every version", f"{h(s.versions_bytes)} in {s.versions} versions"),
+            ("unique chunks", f"{h(s.unique_bytes)} in {s.chunks} chunks ="),
+            ("  the current tree's", h(s.current_unique_bytes)),
+            ("  only older versions'", h(s.history_unique_bytes)),
+            ("  unreferenced (gc)", h(s.unreferenced_bytes)),
             ("stored (after compression)", h(s.stored_bytes)),
+            ("pack bytes", f"{h(s.pack_bytes)} in {', '.join(f'{n} {t}' for t, n in s.packs_by_tier.items()) or '0'} packs ="),
+            ("  stored", h(s.stored_bytes)),
+            ("  condemned (gc sweeps)", h(s.condemned_bytes)),
+            ("  headers and footers", h(s.overhead_bytes)),
+            ("  dead space (gc repacks)", h(s.dead_bytes)),
+            *((f"on {t}", h(n)) for t, n in bytes_by_tier.items()),
             ("dedup ratio", f"{s.dedup_ratio:.2f}x"),
             ("compression ratio", f"{s.compression_ratio:.2f}x"),
-            ("stored / logical", f"{s.stored_fraction:.1%}"),
-            ("chunks", f"{s.chunks}"),
-            ("packs", ", ".join(f"{n} {t}" for t, n in s.packs_by_tier.items()) or "0"),
-            ("pack bytes", h(s.pack_bytes)),
-            *((f"  on {t}", h(n)) for t, n in bytes_by_tier.items()),
+            ("stored / every version", f"{s.stored_fraction:.1%}"),
             ("index", h(s.index_bytes)),
         ],
     )
@@ -173,7 +188,7 @@ def cmd_du(args) -> int:
     if args.path is not None:
         repo_dir, path = paths.resolve(args.path, args.repo)
     else:
-        repo_dir, path = need_repo(args), "/"
+        repo_dir, path = paths.repository(args.repo), "/"
     with Repository(repo_dir, writable=False) as repo:
         runs = statusop.du(repo, path)
     if args.json:
@@ -190,12 +205,24 @@ def cmd_du(args) -> int:
 
 
 def cmd_rebuild(args) -> int:
-    with Repository(need_repo(args)) as repo:
-        with output.progress("rebuild index", None, unit="packs") as bar:
-            result = rebuild.rebuild(repo, bar)
+    with output.progress("rebuild index", None, unit="packs") as bar:
+        result = rebuild.rebuild_repository(paths.repository(args.repo), bar)
     if args.json:
         output.print_json(vars(result))
     else:
+        if result.index_damaged:
+            output.out.print(f"the index was damaged: {result.index_damaged.split(';')[0]}")
+            if result.moved_to:
+                output.out.print(f"kept the damaged index at {result.moved_to}")
+            kept = ", ".join(f"{n} {db}" for db, n in result.salvaged.items() if n) or "nothing"
+            output.out.print(f"salvaged from it: {kept}")
+            if result.dangling:
+                output.out.print(f"dropped {result.dangling} directory entries whose inode was lost")
+            if result.salvaged.get("inodes", 0) <= 1:
+                output.error(
+                    "no file of the tree could be salvaged: restore it from a metadata backup with "
+                    "`chunkfs recover --from URL NEWREPO` (a warm tier or replica that holds meta/index-*.tar.zst)"
+                )
         output.out.print(
             f"rebuilt the index from {result.packs} packs: {result.chunks} chunks"
             f" ({result.unsealed_packs} unsealed packs recovered)"
@@ -204,4 +231,4 @@ def cmd_rebuild(args) -> int:
             output.error(problem)
         if result.missing_chunks:
             output.error(f"{result.missing_chunks} chunks referenced by files are in no pack; run `chunkfs fsck`")
-    return 1 if result.damaged or result.missing_chunks else 0
+    return CorruptData.exit_code if result.damaged or result.missing_chunks else 0

@@ -11,12 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 from chunkfs.cli import output, paths
-from chunkfs.errors import UsageError
+from chunkfs.errors import Conflict, UsageError
 from chunkfs.ops import prefetch as prefetchop
 from chunkfs.ops import status as statusop
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
-from chunkfs.store.tiers import parse_tier
+from chunkfs.types import parse_tier
 
 TIERS = ("hot", "warm", "cold")
 
@@ -113,11 +113,10 @@ def register(sub, repo_argument) -> None:
 
 
 def _repo_dir(args) -> Path:
-    if args.repo:
-        return Path(args.repo)
+    """The repository of a command whose PATH is optional: the PATH's, else ``paths.repository``."""
     if getattr(args, "path", None):
-        return paths.resolve(args.path, None)[0]
-    raise UsageError("no repository given: pass --repo REPO, set CHUNKFS_REPO, or give a path in a mount")
+        return paths.resolve(args.path, args.repo)[0]
+    return paths.repository(args.repo)
 
 
 def _open(args) -> tuple[Repository, str]:
@@ -129,19 +128,20 @@ def _time(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
-def _print_outcome(args, outcome, extra: dict | None = None) -> int:
+def _print_outcome(args, outcome, extra: dict | None = None, waiting: str = "") -> int:
     result = {
         "moved": outcome.moved,
         "cold_packs_written": outcome.cold_packs_written,
         "cold_bytes_written": outcome.cold_bytes_written,
         "errors": outcome.errors,
+        "waiting": waiting,
         **(extra or {}),
     }
     if args.json:
         output.print_json(result)
     else:
         if not outcome.moved:
-            output.out.print("nothing to move")
+            output.out.print(f"nothing to move now; {waiting}" if waiting else "nothing to move", markup=False)
         for key, row in sorted(outcome.moved.items()):
             output.out.print(f"{key:10} {row['packs']:6} packs  {output.human_bytes(row['bytes'])}")
         if outcome.cold_packs_written:
@@ -167,11 +167,12 @@ def cmd_tier(args) -> int:
                     output.out.print("every pack is where the index says")
             return 1 if problems else 0
         actions = tierop.plan(repo)
+        waiting = tierop.open_packs(repo).describe()
         if args.dry_run:
             if args.json:
-                output.print_json({"dry_run": True, "actions": [a.as_dict() for a in actions]})
+                output.print_json({"dry_run": True, "actions": [a.as_dict() for a in actions], "waiting": waiting})
             elif not actions:
-                output.out.print("nothing to move")
+                output.out.print(f"nothing to move now; {waiting}" if waiting else "nothing to move", markup=False)
             else:
                 output.print_rows(
                     ("run", "move", "packs", "bytes", "why"),
@@ -181,19 +182,22 @@ def cmd_tier(args) -> int:
             return 0
         with output.progress("tier", sum(a.bytes for a in actions)) as bar:
             outcome = tierop.apply(repo, actions, bar)
-    return _print_outcome(args, outcome, {"actions": [a.as_dict() for a in actions]})
+    return _print_outcome(args, outcome, {"actions": [a.as_dict() for a in actions]}, waiting)
 
 
 def cmd_tier_move(args) -> int:
     repo, path = _open(args)
-    with repo:
-        with output.progress(f"move {path} to {args.to}", None) as bar:
-            outcome = tierop.move(repo, path, parse_tier(args.to), bar)
+    with repo, output.progress(f"move {path} to {args.to}", None) as bar:
+        outcome = tierop.move(repo, path, parse_tier(args.to), bar)
     return _print_outcome(args, outcome, {"path": path, "to": args.to})
 
 
 def cmd_run_complete(args) -> int:
-    repo, path = _open(args)
+    repo_dir, path = paths.resolve(args.path, args.repo)
+    try:  # holding the repository (nothing mounted), it seals the runs' open packs itself
+        repo = Repository(repo_dir, writable=True)
+    except Conflict:  # the mount does, at once
+        repo = Repository(repo_dir, writable=False)
     with repo:
         runs = tierop.complete(repo, path)
     if args.json:
@@ -206,9 +210,8 @@ def cmd_run_complete(args) -> int:
 
 def cmd_thaw(args) -> int:
     repo, path = _open(args)
-    with repo:
-        with output.progress(f"thaw {path}", None) as bar:
-            result = tierop.thaw(repo, path, bar, wait_s=args.wait)
+    with repo, output.progress(f"thaw {path}", None) as bar:
+        result = tierop.thaw(repo, path, bar, wait_s=args.wait)
     if args.json:
         output.print_json(vars(result))
     elif result.packs:
@@ -227,6 +230,8 @@ def cmd_sync(args) -> int:
     else:
         who = "by the mount" if result.by_daemon else f"{output.human_bytes(result.uploaded_bytes)} uploaded"
         output.out.print(f"every sealed pack is on the warm tier ({who})")
+        if result.waiting:
+            output.out.print(f"but {result.waiting}", markup=False)
     return 0
 
 
@@ -245,6 +250,8 @@ def cmd_status(args) -> int:
             rows.append((f"{tier} tier", f"{h(u.bytes)} in {u.packs} packs{copies}  ({u.location})"))
     b = s.upload_backlog
     rows.append(("upload backlog", f"{b['packs']} packs, {h(b['bytes'])}, oldest {b['oldest_age_s']:.0f}s"))
+    if s.open_packs.get("packs"):
+        rows.append(("not sealed yet", s.open_packs["why"]))
     if s.upload_error:
         rows.append(("upload error", s.upload_error))
     if s.moves_in_flight:
@@ -273,9 +280,8 @@ def cmd_status(args) -> int:
 
 def cmd_prefetch(args) -> int:
     repo, path = _open(args)
-    with repo:
-        with output.progress(f"prefetch {path}", None) as bar:
-            result = prefetchop.prefetch(repo, path, pin=args.pin, progress=bar)
+    with repo, output.progress(f"prefetch {path}", None) as bar:
+        result = prefetchop.prefetch(repo, path, pin=args.pin, progress=bar)
     if args.json:
         output.print_json(vars(result))
     else:

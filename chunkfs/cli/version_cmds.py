@@ -38,12 +38,13 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser(
         "tag",
         help="name a point in time",
-        description="Pin the current commit (or --at COMMIT) under NAME; tagged versions are never removed "
-        "by retention. It appears as MOUNT/.snapshots/NAME/.",
+        description="Pin the current commit (or --at COMMIT) under NAME: the versions of the tree under PATH "
+        "(the whole tree without one) as of that commit are never removed by retention. It appears as "
+        "MOUNT/.snapshots/NAME/.",
     )
     repo_argument(p)
     p.add_argument("name", metavar="NAME", nargs="?", help="tag name (letters, digits, . _ + -)")
-    p.add_argument("path", metavar="PATH", nargs="?", help="what the tag is about (recorded; default: the whole tree)")
+    p.add_argument("path", metavar="PATH", nargs="?", help="the subtree the tag keeps (default: the whole tree)")
     p.add_argument("--at", metavar="POINT", help="commit number, ISO time or tag (default: now)")
     p.add_argument("--list", action="store_true", help="list tags")
     p.add_argument("--delete", action="store_true", help="delete tag NAME")
@@ -93,14 +94,15 @@ def cmd_log(args) -> int:
     for e in entries:
         size = output.human_bytes(e.size) if e.event != "removed" else ""
         who = str(e.writer_uid) if e.writer_uid is not None else ""
-        rows.append((str(e.commit), _time(e.time_ns), e.event, e.kind, size, e.blake3[:16], who, e.path))
+        event = f"{e.event} (whole at @{e.whole_at})" if e.whole_at is not None else e.event
+        rows.append((str(e.commit), _time(e.time_ns), event, e.kind, size, e.blake3[:16], who, e.path))
     output.print_rows(("commit", "time", "event", "kind", "size", "blake3", "uid", "path"), rows)
     return 0
 
 
 def cmd_tag(args) -> int:
     if args.list:
-        repo_dir = paths.resolve(args.path or args.name or ".", args.repo)[0]
+        repo_dir = paths.resolve(args.path, args.repo)[0] if args.path else paths.repository(args.repo)
         with Repository(repo_dir, writable=False) as repo:
             tags = repo.history.tags()
         if args.json:
@@ -110,7 +112,7 @@ def cmd_tag(args) -> int:
         return 0
     if not args.name:
         raise UsageError("give a tag NAME, or --list")
-    repo_dir, repo_path = paths.resolve(args.path or ".", args.repo)
+    repo_dir, repo_path = paths.resolve(args.path, args.repo) if args.path else (paths.repository(args.repo), "/")
     with Repository(repo_dir, writable=False) as repo:
         if args.delete:
             repo.history.delete_tag(args.name)

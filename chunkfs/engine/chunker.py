@@ -105,10 +105,14 @@ class Chunker:
     def pending(self) -> tuple[int, bytes]:
         """The bytes fed but not yet cut into a chunk, with their file offset.
 
-        Used to serve reads of a file that is still being written and to store
-        a provisional tail at fsync without disturbing later boundaries.
+        Used to store a provisional tail at fsync without disturbing later boundaries.
         """
         return self._start, self._join(self._start, self.offset)
+
+    def pending_slice(self, lo: int, hi: int) -> bytes:
+        """Bytes ``[lo, hi)`` of the pending ones (0 is the first byte not yet cut): one copy
+        of just that range, for a read of a file still being written."""
+        return self._join(self._start + lo, self._start + hi)
 
     # -- cutting ------------------------------------------------------------
 

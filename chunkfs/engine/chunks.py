@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from chunkfs.config import CompressionSettings
 from chunkfs.engine import codec
 from chunkfs.errors import CorruptData
-from chunkfs.store.packs import pack_name
-from chunkfs.store.packstore import PackStore
+from chunkfs.store.pack.files import pack_name
+from chunkfs.store.pack.store import PackStore
 from chunkfs.types import HOLE, ChunkId, Compression, chunk_flags, flags_compression
 
 
@@ -100,7 +100,7 @@ class ChunkIO:
         """A gc write window for ``owner`` (an open file's content; docs/gc.md): ended by
         ``end_window`` after its last commit, or at the latest when ``owner`` is garbage collected."""
         token = self.packs.open_window()
-        weakref.finalize(owner, self.packs.close_window, token)
+        weakref.finalize(owner, self.packs.abandon_window, token)
         return token
 
     def end_window(self, owner: object) -> None:

@@ -128,7 +128,9 @@ def decode(chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str) 
             if how in PLANE_WIDTH:
                 raw = from_planes(raw, PLANE_WIDTH[how])
     except zstandard.ZstdError as e:
-        raise CorruptData(f"chunk {chunk.hex()} in {where}: cannot decode ({e}); run `chunkfs fsck`") from None
+        detail = f"cannot decode ({e})"
+        raise CorruptData(f"chunk {chunk.hex()} in {where}: {detail}; run `chunkfs fsck`", detail=detail) from None
     if len(raw) != raw_len or chunk_id(raw) != chunk:
-        raise CorruptData(f"chunk {chunk.hex()} in {where}: content does not match its hash; run `chunkfs fsck`")
+        detail = "content does not match its hash"
+        raise CorruptData(f"chunk {chunk.hex()} in {where}: {detail}; run `chunkfs fsck`", detail=detail)
     return raw

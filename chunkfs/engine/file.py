@@ -1,23 +1,35 @@
 """One file's content while it is open: streaming writes, random writes, reads, commits.
 
 A file's content is a list of extents (``types.Extent``: length + chunk id),
-contiguous from offset 0. ``FileContent`` keeps that list plus two kinds of
-not-yet-stored bytes:
+contiguous from offset 0. ``FileContent`` keeps that list plus the bytes not
+stored yet:
 
-* the **stream**: bytes written at the end of the file go through a
-  ``Chunker``; each chunk it cuts is stored at once and appended as an extent,
-  and only the uncut tail stays in memory (at most one chunk). This is the
-  path of every checkpoint writer (torch.save, safetensors, cp).
-* **patches**: a write inside existing content (numpy memmap, a zip writer
+* the **stream**: bytes are cut into chunks in file order by a ``Chunker``, so
+  that the cuts depend on the bytes alone (tensor starts, fixed sizes inside big
+  tensors), never on how the writer split or ordered its writes; each chunk it
+  cuts is stored at once and appended as an extent, and only the uncut tail stays
+  in memory (at most one chunk). This is the path of every checkpoint writer
+  (torch.save, safetensors, numpy, cp).
+* **held** bytes (engine/ahead.py): a write beyond the stream's end waits until
+  the stream reaches it — the kernel's writeback cache reorders a sequential
+  writer's pages; safetensors ``ftruncate``s the file to its final size and then
+  fills it; threads ``pwrite`` their own regions; ``mmap`` pages come back in any
+  order. A file extended by ``truncate`` has a *sparse tail* past the stream that
+  reads as zeros and costs nothing until written.
+* **patches**: a write inside stored content (numpy memmap, a zip writer
   going back to fix a header) copies only the extents it touches into memory,
   patches them, and stores them again with the same boundaries when the file is
   committed — the rest of the file is not rewritten. At most ``MAX_PATCHED``
   extents are held; beyond that the oldest are stored early.
 
-``commit`` makes the current content durable and returns its extents, without
-disturbing the stream: the uncut tail is stored as a provisional last chunk and
-the chunker keeps going, so an fsync in the middle of a write does not shift
-later chunk boundaries.
+``commit`` (fsync) makes the current content durable and returns its extents
+without disturbing the stream or the held bytes: the uncut tail and the held
+bytes are stored as provisional chunks, so an fsync in the middle of a write
+does not shift later chunk boundaries. ``finish`` (close) runs the stream to
+the end of the file: held bytes in order, gaps between them as zeros — up to
+``HOLE_MIN``; a larger gap stays a hole, one extent of any length that stores
+nothing — so a sparse file of any size costs memory and time in proportion to
+what was written, never to its size.
 
 Not thread-safe: the caller serialises calls for one file (the FUSE layer holds
 a lock per open inode). A read needs that lock only to be planned (``spans``);
@@ -29,27 +41,34 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from itertools import accumulate
+from pathlib import Path
 from typing import NamedTuple
 
 import blake3
 
 from chunkfs.config import ChunkingSettings
+from chunkfs.engine.ahead import BLOCK, Held
 from chunkfs.engine.chunker import Chunker, Piece
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.formats.base import FixedParser
-from chunkfs.types import HOLE, ChunkId, Extent
+from chunkfs.errors import FileTooLarge
+from chunkfs.types import HOLE, MAX_FILE_SIZE, ChunkId, Extent
 
 MAX_PATCHED = 32
 """Extents held in memory for random writes before the oldest are stored."""
 
-REORDER_BYTES = 64 << 20
-"""Writes arriving ahead of the file's end are held back up to this many bytes.
+HELD_MEMORY = 16 << 20
+"""Bytes written ahead of the stream kept in memory per file; more go to the spool file."""
 
-The kernel's writeback cache sends a sequential writer's pages as several
-concurrent requests, and they reach us in any order. Applied as they come, a
-request beyond the end would leave a hole that the next one patches: the
-stream — and with it tensor-aligned chunking and dedup — would break. Held
-back until the gap before them is filled, they stream in order."""
+HOLE_MIN = 64 << 20
+"""A gap in a file larger than this is stored as a hole; a smaller one goes through the
+stream as zeros, as if it had been written (the cuts stay those of the bytes)."""
+
+HASH_ZEROS_MAX = 1 << 30
+"""The whole-file BLAKE3 of a file with more zeros than this in holes is not computed (a
+sparse file of terabytes would take hours to hash); its versions record none."""
+
+_ZEROS = bytes(BLOCK)
 
 
 class Span(NamedTuple):
@@ -67,15 +86,31 @@ def assemble(spans: list[Span], get: Callable[[ChunkId, int], bytes]) -> bytes:
     for s in spans:
         if s.extent is None:
             out.append(s.data)
+        elif s.extent.chunk == HOLE:
+            out.append(bytes(s.n))  # never the whole hole: it may be terabytes
         else:
             out.append(bytes(memoryview(get(s.extent.chunk, s.extent.length))[s.lo : s.lo + s.n]))
     return b"".join(out)
 
 
+def check_size(size: int) -> None:
+    """Refuse (``FileTooLarge``, EFBIG) a file size over the largest chunkfs stores."""
+    if size > MAX_FILE_SIZE:
+        raise FileTooLarge(f"{size} bytes: over the largest file size, {MAX_FILE_SIZE} bytes (256 TiB)")
+
+
 class FileContent:
     """The mutable content of one file, backed by the chunk store."""
 
-    def __init__(self, chunks: ChunkIO, extents: list[Extent], group: str, chunking: ChunkingSettings):
+    def __init__(
+        self,
+        chunks: ChunkIO,
+        extents: list[Extent],
+        group: str,
+        chunking: ChunkingSettings,
+        spool_dir: Path | None = None,
+    ):
+        """``spool_dir``: where bytes written far ahead of the stream are spooled (the hot disk)."""
         self.chunks = chunks
         self.group = group
         self.chunking = chunking
@@ -83,10 +118,10 @@ class FileContent:
         self._starts = [0, *accumulate(e.length for e in self._extents)]
         self._stream: Chunker | None = None
         self._patched: dict[int, bytearray] = {}  # extent index → its bytes, patched
-        self._ahead: dict[int, bytes] = {}  # offset → a write beyond the end, held back
-        self._ahead_bytes = 0
-        # BLAKE3 of the whole file, kept up to date while every byte so far was
-        # written in order from offset 0 (the usual case); None otherwise.
+        self._held = Held(spool_dir, HELD_MEMORY)
+        self._size = self._starts[-1]
+        # BLAKE3 of the stream so far, kept up to date while every byte of it went through
+        # the stream in order from offset 0 (the usual case); None otherwise.
         self._hasher: blake3.blake3 | None = None if self._extents else blake3.blake3()
         self.modified = False
         # from its first stored chunk until ``Repository.commit_file(final=True)`` (or until it
@@ -96,12 +131,12 @@ class FileContent:
     # -- shape ------------------------------------------------------------------
 
     def _end(self) -> int:
-        """Where the stored extents and the stream end (writes held back not counted)."""
+        """Where the stored extents and the stream end (held bytes and the sparse tail not counted)."""
         return self._starts[-1] + (self._stream.pending_size if self._stream is not None else 0)
 
     @property
     def size(self) -> int:
-        return max([self._end()] + [o + len(d) for o, d in self._ahead.items()])
+        return self._size
 
     @property
     def format(self) -> str | None:
@@ -126,41 +161,38 @@ class FileContent:
     def write(self, offset: int, data: bytes) -> None:
         if not data:
             return
+        check_size(offset + len(data))
         self.modified = True
-        overlaps = any(o < offset + len(data) and offset < o + len(d) for o, d in self._ahead.items())
-        if offset > self._end() and not overlaps and self._ahead_bytes + len(data) <= REORDER_BYTES:
-            self._ahead[offset] = bytes(data)
-            self._ahead_bytes += len(data)
-            return
-        if overlaps or offset > self._end():
-            self._drain()
-        self._apply(offset, data)
-        while self._ahead and (held := self._ahead.pop(self._end(), None)) is not None:
-            self._ahead_bytes -= len(held)
-            self._apply(self._end(), held)
-
-    def _drain(self) -> None:
-        """Apply every held-back write, in offset order (gaps become holes)."""
-        ahead, self._ahead, self._ahead_bytes = self._ahead, {}, 0
-        for offset in sorted(ahead):
-            self._apply(offset, ahead[offset])
-
-    def _apply(self, offset: int, data: bytes) -> None:
+        self._size = max(self._size, offset + len(data))
         end = self._end()
         if offset > end:
-            self._end_stream()
-            self._add_hole(offset - end)
-            end = offset
-        if offset == end:
-            self._stream_write(data)
+            self._held.put(offset, data)
             return
-        self._end_stream()
-        inside = min(len(data), end - offset)
-        self._patch(offset, memoryview(data)[:inside])
-        if inside < len(data):
-            self._stream_write(data[inside:])
+        self._held.discard(offset, offset + len(data))  # this write is newer than what was held there
+        view = memoryview(data)
+        if offset < end:
+            inside = min(len(data), end - offset)
+            if not self._repeats(offset, view[:inside]):
+                self._end_stream()
+                self._patch(offset, view[:inside])
+            view = view[inside:]
+            if not view:
+                return
+        self._stream_write(data if len(view) == len(data) else view)
+        self._pull()
 
-    def _stream_write(self, data: bytes) -> None:
+    def _repeats(self, offset: int, data: memoryview) -> bool:
+        """Whether ``data`` at ``offset`` only repeats the bytes already there: the kernel writes a
+        page back again when its writer appended to it after the first write-back, and that must
+        not end the stream (its cuts would then depend on the timing of the write-back)."""
+        return assemble(self.spans(offset, len(data)), self.chunks.get) == data
+
+    def _pull(self) -> None:
+        """Stream the held bytes that now continue the stream."""
+        while (data := self._held.take(self._end())) is not None:
+            self._stream_write(data)
+
+    def _stream_write(self, data) -> None:
         if self._stream is None:
             first = self._starts[-1] == 0 and not self._patched
             parser = None if first else FixedParser()
@@ -170,6 +202,21 @@ class FileContent:
         if self._hasher is not None:
             self._hasher.update(data)
         self._store_pieces(self._stream.feed(data))
+
+    def _fill(self, upto: int) -> None:
+        """Run the stream up to ``upto``: held bytes as they are, the gaps as zeros — or, for a
+        gap over ``HOLE_MIN``, as a hole after which a new stream starts."""
+        while (end := self._end()) < upto:
+            nxt = self._held.first
+            stop = upto if nxt is None else min(nxt, upto)
+            if stop - end > HOLE_MIN:
+                self._end_stream()
+                self._hash_zeros(stop - end)
+                self._add_hole(stop - end)
+            else:
+                for pos in range(end, stop, BLOCK):
+                    self._stream_write(_ZEROS if stop - pos >= BLOCK else _ZEROS[: stop - pos])
+            self._pull()
 
     def _reopen_tail(self) -> None:
         """Appending to a file: take a short last chunk back into the new stream.
@@ -193,13 +240,20 @@ class FileContent:
             stream, self._stream = self._stream, None
             self._store_pieces(stream.finish())
 
+    def _hash_zeros(self, n: int) -> None:
+        """A hole continues the file: the whole-file hash takes its zeros, up to ``HASH_ZEROS_MAX``."""
+        if self._hasher is not None and n <= HASH_ZEROS_MAX:
+            for pos in range(0, n, BLOCK):
+                self._hasher.update(_ZEROS[: min(BLOCK, n - pos)])
+        else:
+            self._hasher = None
+
     def _add_hole(self, length: int) -> None:
-        self._hasher = None
-        step = self.chunking.chunk_size
-        for _ in range(length // step):
-            self._append_extent(step, HOLE)
-        if length % step:
-            self._append_extent(length % step, HOLE)
+        """Append a hole: one extent of any length (merged with a hole before it)."""
+        if self._extents and self._extents[-1].chunk == HOLE:
+            length += self._extents.pop().length
+            self._starts.pop()
+        self._append_extent(length, HOLE)
 
     def _extent_bytes(self, i: int) -> bytes | bytearray:
         patched = self._patched.get(i)
@@ -213,6 +267,8 @@ class FileContent:
         pos = 0
         i = bisect.bisect_right(self._starts, offset) - 1
         while pos < len(data):
+            if self._extents[i].chunk == HOLE and self._extents[i].length > self.chunking.chunk_size:
+                i = self._split_hole(i, offset + pos)
             buf = self._patched.get(i)
             if buf is None:
                 buf = self._patched[i] = bytearray(self._extent_bytes(i))
@@ -224,25 +280,46 @@ class FileContent:
         while len(self._patched) > MAX_PATCHED:
             self._store_patch(next(iter(self._patched)))
 
+    def _split_hole(self, i: int, offset: int) -> int:
+        """Cut a chunk-sized piece holding ``offset`` out of the big hole extent ``i`` (a write
+        into it patches that piece only); return the piece's index."""
+        start, length = self._starts[i], self._extents[i].length
+        size = self.chunking.chunk_size
+        lo = start + (offset - start) // size * size
+        hi = min(lo + size, start + length)
+        parts = [(lo - start, HOLE), (hi - lo, HOLE), (start + length - hi, HOLE)]
+        new = [Extent(n, c) for n, c in parts if n]
+        shift = {k + (len(new) - 1 if k > i else 0): v for k, v in self._patched.items()}
+        self._extents[i : i + 1] = new
+        self._starts = [0, *accumulate(e.length for e in self._extents)]
+        self._patched = shift
+        return i + (1 if lo > start else 0)
+
     def _store_patch(self, i: int) -> None:
         data = bytes(self._patched.pop(i))
         self._extents[i] = Extent(len(data), self._put(data, self.group))
 
     def truncate(self, size: int) -> None:
-        self._drain()
-        if size == self.size:
+        check_size(size)
+        if size == self._size:
             return
         self.modified = True
+        self._held.discard(size, MAX_FILE_SIZE + 1)
+        if size >= self._end():  # the sparse tail grows or shrinks: nothing to cut
+            self._size = size
+            return
+        self._held.clear()
         self._end_stream()
         self._hasher = blake3.blake3() if size == 0 else None
-        if size > self._starts[-1]:
-            self._add_hole(size - self._starts[-1])
-            return
+        self._size = size
         i = bisect.bisect_right(self._starts, size) - 1  # the extent that holds byte `size`
         if i < len(self._extents) and size > self._starts[i]:
-            buf = bytearray(self._extent_bytes(i))[: size - self._starts[i]]
-            self._patched[i] = buf
-            self._extents[i] = Extent(len(buf), self._extents[i].chunk)
+            keep, chunk = size - self._starts[i], self._extents[i].chunk
+            if chunk == HOLE and i not in self._patched:
+                self._extents[i] = Extent(keep, HOLE)
+            else:  # a written-to hole is patched like data: its bytes are cut with it
+                self._patched[i] = bytearray(self._extent_bytes(i))[:keep]
+                self._extents[i] = Extent(keep, chunk)
             i += 1
         for j in range(i, len(self._extents)):
             self._patched.pop(j, None)
@@ -253,13 +330,13 @@ class FileContent:
 
     def spans(self, offset: int, size: int) -> list[Span]:
         """What a read of ``[offset, offset + size)`` returns, as of now: stored chunks by id,
-        bytes held in memory (patches, the stream's uncut tail) copied.
+        bytes held in memory (patches, the stream's uncut tail, held writes) copied.
 
         Chunks never change, so the caller may fetch them after releasing the file's lock
-        (``assemble``): the read still returns exactly this moment's content.
+        (``assemble``): the read still returns exactly this moment's content. Reading
+        disturbs nothing: the stream and the held bytes stay as they are.
         """
-        self._drain()
-        end = min(offset + size, self.size)
+        end = min(offset + size, self._size)
         if offset >= end:
             return []
         out = []
@@ -276,10 +353,17 @@ class FileContent:
                 out.append(Span(lo, n, data=bytes(memoryview(patched)[lo : lo + n])))
             pos += n
             i += 1
-        if pos < end:  # the stream's uncut tail: it starts where the stored extents end
-            # (pending()'s offset counts from the stream's start, not the file's)
-            _, tail = self._stream.pending()
-            out.append(Span(0, end - pos, data=bytes(tail[pos - stored_end : end - stored_end])))
+        stream_end = min(end, self._end())
+        if pos < stream_end:  # the stream's uncut tail: it starts where the stored extents end
+            out.append(Span(0, stream_end - pos, data=self._stream.pending_slice(pos - stored_end, stream_end - stored_end)))
+            pos = stream_end
+        for at, data in self._held.read(pos, end):  # held writes; zeros around them
+            if at > pos:
+                out.append(Span(0, at - pos, Extent(at - pos, HOLE)))
+            out.append(Span(0, len(data), data=data))
+            pos = at + len(data)
+        if pos < end:
+            out.append(Span(0, end - pos, Extent(end - pos, HOLE)))
         return out
 
     def read(self, offset: int, size: int) -> bytes:
@@ -300,29 +384,63 @@ class FileContent:
     # -- committing ---------------------------------------------------------------
 
     def commit(self) -> list[Extent]:
-        """Store everything written so far durably; return the file's extents."""
-        self._drain()
+        """Store everything written so far durably; return the file's extents. The stream and the
+        held bytes carry on untouched: what is not cut yet is stored as provisional chunks."""
         for i in list(self._patched):
             self._store_patch(i)
         extents = list(self._extents)
+        pos = self._starts[-1]
         if self._stream is not None:
             _, tail = self._stream.pending()
             if tail:
                 extents.append(Extent(len(tail), self._put(tail, self.group)))
+                pos += len(tail)
+        step = self.chunking.chunk_size
+        for at, data in self._held.read(pos, self._size):
+            if at > pos:
+                extents.append(Extent(at - pos, HOLE))
+            for k in range(0, len(data), step):
+                piece = data[k : k + step]
+                extents.append(Extent(len(piece), self._put(piece, self.group)))
+            pos = at + len(data)
+        if self._size > pos:
+            extents.append(Extent(self._size - pos, HOLE))
         self.chunks.flush()
         self.modified = False
         return extents
 
-    def digest(self) -> bytes:
-        """BLAKE3-256 of the whole current content (read back only if it was not written in order)."""
-        if self._hasher is None:
-            hasher = blake3.blake3()
-            for offset in range(0, self.size, 8 << 20):
-                hasher.update(assemble(self.spans(offset, 8 << 20), self.chunks.get))  # not a user's read
-            self._hasher = hasher
-        return self._hasher.copy().digest()
-
     def finish(self) -> list[Extent]:
-        """Commit after the writer is done: the stream's tail becomes final chunks."""
+        """Commit after the writer is done: the stream runs to the end of the file (held bytes,
+        the gaps, the sparse tail) and its tail becomes final chunks."""
+        self._fill(self._size)
         self._end_stream()
+        self._held.close()
         return self.commit()
+
+    def end_window(self) -> None:
+        """The committed content is referenced by a version now: end its gc write window."""
+        self.chunks.end_window(self)
+
+    def close(self) -> None:
+        """Nothing more will be written: give back the spool file of held bytes, if any."""
+        self._held.close()
+
+    def digest(self) -> bytes | None:
+        """BLAKE3-256 of the whole current content: from the stream's hasher when every byte went
+        through it in order, else read back; None for a file with more than ``HASH_ZEROS_MAX``
+        bytes of holes (not worth reading back)."""
+        tail = self._size - self._end()
+        if self._hasher is not None and not self._held and tail <= HASH_ZEROS_MAX:
+            hasher = self._hasher.copy()
+            for pos in range(0, tail, BLOCK):
+                hasher.update(_ZEROS[: min(BLOCK, tail - pos)])
+            return hasher.digest()
+        holes = tail + sum(e.length for e in self._extents if e.chunk == HOLE)
+        if holes > HASH_ZEROS_MAX:
+            return None
+        hasher = blake3.blake3()
+        for offset in range(0, self._size, BLOCK):
+            hasher.update(assemble(self.spans(offset, BLOCK), self.chunks.get))  # not a user's read
+        if tail == 0 and not self._held:
+            self._hasher = hasher.copy()  # the stream (if any) continues from here
+        return hasher.digest()

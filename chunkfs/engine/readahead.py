@@ -15,7 +15,7 @@ reading the chunk a second time.
   they arrive slightly out of order). Any other read is random access: the
   handle's queued fetches are cancelled and nothing is fetched ahead.
 * **Hot tier only.** Chunks of warm and cold packs come through the remote
-  reader (store/fetch.py), which reads ahead along the pack by itself.
+  reader (store/tiering/fetch.py), which reads ahead along the pack by itself.
 * **Verified like any read.** A fetch ahead is ``ChunkIO.get``: decoded and
   checked against the chunk's BLAKE3 id before it enters the cache.
 * **Errors belong to readers.** A fetch ahead that fails logs a warning and

@@ -19,7 +19,6 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from chunkfs.engine.memory import tame_malloc
 from chunkfs.errors import ChunkfsError, Conflict, NotADirectory, NotFound, UsageError
 from chunkfs.fs.operations import ChunkfsOperations
 from chunkfs.metrics import start_metrics_server
@@ -32,11 +31,18 @@ READ_AHEAD_KB = 4096
 """Kernel read-ahead for the mount: makes the kernel read in 1 MiB requests
 (DESIGN.md measured 0.6–1.0 GB/s at the default, 2.3–2.7 GB/s with this)."""
 
+MAX_BACKGROUND = 64
+"""Background requests the kernel keeps in flight to the daemon (written-back pages,
+read-ahead); the kernel's default is 12, with a congestion threshold of 9 that throttles
+writers early. docs/performance.md ("The FUSE ceiling") has the measurements behind it."""
+
 SYNC_TIMEOUT = 300
 """Seconds a signalled daemon waits for the kernel to write back cached data before unmounting."""
 
-IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "dev", "suid", "exec"}
-"""mount(8)/fstab options that mean nothing to a FUSE filesystem."""
+IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "dev", "suid", "exec",
+                   "nonempty"}  # fmt: skip
+"""mount(8)/fstab options that mean nothing to a FUSE filesystem (``nonempty`` is chunkfs's own:
+``check_mountpoint``; libfuse 3 has none)."""
 
 
 def fuse_options(repo: Path, extra: list[str]) -> set[str]:
@@ -49,13 +55,21 @@ def fuse_options(repo: Path, extra: list[str]) -> set[str]:
     return opts
 
 
-def check_mountpoint(mountpoint: Path) -> None:
+def check_mountpoint(mountpoint: Path, options: list[str] = ()) -> None:
+    """Refuse a mountpoint that is missing, not a directory, mounted on, or not empty — the mount
+    would hide its files — unless the options say ``nonempty``."""
     if not mountpoint.exists():
         raise NotFound(f"{mountpoint}: mountpoint does not exist; create it with mkdir")
     if not mountpoint.is_dir():
         raise NotADirectory(f"{mountpoint}: mountpoint is not a directory")
     if os.path.ismount(mountpoint):
         raise Conflict(f"{mountpoint}: something is already mounted here; unmount it first")
+    nonempty = any("nonempty" in item.split(",") for item in options)
+    if not nonempty and next(os.scandir(mountpoint), None) is not None:
+        raise Conflict(
+            f"{mountpoint}: not empty; mounting would hide its files. Use an empty directory, or pass "
+            "-o nonempty to mount over them anyway"
+        )
 
 
 def _device_of(mountpoint: Path) -> str | None:
@@ -74,7 +88,7 @@ def _device_of(mountpoint: Path) -> str | None:
 
 
 async def _ready_after_init(
-    ops: ChunkfsOperations, mountpoint: Path, ready: Callable[[str | None], None]
+    ops: ChunkfsOperations, mountpoint: Path, ready: Callable[[Exception | None], None]
 ) -> None:
     """Report the mount ready once the kernel's FUSE INIT is answered and read-ahead raised.
 
@@ -84,31 +98,39 @@ async def _ready_after_init(
     after ``chunkfs mount`` — read in 128 KiB requests (docs/performance.md).
     """
     await ops.initialized.wait()  # set while the INIT request is handled; its reply is out once we run
-    await trio.to_thread.run_sync(_tune_read_ahead, mountpoint)
+    await trio.to_thread.run_sync(_tune_connection, mountpoint)
     ready(None)
     log.info("serving %s at %s", ops.repo.path, mountpoint)
 
 
-def _tune_read_ahead(mountpoint: Path) -> None:
+def _tune_connection(mountpoint: Path) -> None:
+    """Raise the kernel's read-ahead and background request limit for this mount (root only:
+    without them reads and write-back are slower, nothing worse)."""
     dev = _device_of(mountpoint)
     if dev is None:
         return
     path = Path(f"/sys/class/bdi/{dev}/read_ahead_kb")
     try:
         path.write_text(str(READ_AHEAD_KB))
-    except OSError as e:  # not root, or an older kernel: slower reads, nothing worse
+    except OSError as e:
         log.info("cannot raise read-ahead (%s): %s", path, e)
+    conn = Path(f"/sys/fs/fuse/connections/{dev.split(':')[1]}")
+    try:  # the limit first: the kernel refuses a congestion threshold above it
+        (conn / "max_background").write_text(str(MAX_BACKGROUND))
+        (conn / "congestion_threshold").write_text(str(MAX_BACKGROUND * 3 // 4))
+    except OSError as e:  # fusectl not mounted, or not root
+        log.info("cannot raise the background request limit (%s): %s", conn, e)
 
 
 def serve(
     repo_path: Path,
     mountpoint: Path,
     options: list[str],
-    ready: Callable[[str | None], None],
+    ready: Callable[[Exception | None], None],
     metrics: str | None = None,
 ) -> None:
     """Mount and serve until unmounted. ``ready(None)`` once mounted and the kernel's FUSE INIT
-    answered, ``ready(msg)`` on failure.
+    answered, ``ready(error)`` on failure.
 
     ``metrics`` (``HOST:PORT``) serves Prometheus metrics while mounted. The
     repository's background work (write-back uploads to the warm tier, sealing
@@ -120,28 +142,35 @@ def serve(
     mountpoint = mountpoint.resolve()
     read_only = "ro" in fuse_options(repo_path, options)
     try:
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, options)
         repo = Repository(repo_path, writable=not read_only)
     except Exception as e:
-        ready(str(e))
+        ready(e)
         raise
     try:
         metrics_server = start_metrics_server(metrics, repo) if metrics else None
     except ChunkfsError as e:
         repo.close()
-        ready(str(e))
+        ready(e)
         raise
-    ops = ChunkfsOperations(repo)
+    try:  # the engine worker processes start here: they open the repository beside us
+        ops = ChunkfsOperations(repo, writers=repo.settings.writers.count(os.cpu_count()) if repo.writable else 0)
+    except ChunkfsError as e:
+        repo.close()
+        ready(e)
+        raise
     try:
         pyfuse3.init(ops, str(mountpoint), fuse_options(repo.path, options))
     except RuntimeError as e:
+        ops.close()
         repo.close()
-        message = f"{mountpoint}: cannot mount ({e}); is /dev/fuse available and fuse3 installed?"
-        ready(message)
-        raise UsageError(message) from None
+        error = UsageError(f"{mountpoint}: cannot mount ({e}); is /dev/fuse available and fuse3 installed?")
+        ready(error)
+        raise error from None
+    ops.notifier.start()
     if repo.writable:
         repo.start_background()
-    tame_malloc()
+    repo.tune_allocator()
     signalled: list[int] = []
     try:
         trio.run(_main, ops, mountpoint, ready, signalled)
@@ -177,7 +206,7 @@ def _syncfs(mountpoint: Path) -> None:
 
 
 async def _main(
-    ops: ChunkfsOperations, mountpoint: Path, ready: Callable[[str | None], None], signalled: list[int]
+    ops: ChunkfsOperations, mountpoint: Path, ready: Callable[[Exception | None], None], signalled: list[int]
 ) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, mountpoint, signalled)

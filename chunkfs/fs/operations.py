@@ -11,19 +11,22 @@ and one log line naming the object (``_errors``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
 import os
+import stat
 
 import pyfuse3
 import trio
 
-from chunkfs.errors import ChunkfsError, NoAttribute, NotFound, ReadOnly
+from chunkfs.errors import ChunkfsError, NameTooLong, NoAttribute, NotFound, ReadOnly
+from chunkfs.fs.notify import Notifier
 from chunkfs.fs.virtual import Virtual
 from chunkfs.openfiles import OpenFiles
 from chunkfs.repo import Repository
-from chunkfs.types import InodeRecord
+from chunkfs.types import NAME_MAX, InodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,20 @@ WORKERS = 8
 """Worker threads for blocking calls: enough to overlap hashing, pack writes and index commits."""
 
 
+READDIR_BATCH = 256
+"""Entries read from the index at a time while a readdir reply is filled."""
+
+
+@dataclasses.dataclass
+class _Listing:
+    """An open directory handle: the names returned so far (a position is an index into them),
+    or, for a snapshot directory, its whole fixed listing."""
+
+    ino: int
+    names: list[bytes] = dataclasses.field(default_factory=list)
+    virtual: list[tuple[bytes, int]] | None = None
+
+
 def _errors(fn):
     """Translate library errors into errno for the kernel, with a log line."""
 
@@ -49,7 +66,7 @@ def _errors(fn):
         except pyfuse3.FUSEError:
             raise
         except ChunkfsError as e:
-            if e.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY, errno.EROFS):
+            if e.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY, errno.EROFS, errno.ENAMETOOLONG, errno.EFBIG):
                 log.error("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno) from None
         except OSError as e:
@@ -67,15 +84,18 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     enable_writeback_cache = True
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, *, writers: int = 0) -> None:
+        """``writers``: engine worker processes for the files being written (openfiles.py)."""
         super().__init__()
         self.repo = repo
         self.ns = repo.ns
-        self.files = OpenFiles(repo)
-        self.virtual = Virtual(repo, self.files.read_ahead)
-        self._seen: dict[int, int] = {}  # inode → manifest when this mount last opened or closed it
+        self.files = OpenFiles(repo, processes=writers)
+        self.notifier = Notifier()  # started with the FUSE session (fs/mount.py), stopped by close()
+        self.files.on_failed = self._forget_failed
+        self.virtual = Virtual(repo.snapshots)
+        self._seen: dict[int, int] = {}  # inode → manifest the kernel last got from this mount
         self._limiter = trio.CapacityLimiter(WORKERS)
-        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
+        self._dirs: dict[int, _Listing] = {}
         self._next_dir = 0
         self.initialized = trio.Event()  # set by ``init``: fs/mount.py waits for it to report the mount ready
 
@@ -84,10 +104,29 @@ class ChunkfsOperations(pyfuse3.Operations):
         before sending the reply (which sets the mount's read-ahead: fs/mount.py)."""
         self.initialized.set()
 
+    def _forget_failed(self, ino: int) -> None:
+        """A write the kernel had taken into its page cache was not stored: have it drop those
+        pages and the size they made, so that readers see what chunkfs holds."""
+        self.notifier.forget_file(ino, self.ns.names_of(ino))
+
+    def _notice_changes(self, ino: int, manifest: int) -> None:
+        """A file another process committed (``chunkfs import`` while mounted) since this mount
+        last handed the kernel its attributes: with the writeback cache the kernel trusts its
+        own size and pages over ours, so have it forget them (and the names, so that a lookup
+        brings the inode back afresh once nobody holds it open)."""
+        changed = self.files.changed_elsewhere(ino, manifest)
+        if changed is None:
+            changed = self._seen.get(ino, manifest) != manifest
+        self._seen[ino] = manifest
+        if changed:
+            self.notifier.forget_file(ino, self.ns.names_of(ino))
+
     async def _blocking(self, fn, *args):
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     def _attrs(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        if stat.S_ISREG(rec.mode):
+            self._notice_changes(ino, rec.manifest)
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
         a.generation = 0
@@ -144,6 +183,8 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:
+            raise NameTooLong(f"file name too long (over {NAME_MAX} bytes): {name[:40]!r}…")
         if Virtual.owns(parent_inode):
             return self._virtual_entry(*self.virtual.lookup(parent_inode, name))
         if name == b".":
@@ -251,36 +292,60 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def opendir(self, inode, ctx):
         self._next_dir += 1
-        if Virtual.owns(inode):
-            self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.virtual.readdir(inode)]
-            self.virtual.hold([i for _, i in self._dirs[self._next_dir]])  # until releasedir
+        listing = _Listing(inode)
+        if Virtual.owns(inode):  # a snapshot never changes: its listing can be taken now
+            listing.virtual = self.virtual.readdir(inode)
+            self.virtual.hold([i for _, i in listing.virtual])  # until releasedir
         else:
-            self._dirs[self._next_dir] = [(n, i) for n, i, _ in self.ns.readdir(inode)]
+            self.ns.getattr(inode)  # ENOENT / ENOTDIR now rather than at the first readdir
+        self._dirs[self._next_dir] = listing
         return self._next_dir
 
     @_errors
     async def readdir(self, fh, start_id, token):
-        entries = self._dirs[fh]
+        """Entries from position ``start_id`` on, read from the tree as it is *now*.
+
+        Every entry handed to the kernel becomes a dentry in its cache (readdirplus), so it
+        must be true when the reply is sent: a listing taken at opendir would bring back a
+        name that a ``rename`` or ``unlink`` removed since, and the next ``open(O_CREAT)``
+        of that name would open — and truncate — the file now under another name. The
+        kernel holds the directory's lock (shared) for the whole request, and every change
+        of the directory (exclusive), so what this request reads stays true until the
+        kernel has taken it. Positions are indices into the names this handle has returned;
+        the next ones continue after the last name returned, in name order, so entries
+        created meanwhile appear if they sort after it (POSIX leaves that open).
+        """
+        listing = self._dirs[fh]
+        if listing.virtual is not None:
+            self._readdir_virtual(listing.virtual, start_id, token)
+            return
+        del listing.names[start_id:]  # what the kernel did not take is read again
+        while True:
+            after = listing.names[-1] if listing.names else None
+            try:
+                entries = self.ns.readdir(listing.ino, after=after, limit=READDIR_BATCH)
+            except NotFound:
+                return  # the directory was removed while open: it has no entries left
+            for name, ino, rec in entries:
+                if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), len(listing.names) + 1):
+                    return
+                self.ns.hold(ino)  # readdirplus: the kernel counts each entry it took as a lookup
+                listing.names.append(name)
+            if len(entries) < READDIR_BATCH:
+                return
+
+    def _readdir_virtual(self, entries: list[tuple[bytes, int]], start_id: int, token) -> None:
         for offset in range(start_id, len(entries)):
             name, ino = entries[offset]
-            if Virtual.owns(ino):
-                attrs = self._virtual_attrs(ino, self.virtual.getattr(ino))
-                if not pyfuse3.readdir_reply(token, name, attrs, offset + 1):
-                    return
-                self.virtual.hold([ino])  # readdirplus: the kernel holds the entry like a lookup
-                continue
-            try:
-                rec = self.ns.getattr(ino)
-            except ChunkfsError:
-                continue  # removed since opendir
-            if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), offset + 1):
+            attrs = self._virtual_attrs(ino, self.virtual.getattr(ino))
+            if not pyfuse3.readdir_reply(token, name, attrs, offset + 1):
                 return
-            self.ns.hold(ino)  # readdirplus: a reference, as ``_entry`` gives one
-            self.ns.hold(ino)  # readdirplus: each entry the kernel took counts as a lookup
+            self.virtual.hold([ino])  # readdirplus: the kernel holds the entry like a lookup
 
     async def releasedir(self, fh):
-        entries = self._dirs.pop(fh, ())
-        self.virtual.release([(ino, 1) for _, ino in entries if Virtual.owns(ino)])
+        listing = self._dirs.pop(fh, None)
+        if listing is not None and listing.virtual is not None:
+            self.virtual.release([(ino, 1) for _, ino in listing.virtual])
 
     async def fsyncdir(self, fh, datasync):
         await self._blocking(self.repo.flush)
@@ -299,8 +364,8 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def open(self, inode, flags, ctx):
         if Virtual.owns(inode):
-            fh = await self._blocking(self.virtual.open, inode, bool(flags & WRITE_FLAGS))
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+            extents = await self._blocking(self.virtual.extents, inode, bool(flags & WRITE_FLAGS))
+            return pyfuse3.FileInfo(fh=self.files.open_version(extents), keep_cache=True)
         # The kernel leaves O_TRUNC to us (libfuse enables atomic_o_trunc) and
         # has already dropped its cached pages and size: the file must be empty.
         writer = ctx.uid if flags & WRITE_FLAGS else None
@@ -312,36 +377,35 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._read_only(parent_inode, name=(parent_inode, name))
-        ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid)
-        fh = await self._blocking(functools.partial(self.files.open, ino, writer_uid=ctx.uid))
+        fh, ino, rec = await self._blocking(self.files.create, parent_inode, name, mode, ctx.uid, ctx.gid)
         return self._file_info(fh, ino), self._entry(ino, rec)
 
     @_errors
     async def read(self, fh, off, size):
-        if Virtual.owns_handle(fh):
-            return await self._blocking(self.virtual.read, fh, off, size)
         return await self._blocking(self.files.read, fh, off, size)
 
     @_errors
     async def write(self, fh, off, buf):
+        # A file being written by a worker process takes the bytes with one copy into shared
+        # memory: done here, on the loop's thread, unless it would wait (no thread hop).
+        done = self.files.try_write(fh, off, buf)
+        if done is not None:
+            return done
         return await self._blocking(self.files.write, fh, off, buf)
 
     @_errors
     async def flush(self, fh):
-        if not Virtual.owns_handle(fh):
-            await self._blocking(self.files.flush, fh)
+        await self._blocking(self.files.flush, fh)
 
     @_errors
     async def fsync(self, fh, datasync):
-        if not Virtual.owns_handle(fh):
-            await self._blocking(self.files.fsync, fh)
+        await self._blocking(self.files.fsync, fh)
 
     @_errors
     async def release(self, fh):
-        if Virtual.owns_handle(fh):
-            self.virtual.close(fh)
-            return
         ino = await self._blocking(self.files.release, fh)
+        if ino is None:  # a snapshot file: nothing was committed
+            return
         with contextlib.suppress(ChunkfsError):
             self._seen[ino] = self.ns.getattr(ino).manifest  # our own commits keep the cache valid
 
@@ -395,13 +459,15 @@ class ChunkfsOperations(pyfuse3.Operations):
         s.f_files = st.f_files
         s.f_ffree = st.f_ffree
         s.f_favail = st.f_favail
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         return s
 
     async def forget(self, inode_list):
         """The kernel dropped its references (``_entry``, ``_virtual_entry``); must not raise (no
         request to answer)."""
         refs = list(inode_list)
+        for ino, _n in refs:  # the kernel evicted it: it caches nothing of it any more
+            self._seen.pop(ino, None)
         self.virtual.release([(ino, n) for ino, n in refs if Virtual.owns(ino)])
         try:
             await self._blocking(self.ns.release_many, [(ino, n) for ino, n in refs if not Virtual.owns(ino)])
@@ -411,6 +477,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     def close(self) -> None:
         """Commit every open file and drop the nameless inodes that only the kernel still
         referenced (it need not FORGET everything before unmounting)."""
+        self.notifier.stop()
         with contextlib.suppress(ChunkfsError):
             self.files.close_all()
             self.ns.forget_orphans()

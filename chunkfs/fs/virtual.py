@@ -1,46 +1,28 @@
-"""Entries the mount shows that are not files of the tree: snapshot views and query links.
+"""Kernel inode numbers for the entries a mount shows besides the live tree.
 
-* ``/.snapshots/`` lists the tags; ``/.snapshots/<tag>/`` and
-  ``/.snapshots/@<commit or ISO time>/`` are the whole tree as of that point,
-  read-only (``namespace.views.CommitView`` answers every request).
-* ``@latest`` and ``@best`` inside each level of the composite key
-  (``MODEL/BASE/ADAPTER/RUN``) are symlinks to the matching checkpoint
-  directory, resolved afresh on every lookup (``namespace.registry``).
-
-Both are hidden from ``readdir`` of the directory that holds them (as ZFS
-hides ``.zfs``): ``rm -rf`` and ``cp -a`` of a tree never trip over them, and
-they are reachable by name.
-
-Kernel inode numbers for these entries are allocated here, above
-``VIRTUAL_BASE``, and map to (commit, real inode) or to a link target. This is
-FUSE bookkeeping only: what the entries contain comes from the library. A
-number lives while something refers to it — the kernel (every entry reply is
-a reference until it FORGETs it) or an open directory listing — and is
-dropped after, so browsing snapshots on a long-lived mount does not grow the
-table without bound; the same entry looked up again gets a new number.
+What ``.snapshots`` and the ``@latest``/``@best`` links contain is decided in
+``namespace/snapshots.py``; this module only gives those entries numbers the kernel can
+use, above ``VIRTUAL_BASE``, each mapping to (commit, real inode) or to a link target.
+A number lives while something refers to it — the kernel (every entry reply is a
+reference until it FORGETs it) or an open directory listing — and is dropped after, so
+browsing snapshots on a long-lived mount does not grow the table without bound; the same
+entry looked up again gets a new number.
 """
 
 from __future__ import annotations
 
 import itertools
-import stat
 import threading
 from dataclasses import dataclass
 
-from chunkfs import clock
-from chunkfs.engine.file import FileContent
-from chunkfs.engine.readahead import ReadAhead, ReadStream
 from chunkfs.errors import NotFound, ReadOnly
-from chunkfs.index.keys import ROOT_INODE
-from chunkfs.namespace.views import CommitView
-from chunkfs.repo import Repository
-from chunkfs.types import InodeRecord
+from chunkfs.namespace.snapshots import SNAPSHOTS, Snapshots
+from chunkfs.types import ROOT_INODE, Extent, InodeRecord
 
 VIRTUAL_BASE = 1 << 56
 SNAPSHOTS_INO = VIRTUAL_BASE
-SNAPSHOTS = b".snapshots"
-QUERY_LINKS = (b"@latest", b"@best")
-READ_ONLY = ~0o222
+
+__all__ = ["SNAPSHOTS", "SNAPSHOTS_INO", "VIRTUAL_BASE", "Virtual"]
 
 
 @dataclass(frozen=True)
@@ -51,28 +33,19 @@ class _Node:
 
 
 class Virtual:
-    """Inode numbers and answers for ``.snapshots`` and the ``@latest``/``@best`` links."""
+    """Inode numbers for ``.snapshots``, what is inside it, and the query links."""
 
-    def __init__(self, repo: Repository, read_ahead: ReadAhead) -> None:
-        self.repo = repo
-        self.read_ahead = read_ahead  # the open files' (openfiles.py): one pool for every reader
+    def __init__(self, snapshots: Snapshots) -> None:
+        self.snapshots = snapshots
         self._nodes: dict[int, _Node] = {}
         self._ids: dict[_Node, int] = {}
         self._refs: dict[int, int] = {}  # virtual inode → references (kernel entries, open listings)
         self._next = itertools.count(VIRTUAL_BASE + 1)
-        self._files: dict[int, tuple[FileContent, ReadStream, threading.Lock]] = {}
-        self._fhs = itertools.count(1 << 40)
         self._lock = threading.Lock()
-        now = clock.now_ns()
-        self._dir_record = InodeRecord(stat.S_IFDIR | 0o555, 0, 0, 2, 0, now, now, now)
 
     @staticmethod
     def owns(ino: int) -> bool:
         return ino >= VIRTUAL_BASE
-
-    @staticmethod
-    def owns_handle(fh: int) -> bool:
-        return fh >= 1 << 40
 
     def _id(self, node: _Node) -> int:
         with self._lock:
@@ -116,18 +89,15 @@ class Virtual:
     # -- entries in real directories ---------------------------------------------------------
 
     def reserved(self, parent: int, name: bytes) -> tuple[int, InodeRecord] | None:
-        """The entry if ``name`` in real directory ``parent`` is taken by the mount itself
-        (``/.snapshots``): it hides any real entry of that name."""
-        if parent == ROOT_INODE and name == SNAPSHOTS:
-            return SNAPSHOTS_INO, self._dir_record
+        """The entry if ``name`` in real directory ``parent`` is taken by the mount itself."""
+        if self.snapshots.hides(parent, name):
+            return SNAPSHOTS_INO, self.snapshots.directory
         return None
 
     def lookup_in_real(self, parent: int, name: bytes) -> tuple[int, InodeRecord] | None:
         """A query link (``@latest``, ``@best``) in real directory ``parent``, or None."""
-        if name not in QUERY_LINKS:
-            return None
-        target = self.repo.registry.links(parent).get(name.decode())
-        return self._link(target.encode()) if target else None
+        target = self.snapshots.link(parent, name)
+        return None if target is None else self._link(target)
 
     def is_point(self, vino: int) -> bool:
         """Whether ``vino`` is the root of a view: a name in ``/.snapshots`` (a tag, ``@…``)."""
@@ -139,72 +109,40 @@ class Virtual:
         return node is not None and node.ino == 0
 
     def _link(self, target: bytes) -> tuple[int, InodeRecord]:
-        now = clock.now_ns()
-        rec = InodeRecord(stat.S_IFLNK | 0o777, 0, 0, 1, len(target), now, now, now, target=target)
-        return self._id(_Node(0, 0, target)), rec
+        return self._id(_Node(0, 0, target)), self.snapshots.link_attrs(target)
 
     # -- inside .snapshots and the views ---------------------------------------------------------
 
     def getattr(self, vino: int) -> InodeRecord:
         if vino == SNAPSHOTS_INO:
-            return self._dir_record
+            return self.snapshots.directory
         node = self._node(vino)
         if node.ino == 0:
-            return self._link(node.target)[1]
-        rec = CommitView(self.repo.history, node.commit).attrs(node.ino)
-        rec.mode &= READ_ONLY
-        return rec
+            return self.snapshots.link_attrs(node.target)
+        return self.snapshots.attrs(node.commit, node.ino)
 
     def lookup(self, vparent: int, name: bytes) -> tuple[int, InodeRecord]:
         if vparent == SNAPSHOTS_INO:
-            commit = self.repo.history.resolve_point(name.decode(errors="surrogateescape"))
-            root = self._id(_Node(commit, ROOT_INODE))
-            return root, self.getattr(root)
-        node = self._node(vparent)
-        ino, _ = CommitView(self.repo.history, node.commit).lookup(node.ino, name)
-        vino = self._id(_Node(node.commit, ino))
+            vino = self._id(_Node(self.snapshots.point(name), ROOT_INODE))
+        else:
+            node = self._node(vparent)
+            vino = self._id(_Node(node.commit, self.snapshots.lookup(node.commit, node.ino, name)))
         return vino, self.getattr(vino)
 
-    def readdir(self, vino: int) -> list[tuple[bytes, int, InodeRecord]]:
+    def readdir(self, vino: int) -> list[tuple[bytes, int]]:
+        """(name, virtual inode) of every entry of a snapshot directory."""
         if vino == SNAPSHOTS_INO:
-            out = []
-            for name, commit, _created, _path in self.repo.history.tags():
-                root = self._id(_Node(commit, ROOT_INODE))
-                out.append((name.encode(), root, self.getattr(root)))
-            return out
+            return [(name, self._id(_Node(commit, ROOT_INODE))) for name, commit in self.snapshots.points()]
         node = self._node(vino)
-        out = []
-        for name, child, rec in CommitView(self.repo.history, node.commit).entries(node.ino):
-            rec.mode &= READ_ONLY
-            out.append((name, self._id(_Node(node.commit, child)), rec))
-        return out
+        return [(name, self._id(_Node(node.commit, ino))) for name, ino in self.snapshots.entries(node.commit, node.ino)]
 
     def readlink(self, vino: int) -> bytes:
         node = self._node(vino)
-        if node.ino == 0:
-            return node.target
-        return CommitView(self.repo.history, node.commit).attrs(node.ino).target
+        return node.target if node.ino == 0 else self.snapshots.readlink(node.commit, node.ino)
 
-    # -- reading historic files ------------------------------------------------------------------
-
-    def open(self, vino: int, writing: bool) -> int:
+    def extents(self, vino: int, writing: bool) -> list[Extent]:
+        """What a snapshot file holds, for ``OpenFiles.open_version``; snapshots are read-only."""
         if writing:
             raise ReadOnly("snapshots are read-only")
         node = self._node(vino)
-        view = CommitView(self.repo.history, node.commit)
-        content = self.repo.content_of(view.extents(node.ino))
-        with self._lock:
-            fh = next(self._fhs)
-            self._files[fh] = (content, ReadStream(), threading.Lock())
-        return fh
-
-    def read(self, fh: int, offset: int, size: int) -> bytes:
-        content, stream, lock = self._files[fh]
-        return self.read_ahead.read(content, stream, offset, size, lock)
-
-    def close(self, fh: int) -> None:
-        with self._lock:
-            entry = self._files.pop(fh, None)
-        if entry is not None:
-            self.read_ahead.cancel(entry[1])
-
+        return self.snapshots.extents(node.commit, node.ino)

@@ -8,23 +8,30 @@ transaction on a system crash. Callers that have just acknowledged an fsync to
 a user call ``Index.sync()`` to flush that too.
 
 The map is sized generously up front (it is virtual address space; the file
-grows only as pages are used) and doubled when LMDB reports it full.
+grows only as pages are used): ``INITIAL_MAP_SIZE``, or twice the file's size when
+that is more. It is never resized while open: LMDB remaps the file then, under the
+feet of every read transaction of other threads. A full map is reported (NoSpace);
+the next open doubles it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
 
-from chunkfs.errors import Conflict, CorruptData, FormatVersionError, NoSpace, NotFound
-from chunkfs.index import keys
+from chunkfs.errors import Conflict, CorruptData, FormatVersionError, NoSpace
+from chunkfs.index import check, keys
 from chunkfs.index.txn import Txn
+from chunkfs.types import ROOT_INODE
+
+DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.PanicError, lmdb.BadDbiError)
+"""LMDB's errors for a damaged file (``chunkfs index rebuild`` is the way out)."""
 
 INITIAL_MAP_SIZE = 64 << 30
 MAX_READERS = 512
@@ -35,13 +42,15 @@ class Index:
 
     def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
-        if not create and not (self.path / "data.mdb").exists():
-            raise NotFound(f"{self.path}: no chunkfs index here; create one with `chunkfs init`")
+        if not create:
+            check.check_file(self.path)  # a truncated file would be a SIGBUS inside LMDB
         self.path.mkdir(parents=True, exist_ok=True)
+        data = self.path / "data.mdb"
+        map_size = max(INITIAL_MAP_SIZE, 2 * data.stat().st_size if data.exists() else 0)
         try:
             self.env = lmdb.open(
                 str(self.path),
-                map_size=INITIAL_MAP_SIZE,
+                map_size=map_size,
                 max_dbs=len(keys.DATABASES) + 8,
                 max_readers=MAX_READERS,
                 sync=True,
@@ -55,11 +64,12 @@ class Index:
                 raise Conflict(
                     f"{self.path}: the index is already open in this process; reuse that handle"
                 ) from None
-            raise CorruptData(f"{self.path}: cannot open the LMDB index: {e}") from None
-        self._dbs = {
-            name: self.env.open_db(name.encode(), create=not readonly) for name in keys.DATABASES
-        }
-        self._grow_lock = threading.Lock()
+            raise CorruptData(f"{self.path}: cannot open the LMDB index: {e}; {check.hint(self.path)}") from None
+        try:
+            self._dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in keys.DATABASES}
+        except DAMAGE as e:
+            self.env.close()
+            raise CorruptData(f"{self.path}: damaged ({e}); {check.hint(self.path)}") from None
         if create:
             self._initialise()
         self._check_format()
@@ -69,9 +79,15 @@ class Index:
             if t.meta_get(keys.META_FORMAT) is None:
                 t.meta_put(keys.META_FORMAT, keys.u32(keys.FORMAT_VERSION))
                 t.meta_put(keys.META_REPO_ID, secrets.token_bytes(16))
-                t.meta_put(keys.META_NEXT_INODE, keys.u64(keys.ROOT_INODE + 1))
+                t.meta_put(keys.META_NEXT_INODE, keys.u64(ROOT_INODE + 1))
                 t.meta_put(keys.META_NEXT_MANIFEST, keys.u64(1))
                 t.meta_put(keys.META_NEXT_COMMIT, keys.u64(1))
+
+    @functools.cached_property
+    def repo_id(self) -> bytes:
+        """The repository's random id (``meta/repo_id``, set at init): pack ids and locations carry it."""
+        with self.read() as t:
+            return bytes(t.meta_get(keys.META_REPO_ID) or b"")
 
     def _check_format(self) -> None:
         with self.read() as t:
@@ -88,8 +104,11 @@ class Index:
     @contextlib.contextmanager
     def read(self) -> Iterator[Txn]:
         """A read-only snapshot; cheap, may run on any thread (including trio's)."""
-        with self.env.begin(buffers=False) as txn:
-            yield Txn(txn, self._dbs)
+        try:
+            with self.env.begin(buffers=False) as txn:
+                yield Txn(txn, self._dbs)
+        except DAMAGE as e:
+            raise CorruptData(f"{self.path}: damaged ({e}); {check.hint(self.path)}") from None
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Txn]:
@@ -103,20 +122,44 @@ class Index:
             with self.env.begin(write=True, buffers=False) as txn:
                 yield Txn(txn, self._dbs)
         except lmdb.MapFullError:
-            self._grow()
+            size = self.env.info()["map_size"]
             raise NoSpace(
-                f"{self.path}: the index map was full and has been grown; retry the operation"
+                f"{self.path}: the index filled its map ({size >> 20} MiB); unmount and mount again "
+                f"(or rerun the command): the next open doubles it"
             ) from None
         except lmdb.DiskError as e:
             raise NoSpace(f"{self.path}: cannot write the index: {e}") from None
+        except DAMAGE as e:
+            raise CorruptData(f"{self.path}: damaged ({e}); {check.hint(self.path)}") from None
         except lmdb.Error as e:
             if "No space left" in str(e):
                 raise NoSpace(f"{self.path}: disk full while writing the index") from None
             raise
 
-    def _grow(self) -> None:
-        with self._grow_lock:
-            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+    def salvage_from(self, damaged: Path, scratch: Path) -> dict[str, int]:
+        """Copy every record that can still be read out of the damaged index in directory
+        ``damaged`` into this one (``check.salvage``: child processes, a crash loses only the rest
+        of one database); return the records copied per database."""
+        counts: dict[str, int] = {}
+        batch: list[tuple[str, bytes, bytes]] = []
+
+        def flush() -> None:
+            with self.write() as t:
+                for db, key, value in batch:
+                    t.restore_record(db, key, value)
+            batch.clear()
+
+        for db, key, value in check.salvage(damaged, keys.DATABASES, scratch):
+            counts.setdefault(db, 0)
+            if value is not None:
+                batch.append((db, key, value))
+                counts[db] += 1
+                if len(batch) >= 10_000:
+                    flush()
+        flush()
+        with self.write() as t:
+            t.fix_sequences()
+        return counts
 
     def sync(self) -> None:
         """Flush everything committed so far (including the meta page) to disk."""

@@ -46,9 +46,11 @@ Databases
     path, and lets rename/unlink of a directory check it stays a tree.
 
 ``manifests`` manifest id u64 → a file's content as a list of extents.
-    value: format u8 (=1) | extent count u32 | extents, each: length u32 | chunk id (32)
+    value: format u8 | extent count u32 | extents, each: length | chunk id (32);
+    format 1: length u32; format 2 (written only when an extent is 4 GiB or more:
+    a hole): length u64.
     Extents are contiguous from offset 0; their lengths sum to the file size. A
-    chunk id of 32 zero bytes is a hole (reads as zeros). Manifests are immutable:
+    chunk id of 32 zero bytes is a hole (reads as zeros): one extent of any length. Manifests are immutable:
     a changed file gets a new manifest id, so a version can keep the old one.
 
 ``xattrs``    inode u64 | name bytes → value bytes (extended attributes).
@@ -168,7 +170,7 @@ Operations (docs/operations.md): replication, restore drills, metadata backups.
 
 ``replicas``  pack id (16) | replica id (8) → verified ns i64 | size u64 | BLAKE3 of the whole pack (32).
     A verified copy of a sealed pack on one of ``replication.replicas``
-    (store/replicas.py). The replica id is the first 8 bytes of the BLAKE3 of
+    (store/maintenance/replicas.py). The replica id is the first 8 bytes of the BLAKE3 of
     the replica's URL as configured (``replica_id``), so reordering the list
     keeps the entries. Written only after the object's size and BLAKE3 were
     checked on the replica; a hint for reads and repairs, which verify every
@@ -180,9 +182,28 @@ Operations (docs/operations.md): replication, restore drills, metadata backups.
     oldest first; `chunkfs drill --history` lists them.
 
 ``meta/backup`` → generation u64 | time ns i64 | LMDB txn id u64 of the last metadata
-    backup this repository uploaded (store/metabackup.py); absent: never.
+    backup this repository uploaded (store/maintenance/metabackup.py); absent: never.
     Stored outside the backup's own snapshot semantics: the backup written as
     generation N contains generation N-1 here.
+
+Long keys. LMDB keys are at most 511 bytes (``MAX_KEY``), but paths reach PATH_MAX
+(4096) and a checkpoint key holds several path components. Two encodings keep every
+key short and still ordered by its leading bytes; the full value goes to ``long_keys``:
+
+* a registry *field* (``ckpts``, ``ckpt_run``, ``ckpt_metric``) longer than
+  ``FIELD_MAX`` bytes is stored as its first ``FIELD_PREFIX`` bytes | 0x01 | 32 hex
+  digits of its BLAKE3: exactly ``FIELD_MAX + 1`` bytes, a length no field stored as
+  itself has. With at most ``types.MAX_LEVELS`` levels a key stays under ``MAX_KEY``.
+* a *path* key (``runs``, ``pins``) longer than ``PATH_KEY_MAX`` bytes is stored as its
+  first ``PATH_PREFIX`` bytes | 0x00 | 32 hex digits of its BLAKE3 (paths never
+  contain 0x00).
+
+``long_keys``  shortened form → the full bytes. Written with every key that holds a
+    shortened form (idempotent: the same input always gives the same form), never
+    deleted (a few hundred bytes per distinct long name). Reads of keys turn
+    shortened forms back into the full names through it; a prefix scan for a field
+    longer than ``FIELD_PREFIX`` scans by its first ``FIELD_PREFIX`` bytes and keeps
+    the records whose full field matches (``Txn`` does both).
 
 Garbage collection (docs/gc.md).
 
@@ -196,7 +217,7 @@ Garbage collection (docs/gc.md).
     floor and the grace period has passed.
 
 ``gc_leases`` lease id (16) → pid u32 | floor epoch u64 | heartbeat ns i64 | host (UTF-8, rest).
-    One per process that writes chunks (store/packstore.py). ``floor``: the
+    One per process that writes chunks (store/pack/store.py). ``floor``: the
     gc epoch at the start of the oldest write window (an open file being
     written) of that process; chunks condemned at an epoch ≥ some live floor
     may still be referenced by a commit to come, and keep their bytes.
@@ -204,11 +225,18 @@ Garbage collection (docs/gc.md).
     flush, removed at close; gc removes leases of dead processes.
 
 ``meta/gc_epoch`` → u64: number of condemn transactions so far (absent: 0).
+
+``meta/seal_request`` → i64 ns: when a gc last asked the writing processes to seal their
+open packs (so that it can reclaim the dead bytes in them); each writer seals them
+once per request (``PackStore.answer_seal_request``). Absent: never.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+
+import blake3
 
 from chunkfs.errors import CorruptData
 from chunkfs.types import (
@@ -224,15 +252,15 @@ from chunkfs.types import (
 FORMAT_VERSION = 1
 
 DATABASES = (
-    "meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",
-    "commits", "dirhist", "inohist", "tags",
-    "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",
-    "uploads", "copies", "moves", "runs", "pins", "counters",
+    "meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",  # the tree and the store
+    "commits", "dirhist", "inohist", "tags",  # "History"
+    "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",  # "Registry"
+    "uploads", "copies", "moves", "runs", "pins", "counters",  # "Tiers"
+    "replicas", "drills",  # "Operations"
+    "condemned", "gc_leases",  # "Garbage collection"
+    "long_keys",  # "Long keys"
 )  # fmt: skip
-
-DATABASES += ("replicas", "drills")  # operations (the "Operations" section at the end)
-
-ROOT_INODE = 1
+"""Every named database of the environment, in the order of the sections above."""
 
 META_FORMAT = b"format"
 META_REPO_ID = b"repo_id"
@@ -246,8 +274,10 @@ _CHUNK = struct.Struct(f">{PACK_ID_LEN}sQIIB")
 _PACK = struct.Struct(">BBQIQ")
 _INODE = struct.Struct(">IIIIQqqqIQ")
 _EXTENT = struct.Struct(f">I{CHUNK_ID_LEN}s")
+_EXTENT_WIDE = struct.Struct(f">Q{CHUNK_ID_LEN}s")
 _MANIFEST_HEAD = struct.Struct(">BI")
 MANIFEST_FORMAT = 1
+MANIFEST_FORMAT_WIDE = 2
 
 
 def u32(n: int) -> bytes:
@@ -327,17 +357,21 @@ def decode_parent_key(key: bytes) -> tuple[int, bytes]:
 
 
 def encode_manifest(extents: list[Extent]) -> bytes:
-    out = bytearray(_MANIFEST_HEAD.pack(MANIFEST_FORMAT, len(extents)))
+    """Format 1 (u32 lengths) when every extent fits, else format 2 (u64 lengths: a big hole)."""
+    wide = any(e.length > 0xFFFFFFFF for e in extents)
+    fmt, ext = (MANIFEST_FORMAT_WIDE, _EXTENT_WIDE) if wide else (MANIFEST_FORMAT, _EXTENT)
+    out = bytearray(_MANIFEST_HEAD.pack(fmt, len(extents)))
     for e in extents:
-        out += _EXTENT.pack(e.length, e.chunk)
+        out += ext.pack(e.length, e.chunk)
     return bytes(out)
 
 
 def decode_manifest(b: bytes) -> list[Extent]:
     fmt, count = _MANIFEST_HEAD.unpack_from(b)
-    if fmt != MANIFEST_FORMAT or len(b) != _MANIFEST_HEAD.size + count * _EXTENT.size:
+    ext = {MANIFEST_FORMAT: _EXTENT, MANIFEST_FORMAT_WIDE: _EXTENT_WIDE}.get(fmt)
+    if ext is None or len(b) != _MANIFEST_HEAD.size + count * ext.size:
         raise CorruptData(f"manifest of unknown format {fmt} or wrong length; run `chunkfs fsck`")
-    return [Extent(n, c) for n, c in _EXTENT.iter_unpack(b[_MANIFEST_HEAD.size :])]
+    return [Extent(n, c) for n, c in ext.iter_unpack(b[_MANIFEST_HEAD.size :])]
 
 
 # -- xattrs -------------------------------------------------------------------
@@ -407,7 +441,7 @@ def decode_tag(b: bytes) -> tuple[int, int, str]:
 
 # -- checkpoint registry -----------------------------------------------------------------
 
-import json as _json  # noqa: E402  (used only by the registry encodings below)
+import json as _json
 
 META_REGISTRY = b"registry"
 
@@ -418,21 +452,69 @@ _F64 = struct.Struct(">d")
 _SIGN = 1 << 63
 
 
-def _field(name: str) -> bytes:
+MAX_KEY = 511
+"""LMDB's key size limit (MDB_MAXKEYSIZE of the library py-lmdb bundles)."""
+FIELD_MAX = 72
+"""With at most ``types.MAX_LEVELS`` (6) levels, 6 × (FIELD_MAX + 2) + 24 < MAX_KEY."""
+FIELD_PREFIX = FIELD_MAX - 32
+PATH_KEY_MAX = 400
+PATH_PREFIX = PATH_KEY_MAX - 40
+
+
+def _digest_hex(b: bytes) -> bytes:
+    return blake3.blake3(b).hexdigest(16).encode()
+
+
+def _raw_field(name: str) -> bytes:
     b = name.encode("utf-8", "surrogateescape")
     if b"\x00" in b:
         raise ValueError(f"a checkpoint key field cannot contain NUL: {name!r}")
     return b
 
 
+def field_key(name: str) -> bytes:
+    """A registry field as stored in keys: itself, or shortened when longer than ``FIELD_MAX``."""
+    b = _raw_field(name)
+    return b if len(b) <= FIELD_MAX else b[:FIELD_PREFIX] + b"\x01" + _digest_hex(b)
+
+
+def is_short_field(b: bytes) -> bool:
+    """Whether a stored field is a shortened form (see "Long keys")."""
+    return len(b) == FIELD_MAX + 1
+
+
+def long_fields(fields) -> list[tuple[bytes, bytes]]:
+    """(shortened form, full bytes) of each field of ``fields`` that keys store shortened."""
+    return [(field_key(f), _raw_field(f)) for f in fields if len(_raw_field(f)) > FIELD_MAX]
+
+
 def ckpt_prefix(fields, open_last: bool = False) -> bytes:
     """Key prefix of the records whose first levels are ``fields``.
 
     With ``open_last`` the last field is left unterminated: the prefix then also
-    matches records whose field at that level merely starts with it.
+    matches records whose field at that level merely starts with it. An open
+    field longer than ``FIELD_PREFIX`` is cut to that length (the caller filters:
+    ``open_prefix_is_exact``).
     """
-    out = b"".join(_field(f) + b"\x00" for f in fields)
-    return out[:-1] if open_last and fields else out
+    if open_last and fields:
+        *head, last = fields
+        return b"".join(field_key(f) + b"\x00" for f in head) + _raw_field(last)[:FIELD_PREFIX]
+    return b"".join(field_key(f) + b"\x00" for f in fields)
+
+
+def open_prefix_is_exact(fields, open_last: bool) -> bool:
+    """Whether every key under ``ckpt_prefix(fields, open_last)`` really matches (no filtering needed)."""
+    return not (open_last and fields and len(_raw_field(fields[-1])) > FIELD_PREFIX)
+
+
+def path_key(path: str) -> bytes:
+    """A path as a ``runs``/``pins`` key: itself, or shortened when longer than ``PATH_KEY_MAX``."""
+    b = path.encode("utf-8", "surrogateescape")
+    return b if len(b) <= PATH_KEY_MAX else b[:PATH_PREFIX] + b"\x00" + _digest_hex(b)
+
+
+def is_short_path(key: bytes) -> bool:
+    return b"\x00" in key
 
 
 def ckpt_key(fields, step: int, ino: int) -> bytes:
@@ -461,7 +543,7 @@ def ckpt_run_key(fields, step: int, ino: int) -> bytes:
 
 
 def ckpt_run_prefix(run: str) -> bytes:
-    return _field(run) + b"\x00"
+    return field_key(run) + b"\x00"
 
 
 def decode_ckpt_run_key(key: bytes) -> tuple[tuple[str, ...], int, int]:
@@ -501,7 +583,7 @@ def encode_ckpt(commit: int, time_ns: int, metric: float | None, doc: dict) -> b
 def decode_ckpt_head(b: bytes) -> tuple[int, int, float | None]:
     """(commit, time ns, metric or None) of a ``ckpts`` value, without parsing its JSON."""
     commit, time_ns, metric = _CKPT_HEAD.unpack_from(b)
-    return commit, time_ns, None if metric != metric else metric
+    return commit, time_ns, None if math.isnan(metric) else metric
 
 
 def decode_ckpt(b: bytes) -> tuple[int, int, float | None, dict]:
@@ -564,12 +646,9 @@ def decode_move(b: bytes) -> tuple[int, int]:
     return _MOVE.unpack(b)
 
 
-def group_key(group: str) -> bytes:
-    return group.encode("utf-8", "surrogateescape")
-
-
-def decode_group_key(key: bytes) -> str:
-    return bytes(key).decode("utf-8", "surrogateescape")
+def decode_path(b: bytes) -> str:
+    """A path (or a field) from its full bytes (``long_keys`` value, or a key that is not shortened)."""
+    return bytes(b).decode("utf-8", "surrogateescape")
 
 
 def encode_run(completed_ns: int, last_read_ns: int, held: int) -> bytes:
@@ -608,8 +687,6 @@ _BACKUP = struct.Struct(">QqQ")
 
 def replica_id(url: str) -> bytes:
     """The 8-byte id of a replica location (its key part in ``replicas``)."""
-    import blake3
-
     return blake3.blake3(url.encode()).digest()[:8]
 
 
@@ -647,9 +724,9 @@ def decode_backup(b: bytes) -> tuple[int, int, int]:
 
 # -- garbage collection (the "Garbage collection" section above) -------------------------------
 
-DATABASES += ("condemned", "gc_leases")
 
 META_GC_EPOCH = b"gc_epoch"
+META_SEAL_REQUEST = b"seal_request"
 _CONDEMNED_HEAD = struct.Struct(">Qq")
 _LEASE = struct.Struct(">IQq")
 

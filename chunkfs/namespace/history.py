@@ -15,13 +15,12 @@ from __future__ import annotations
 import re
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from chunkfs import clock
 from chunkfs.errors import AlreadyExists, InvalidArgument, NotFound
 from chunkfs.index import Index
-from chunkfs.index.keys import ROOT_INODE
-from chunkfs.types import Extent, Version
+from chunkfs.types import ROOT_INODE, Extent, Version
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 """Tag names: safe as a directory name in .snapshots/, never starting with '@' (and, checked
@@ -41,6 +40,7 @@ class LogEntry:
     blake3: str  # hex; empty when unknown or not a file
     writer_uid: int | None
     kind: str  # "file", "directory", "symlink"
+    whole_at: int | None = None  # a removed directory: the last commit at which it was whole
 
 
 def _kind(mode: int) -> str:
@@ -54,7 +54,7 @@ def _kind(mode: int) -> str:
 def parse_time(text: str) -> int | None:
     """An ISO-8601 time (``2026-11-30T12:00``, ``…Z``, ``…+01:00``) in ns, or None."""
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text)
     except ValueError:
         return None
     if when.tzinfo is None:
@@ -83,7 +83,7 @@ class History:
 
     def resolve_point(self, spec: str) -> int:
         """A commit number from ``123``, ``@123``, an ISO time (``@2026-11-30T12:00``) or a tag name."""
-        text = spec[1:] if spec.startswith("@") else spec
+        text = spec.removeprefix("@")
         with self.index.read() as t:
             if text.isdigit():
                 commit = int(text)
@@ -183,12 +183,16 @@ class History:
             dirs_seen = set()
             for i, (commit, child) in enumerate(history):
                 if child == 0:
-                    entries.append(LogEntry(commit, t.commit_time(commit) or 0, path, "removed", 0, 0, "", None, ""))
+                    gone = history[i + 1][1] if i + 1 < len(history) else 0
+                    entries.append(self._removal(t, commit, path, gone))
                     continue
                 until = history[i - 1][0] if i > 0 else None  # the next change of this name
-                entries += self._arrival(t, child, commit, path)
+                arrived = self._arrival(t, child, commit, path, until)
+                entries += arrived
                 for v in t.versions(child):
-                    if v.commit > commit and (until is None or v.commit < until):
+                    if v.commit > commit and (until is None or v.commit < until) and v.commit not in {
+                        e.commit for e in arrived
+                    }:
                         entries.append(self._entry(t, v, path, "written"))
                 rec = t.version_at(child, commit)
                 if rec is not None and stat.S_ISDIR(rec.record.mode) and child not in dirs_seen:
@@ -197,11 +201,15 @@ class History:
         entries.sort(key=lambda e: (e.commit, e.event != "removed"), reverse=True)
         return entries
 
-    def _arrival(self, t, child: int, commit: int, path: str) -> list[LogEntry]:
-        """The entry for inode ``child`` getting name ``path`` at ``commit``."""
+    def _arrival(self, t, child: int, commit: int, path: str, until: int | None = None) -> list[LogEntry]:
+        """The entry for inode ``child`` getting name ``path`` at ``commit`` (the name's next
+        change is at ``until``). A file created open for writing has no version until its
+        content is committed (safetensors renames its file before closing it): it arrives
+        with its first version, if that came before the name changed again."""
         v = t.version_at(child, commit)
         if v is None:
-            return []
+            later = [x for x in t.versions(child) if x.commit > commit and (until is None or x.commit < until)]
+            return [self._entry(t, later[-1], path, "created")] if later else []
         if v.commit == commit:
             return [self._entry(t, v, path, "created")]
         moved = Version(v.ino, commit, v.record, v.blake3, v.writer_uid)
@@ -215,15 +223,48 @@ class History:
             v.commit, t.commit_time(v.commit) or 0, path, event, v.ino, rec.size, blake, v.writer_uid, _kind(rec.mode)
         )
 
+    def _removal(self, t, commit: int, path: str, gone: int) -> LogEntry:
+        """The entry for ``path`` losing its inode ``gone`` at ``commit``. For a directory, also the
+        last commit at which it was whole: ``rm -rf`` (a trainer rotating a checkpoint away) unlinks
+        its files one commit each before the directory itself goes, and ``.snapshots/@N`` of a commit
+        in between shows it half empty."""
+        v = t.version_at(gone, commit) if gone else None
+        kind = _kind(v.record.mode) if v is not None else ""
+        whole = self._last_whole(t, gone, commit) if kind == "directory" else None
+        return LogEntry(commit, t.commit_time(commit) or 0, path, "removed", gone, 0, "", None, kind, whole)
+
+    @staticmethod
+    def _last_whole(t, ino: int, removed_at: int) -> int:
+        """The commit before the removals that emptied directory ``ino`` ahead of its own removal: the
+        trailing run of removals among every change inside it, before ``removed_at``."""
+        changes: list[tuple[int, bool]] = []
+        todo, seen = [ino], {ino}
+        while todo:
+            parent = todo.pop()
+            for name in t.dirhist_names(parent):
+                for commit, child in t.dirhist(parent, name):
+                    if commit < removed_at:
+                        changes.append((commit, child == 0))
+                    if child and child not in seen:
+                        seen.add(child)
+                        todo.append(child)
+        first = removed_at
+        for commit, removal in sorted(changes, reverse=True):
+            if not removal:
+                break
+            first = commit
+        return first - 1
+
     def _dir_changes(self, t, ino: int, path: str) -> list[LogEntry]:
         out = []
         for name in t.dirhist_names(ino):
             sub = f"{path.rstrip('/')}/{name.decode(errors='replace')}"
-            for commit, child in t.dirhist(ino, name):
+            changes = t.dirhist(ino, name)  # newest first
+            for k, (commit, child) in enumerate(changes):
                 if child == 0:
-                    out.append(LogEntry(commit, t.commit_time(commit) or 0, sub, "removed", 0, 0, "", None, ""))
+                    out.append(self._removal(t, commit, sub, changes[k + 1][1] if k + 1 < len(changes) else 0))
                 else:
-                    out += self._arrival(t, child, commit, sub)
+                    out += self._arrival(t, child, commit, sub, changes[k - 1][0] if k else None)
         return out
 
     # -- tags -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import threading
 from collections import Counter
 
 from chunkfs import clock
+from chunkfs.config import RegistrySettings
 from chunkfs.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -34,31 +35,34 @@ from chunkfs.errors import (
     NotFound,
 )
 from chunkfs.index import Index, Txn
-from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace.registry import Registry
-from chunkfs.types import Extent, InodeRecord
+from chunkfs.namespace.registry.keypath import run_of
+from chunkfs.types import NAME_MAX, ROOT_INODE, Extent, InodeRecord
 
 NO_HASH = bytes(32)
 """The whole-file hash of a version that has none (directories, symlinks, unknown)."""
 
-STEP_RE = re.compile(rb"\d+$")
-"""A directory whose name ends in a number is a checkpoint step (checkpoint-1500)."""
 
 
 def _name(name: bytes) -> bytes:
     if not name or b"/" in name or name in (b".", b".."):
         raise InvalidArgument(f"invalid file name {name!r}")
-    if len(name) > 255:
-        raise NameTooLong(f"file name too long (over 255 bytes): {name[:40]!r}…")
+    if len(name) > NAME_MAX:
+        raise NameTooLong(f"file name too long (over {NAME_MAX} bytes): {name[:40]!r}…")
     return name
 
 
 class Namespace:
     """The file tree of one repository, stored in the index."""
 
-    def __init__(self, index: Index, registry: Registry | None = None) -> None:
+    def __init__(self, index: Index, registry: Registry | None = None, *, keep_nameless: bool = False) -> None:
+        """``keep_nameless``: an inode that loses its last name is kept, not dropped — for a
+        process writing beside the repository's maintainer (``Repository(shared=True)``), which
+        cannot know whether the mount holds that inode open; the maintainer drops it
+        (``forget_orphans`` at its next open)."""
         self.index = index
         self.registry = registry
+        self.keep_nameless = keep_nameless
         self._refs = Counter()  # inode → references (open handles, kernel lookups)
         self._lock = threading.Lock()
         with index.read() as t:
@@ -84,6 +88,8 @@ class Namespace:
         return rec
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, InodeRecord]:
+        if len(name) > NAME_MAX:  # no entry can have it: say why (unlink, chmod, rename… look it up first)
+            raise NameTooLong(f"file name too long (over {NAME_MAX} bytes): {name[:40]!r}…")
         with self.index.read() as t:
             self._dir(t, parent)
             child = t.dirent_get(parent, name)
@@ -139,6 +145,11 @@ class Namespace:
             raise NotFound(f"inode {ino}: has no parent (unlinked)")
         return links[0][0]
 
+    def names_of(self, ino: int) -> list[tuple[int, bytes]]:
+        """Every (parent, name) that links ``ino`` (hard links: several; none once unlinked)."""
+        with self.index.read() as t:
+            return t.parents(ino)
+
     def path_of(self, ino: int) -> str:
         """One path of ``ino`` (the first of its names), '/' for the root."""
         parts = []
@@ -152,18 +163,21 @@ class Namespace:
         return "/" + "/".join(reversed(parts))
 
     def group_of(self, ino: int) -> str:
-        """The pack group of a file: its run directory (the parent of its step
-        directory, e.g. ``/llama/8b/lora/run1`` for ``…/run1/checkpoint-500/x``),
-        or its own directory when the path has no step level."""
-        parts = self.path_of(ino).strip("/").split("/")[:-1]
-        for i in range(len(parts) - 1, -1, -1):
-            if STEP_RE.search(os.fsencode(parts[i])):
-                return "/" + "/".join(parts[:i])
-        return "/" + "/".join(parts)
+        """The pack group of a file: its run directory (the parent of its checkpoint directory,
+        e.g. ``/llama/8b/lora/run1`` for ``…/run1/checkpoint-500/x``), or its own directory when
+        the path has no checkpoint level — by the registry's ``step_pattern`` (``Registry.run_of``),
+        so that tiering and the registry agree on what a run is."""
+        path = self.path_of(ino)
+        if self.registry is not None:
+            return self.registry.run_of(path)
+        return run_of(path, re.compile(RegistrySettings().step_pattern))
 
     # -- creating -------------------------------------------------------------------
 
-    def _create(self, parent: int, name: bytes, rec: InodeRecord) -> tuple[int, InodeRecord]:
+    def _create(self, parent: int, name: bytes, rec: InodeRecord, *, versioned: bool = True) -> tuple[int, InodeRecord]:
+        """A new inode named ``name`` in ``parent``. ``versioned``: its first version is recorded
+        now; a file created open for writing gets its first version when its content is
+        committed (``set_content``), so that history never shows it before it was complete."""
         name = _name(name)
         with self.index.write() as t:
             prec = self._dir(t, parent)
@@ -172,7 +186,8 @@ class Namespace:
             ino = t.next_inode()
             t.inode_put(ino, rec)
             t.dirent_put(parent, name, ino)
-            t.version_put(ino, t.commit, rec, NO_HASH, rec.uid)
+            if versioned:
+                t.version_put(ino, t.commit, rec, NO_HASH, rec.uid)
             if self.registry is not None and stat.S_ISDIR(rec.mode):
                 self.registry.on_dir_changed(t, ino)
             prec.mtime_ns = prec.ctime_ns = rec.ctime_ns
@@ -186,14 +201,16 @@ class Namespace:
         rec = InodeRecord(stat.S_IFDIR | (mode & 0o7777), uid, gid, 2, 0, now, now, now)
         return self._create(parent, name, rec)
 
-    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0):
-        """A regular file (or another non-directory node) with no content."""
+    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0, *, versioned: bool = True):
+        """A regular file (or another non-directory node) with no content. ``versioned=False``
+        for a file created open for writing: no version until its content is committed."""
         if stat.S_ISDIR(mode):
             raise InvalidArgument("use mkdir for directories")
         if not stat.S_IFMT(mode):
             mode |= stat.S_IFREG
         now = clock.now_ns()
-        return self._create(parent, name, InodeRecord(mode, uid, gid, 1, 0, now, now, now, rdev))
+        rec = InodeRecord(mode, uid, gid, 1, 0, now, now, now, rdev)
+        return self._create(parent, name, rec, versioned=versioned)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int):
         now = clock.now_ns()
@@ -258,7 +275,7 @@ class Namespace:
             rec.nlink -= 1
         t.inode_put(parent, prec)
         rec.ctime_ns = now
-        if rec.nlink > 0 or self._refs[child]:
+        if rec.nlink > 0 or self._refs[child] or self.keep_nameless:
             t.inode_put(child, rec)
         else:
             self._drop(t, child, rec)
@@ -373,6 +390,16 @@ class Namespace:
                     if rec is not None and rec.nlink == 0 and not self._refs[ino]:
                         self._drop(t, ino, rec)
 
+    def drop_dangling_links(self) -> int:
+        """Remove directory entries whose parent or child inode is gone, and reverse records
+        without their entry (an index salvaged from a damaged one); return how many."""
+        with self.index.write() as t:
+            bad = [(p, n, c) for p, n, c in t.dirents_all() if t.inode_get(p) is None or t.inode_get(c) is None]
+            bad += [(p, n, c) for c, p, n in t.parents_all() if t.dirent_get(p, n) != c]
+            for parent, name, child in bad:
+                t.link_delete(parent, name, child)
+        return len(bad)
+
     def forget_orphans(self) -> int:
         """Drop inodes with no name left (a crashed daemon held them open)."""
         with self.index.write() as t:
@@ -406,14 +433,14 @@ class Namespace:
         extents: list[Extent],
         mtime_ns: int | None = None,
         *,
-        blake3: bytes = NO_HASH,
+        blake3: bytes | None = None,
         writer_uid: int | None = None,
         sidecar: bytes | None = None,
     ) -> InodeRecord:
         """Point a file at new content (a new manifest): one transaction, one new version.
 
         The previous manifest is kept: the previous version still names it.
-        ``blake3`` is the whole-file hash, ``writer_uid`` who wrote the content;
+        ``blake3`` is the whole-file hash (None: not known), ``writer_uid`` who wrote the content;
         ``sidecar`` is the content itself when the registry wants it
         (``Registry.wants``: trainer_state.json and friends) to extract metadata.
         """
@@ -423,7 +450,7 @@ class Namespace:
             rec.size = sum(e.length for e in extents)
             rec.mtime_ns = rec.ctime_ns = mtime_ns if mtime_ns is not None else clock.now_ns()
             t.inode_put(ino, rec)
-            t.version_put(ino, t.commit, rec, blake3, rec.uid if writer_uid is None else writer_uid)
+            t.version_put(ino, t.commit, rec, blake3 or NO_HASH, rec.uid if writer_uid is None else writer_uid)
             if self.registry is not None:
                 for parent, name in t.parents(ino):
                     self.registry.on_file_committed(parent, name, sidecar, txn=t)

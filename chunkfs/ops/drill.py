@@ -2,18 +2,22 @@
 
 A drill restores PATH as of a version (``--at``: commit, tag or time; default
 the newest commit) into a scratch directory, reading every chunk **only** from
-the named source — ``warm``, ``cold`` or ``replica`` — with ranged reads
-straight from that backend: no in-memory cache, no disk read cache, no hot
-copy. A chunk that is not on that source fails the drill (that is what a drill
-is for). Each chunk is verified against its hash, and each file against the
-whole-file BLAKE3 recorded in its version when it was committed
-(``Version.blake3``); a version recorded without one (zeros) is reported as
-*unverified*. ``--check-cmd`` then runs a command on the restored tree (a script
-that loads the model and compares its outputs, say): the scratch directory is
-its last argument and ``$CHUNKFS_DRILL_DIR``; a non-zero exit fails the drill.
+the named source — ``hot``, ``warm``, ``cold`` or ``replica``; by default warm,
+else cold, else hot, whichever is configured first — with reads straight from
+that backend: no in-memory cache, no disk read cache, no other tier. A chunk
+that is not on that source fails the drill (that is what a drill is for). Each
+chunk is verified against its hash, and each file against the whole-file BLAKE3
+recorded in its version when it was committed (``Version.blake3``); a version
+recorded without one (zeros) is reported as *unverified*. A drill from ``hot``
+proves what the local disk holds (every chunk read back, verified, restored).
+``--check-cmd`` then runs a command on the restored checkpoint (a script that
+loads the model and compares its outputs, say): the restored directory (or file)
+itself is its last argument and ``$CHUNKFS_DRILL_DIR``; a non-zero exit fails
+the drill.
 
-The result — time end to end, MB/s, files, verdict, problems — is stored in the
-``drills`` database (keys.py) and listed by ``chunkfs drill --history``.
+The result — the restore's time and MB/s, the check's time apart, files,
+verdict, problems — is stored in the ``drills`` database (keys.py) and listed
+by ``chunkfs drill --history``.
 """
 
 from __future__ import annotations
@@ -34,11 +38,10 @@ from chunkfs.engine import codec
 from chunkfs.errors import ChunkfsError, CorruptData, UsageError
 from chunkfs.namespace.views import CommitView
 from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_name
-from chunkfs.store.tiers import tier_name
-from chunkfs.types import HOLE, ChunkId, Tier
+from chunkfs.store.pack.files import pack_name
+from chunkfs.types import HOLE, ChunkId, Tier, tier_name
 
-SOURCES = ("warm", "cold", "replica")
+SOURCES = ("hot", "warm", "cold", "replica")
 ZERO = bytes(32)
 
 
@@ -52,8 +55,10 @@ class DrillResult:
     verified: int = 0
     unverified: list[str] = field(default_factory=list)  # files whose version has no recorded BLAKE3
     bytes: int = 0
-    seconds: float = 0.0
-    mb_per_s: float = 0.0
+    seconds: float = 0.0  # end to end
+    restore_seconds: float = 0.0
+    mb_per_s: float = 0.0  # of the restore
+    check_seconds: float = 0.0
     check_cmd: str = ""
     check_exit: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -75,7 +80,7 @@ class _SourceReader:
                 raise UsageError("no replicas configured (replication.replicas in chunkfs.toml)")
             self.backends = [(url, repo.replicas.backend(url)) for url in repo.replicas.urls]
         else:
-            tier = Tier.WARM if source == "warm" else Tier.COLD
+            tier = Tier[source.upper()]
             if not repo.tiers.configured(tier):
                 raise UsageError(f"no {source} tier configured (tiers.{source} in chunkfs.toml)")
             self.tier = tier
@@ -103,17 +108,23 @@ class _SourceReader:
         raise CorruptData("; ".join(errors))
 
 
+def default_source(repo: Repository) -> str:
+    """Warm, else cold, else hot: the first tier configured (a hot-only repository drills from disk)."""
+    return next((tier_name(t) for t in (Tier.WARM, Tier.COLD) if repo.tiers.configured(t)), "hot")
+
+
 def drill(
     repo: Repository,
     path: str,
     *,
     at: str | None = None,
-    source: str = "warm",
+    source: str | None = None,
     check_cmd: str | None = None,
     scratch: Path | None = None,
     keep: bool = False,
     record: bool = True,
 ) -> DrillResult:
+    source = source or default_source(repo)
     if source not in SOURCES:
         raise UsageError(f"--from {source}: use one of {', '.join(SOURCES)}")
     commit = repo.history.resolve_point(at) if at else repo.history.last_commit()
@@ -135,15 +146,20 @@ def drill(
             raise UsageError(f"{path}: {e}") from None
         name = path.rstrip("/").rsplit("/", 1)[-1] or "root"
         _restore(repo, view, reader, ino, scratch / name, path.rstrip("/") or "/", commit, result)
+        result.restore_seconds = time.monotonic() - started
         if check_cmd and not result.problems:
-            env = dict(os.environ, CHUNKFS_DRILL_DIR=str(scratch))
-            done = subprocess.run(f"{check_cmd} {_quote(str(scratch))}", shell=True, env=env)
+            restored = scratch / name  # the checkpoint itself, not the scratch directory around it
+            env = dict(os.environ, CHUNKFS_DRILL_DIR=str(restored))
+            checking = time.monotonic()
+            done = subprocess.run(f"{check_cmd} {_quote(str(restored))}", shell=True, env=env, check=False)
+            result.check_seconds = time.monotonic() - checking
             result.check_exit = done.returncode
             if done.returncode != 0:
                 result.problems.append(f"check command exited with {done.returncode}: {check_cmd}")
     finally:
         result.seconds = time.monotonic() - started
-        result.mb_per_s = result.bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
+        result.restore_seconds = result.restore_seconds or result.seconds
+        result.mb_per_s = result.bytes / 1e6 / result.restore_seconds if result.restore_seconds > 0 else 0.0
         result.verdict = "pass" if not result.problems else "fail"
         if not keep:
             if own_scratch:
@@ -175,21 +191,28 @@ def _restore(repo, view: CommitView, reader: _SourceReader, ino: int, dest: Path
     if not stat.S_ISREG(rec.mode):
         return
     version = repo.history.getattr_at(ino, commit)
-    hasher = blake3.blake3()
+    hasher = blake3.blake3() if version.blake3 != ZERO else None
     result.files += 1
     try:
         with open(dest, "wb") as f:
             for extent in view.extents(ino):
-                data = bytes(extent.length) if extent.chunk == HOLE else reader.read(extent.chunk)
-                if len(data) != extent.length:
-                    raise CorruptData(f"chunk {extent.chunk.hex()}: {len(data)} bytes, the manifest says {extent.length}")
-                f.write(data)
-                hasher.update(data)
-                result.bytes += len(data)
+                if extent.chunk == HOLE:
+                    f.seek(extent.length, os.SEEK_CUR)  # sparse, whatever its size
+                    for pos in range(0, extent.length if hasher else 0, 8 << 20):
+                        hasher.update(bytes(min(8 << 20, extent.length - pos)))
+                else:
+                    data = reader.read(extent.chunk)
+                    if len(data) != extent.length:
+                        raise CorruptData(f"chunk {extent.chunk.hex()}: {len(data)} bytes, the manifest says {extent.length}")
+                    f.write(data)
+                    if hasher:
+                        hasher.update(data)
+                result.bytes += extent.length
+            f.truncate(f.tell())
     except ChunkfsError as e:
         result.problems.append(f"{rpath} (commit {version.commit}): {e}")
         return
-    if version.blake3 == ZERO:
+    if hasher is None:
         result.unverified.append(rpath)
     elif hasher.digest() != version.blake3:
         result.problems.append(f"{rpath} (commit {version.commit}): restored content does not match the BLAKE3 recorded at commit")

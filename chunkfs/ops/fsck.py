@@ -2,6 +2,12 @@
 
 What it checks (docs/operations.md, "fsck"):
 
+0. **The index file.** Every record of every database is read in a child process
+   (``index/check.py``): a damaged index is reported with the way out (``chunkfs
+   index rebuild``) before anything relies on it.
+   **The tree.** The invariants index/keys.py states for names and the registry
+   (``ops/treecheck.py``): ``parents`` the reverse of ``dirents``, link counts,
+   everything reachable from the root, one ``ckpt_ino`` entry per record.
 1. **References.** Every version in the history (``inohist``) and every current
    inode names a manifest; every manifest must exist, and every chunk in it
    must be in the chunk index.
@@ -23,7 +29,8 @@ damaged or missing are fetched from a replica (or a verified warm copy of a
 hot pack), checked, written into a new sealed pack on the hot tier and the
 index repointed in one transaction; a pack that is missing, truncated or has
 a bad footer has every chunk still pointing at it moved out the same way, and
-is then dropped. All of it under the tier lock, with ``moves`` notes, so a
+is then dropped; the tree's problems that have one right answer are mended
+(``ops/treecheck.py``). All of it under the tier lock, with ``moves`` notes, so a
 kill at any point leaves either the old state or the new one. Repair needs
 the repository opened for writing (not mounted).
 """
@@ -41,12 +48,23 @@ from dataclasses import dataclass, field
 from chunkfs import clock
 from chunkfs.engine import codec
 from chunkfs.errors import ChunkfsError, ConfigError, CorruptData, NotFound
-from chunkfs.index.keys import ROOT_INODE
+from chunkfs.index import check
+from chunkfs.ops import treecheck
 from chunkfs.repo import Repository
-from chunkfs.store import packfmt
-from chunkfs.store.packs import pack_id_from_name, pack_name, read_entries
-from chunkfs.store.tiers import NEW, OLD, PackBuilder, tier_name
-from chunkfs.types import HOLE, ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
+from chunkfs.store.maintenance.rewrite import PackRewrite
+from chunkfs.store.pack import format as packfmt
+from chunkfs.store.pack.files import pack_id_from_name, pack_name, read_entries
+from chunkfs.types import (
+    HOLE,
+    ROOT_INODE,
+    ChunkId,
+    ChunkLocation,
+    PackId,
+    PackInfo,
+    PackState,
+    Tier,
+    tier_name,
+)
 
 WHOLE_PACK_READ = 8
 """Read a pack whole (one GET) once this many of its chunks are to be checked; ranged reads below."""
@@ -54,7 +72,9 @@ WHOLE_PACK_READ = 8
 
 @dataclass
 class Problem:
-    kind: str  # missing_manifest, missing_chunk, bad_chunk, missing_pack, truncated_pack, bad_footer, index_mismatch, unknown_pack
+    kind: str  # missing_manifest, missing_chunk, bad_chunk, missing_pack, truncated_pack, bad_footer, index_mismatch,
+    # unknown_pack; the tree's (ops/treecheck.py): dangling_entry, parent_record, link_count, directory_links,
+    # unreachable, registry
     message: str
     pack: str = ""
     chunk: str = ""
@@ -112,8 +132,10 @@ def fsck(
 ) -> FsckReport:
     started = time.monotonic()
     report = FsckReport(sample=sample)
+    check.walk(repo.index.path)  # every record readable? (in a child process: damage must not crash us)
     if repo.writable:
         repo.packs.flush()
+    tree = _tree(repo, repair=repair)
     refs, manifest_problems = _references(repo, report)
     bad: dict[ChunkId, Problem] = {}  # referenced chunks that are missing or damaged
     with repo.index.read() as t:
@@ -181,7 +203,7 @@ def fsck(
         if id(p) not in listed:
             listed.add(id(p))
             report.problems.append(p)
-    report.problems[:0] = manifest_problems
+    report.problems[:0] = tree + manifest_problems
     # 4. repair
     found_bad = dict(bad)
     if repair:
@@ -193,6 +215,19 @@ def fsck(
     _affected(repo, report, found_bad, refs, bad)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _tree(repo: Repository, *, repair: bool) -> list[Problem]:
+    """The tree's and the registry's invariants (ops/treecheck.py); with ``repair`` mended first,
+    and each problem marked repaired if a second look no longer finds it."""
+    found = treecheck.check(repo)
+    if not (repair and found):
+        return [Problem(p.kind, p.message) for p in found]
+    if not repo.writable:
+        raise ConfigError(f"{repo.path}: `chunkfs fsck --repair` needs the repository unmounted (opened for writing)")
+    treecheck.repair(repo, found)
+    left = {(p.kind, p.message) for p in treecheck.check(repo)}
+    return [Problem(p.kind, p.message, repaired=(p.kind, p.message) not in left) for p in found]
 
 
 def _references(repo: Repository, report: FsckReport) -> tuple[dict[ChunkId, list[Ref]], list[Problem]]:
@@ -214,7 +249,7 @@ def _references(repo: Repository, report: FsckReport) -> tuple[dict[ChunkId, lis
                 if e.chunk != HOLE:
                     refs[e.chunk].append((ino, commit))
 
-        for v in t.all_versions():
+        for v in t.inohist_all():
             report.versions += 1
             add(v.ino, v.commit, v.record.manifest)
         for ino, rec in t.inodes():
@@ -310,7 +345,8 @@ def _check_chunks(repo, pack: PackId, info: PackInfo, items, report: FsckReport)
                 raise CorruptData(f"pack is truncated (read {len(stored)} of {loc.stored_len} bytes)")
             codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack.hex()}")
         except ChunkfsError as e:
-            bad[chunk] = Problem("bad_chunk", f"chunk {chunk.hex()} in pack {pack.hex()} ({tier} tier): {e}",
+            why = e.detail if isinstance(e, CorruptData) else str(e)
+            bad[chunk] = Problem("bad_chunk", f"chunk {chunk.hex()} in pack {pack.hex()} ({tier} tier): {why}",
                                  pack=pack.hex(), chunk=chunk.hex(), tier=tier)  # fmt: skip
         report.chunks_checked += 1
     return bad
@@ -362,80 +398,41 @@ def _repair(repo: Repository, report: FsckReport, bad, mismatched, damaged_packs
                         if p is not None:
                             p.repaired = True
                     report.reindexed_chunks += 1
-        # b) damaged or missing chunks, and every chunk of a damaged pack: into a new hot pack
+        # b) damaged or missing chunks, and every live chunk of a damaged pack: into new hot packs
         with repo.index.read() as t:
             move: dict[ChunkId, ChunkLocation] = {c: t.chunk_get(c) for c in bad if t.chunk_get(c) is not None}
             for chunk, loc in t.chunks():
                 if loc.pack in damaged_packs:
                     move.setdefault(chunk, loc)
-        relocated: dict[ChunkId, tuple[PackId, ChunkLocation]] = {}
-        builders: dict[str, PackBuilder] = {}
-        built: list[tuple[PackBuilder, str, int]] = []
+            for chunk, _epoch, _ns, loc in t.condemned():  # the one liveness rule (store/maintenance/rewrite.py)
+                if loc.pack in damaged_packs:
+                    move.setdefault(chunk, loc)
+        rw = PackRewrite(repo.index, repo.tiers.backend, Tier.HOT, "", repo.path / "tmp", repo.tiers.pack_size,
+                         write_back=repo.tiers.configured(Tier.WARM))  # fmt: skip
+        relocated: set[ChunkId] = set()
         try:
             for chunk, loc in move.items():
                 info = packs.get(loc.pack)
                 stored = _good_bytes(repo, chunk, loc, info, primary=chunk not in bad)
-                if stored is None:
-                    continue
-                group = info.group if info is not None else ""
-                b = builders.get(group)
-                if b is None:
-                    new = os.urandom(16)
-                    with repo.index.write() as t:
-                        t.move_put(new, Tier.HOT, NEW, clock.now_ns())
-                    path = repo.hot.path(pack_name(new))
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    b = builders[group] = PackBuilder(new, path)
-                entry = b.add(chunk, bytes(stored), loc.raw_len, loc.flags)
-                relocated[chunk] = (loc.pack, ChunkLocation(b.pack, entry.offset, entry.stored_len, loc.raw_len, loc.flags))
-            for group, b in builders.items():
-                size, _digest = b.seal()
-                with open(b.path, "rb") as f:
-                    os.fsync(f.fileno())
-                built.append((b, group, size))
-            builders.clear()
-        finally:
-            for b in builders.values():
-                b.discard()
-        now = clock.now_ns()
-        dropped = []
-        with repo.index.write() as t:
-            for b, group, size in built:
-                t.pack_put(b.pack, PackInfo(Tier.HOT, PackState.SEALED, size, len(b.entries), group, now))
-                t.move_delete(b.pack, Tier.HOT)
-                if repo.tiers.configured(Tier.WARM):
-                    t.upload_put(b.pack, now)
-                report.new_packs.append(b.pack.hex())
-            for chunk, (old, loc) in relocated.items():
-                current = t.chunk_get(chunk)
-                if current is not None and current.pack == old:
-                    t.chunk_put(chunk, loc)
-            lost_dead = [c for c, loc in t.chunks() if loc.pack in damaged_packs and c not in refs and c not in relocated]
-            for chunk in lost_dead:  # unreferenced (garbage) and unreadable: nothing needs it
-                t.chunk_delete(chunk)
-            still = collections.Counter(loc.pack for _, loc in t.chunks() if loc.pack in damaged_packs)
-            for pack in damaged_packs:
-                if still[pack]:
-                    continue
-                info = t.pack_get(pack)
-                if info is not None:
-                    for tier in [info.tier] + [tier for tier, _, _ in t.copies_of(pack)]:
-                        t.copy_delete(pack, tier)
-                        t.move_put(pack, tier, OLD, now)
-                        dropped.append((pack, tier))
-                    for rid in t.replicas_of(pack):
-                        t.replica_delete(pack, rid)
-                    t.pack_delete(pack)
-                    t.upload_delete(pack)
-                damaged_packs[pack].repaired = True
-                report.dropped_packs.append(pack.hex())
-        for pack, tier in dropped:
-            try:
-                repo.tiers.backend(tier).delete(pack_name(pack))
-            except ChunkfsError:
-                continue  # the note stays; the next holder of the tier lock retries
-            with repo.index.write() as t:
-                t.move_delete(pack, tier)
+                if stored is not None:
+                    rw.add(chunk, loc, bytes(stored), loc.raw_len, loc.flags, info.group if info is not None else "")
+                    relocated.add(chunk)
+            rw.seal()
+        except BaseException:
+            rw.abort()
+            raise
+        with repo.index.write() as t:  # unreferenced (garbage) and unreadable: nothing needs them
+            for chunk, loc in list(t.chunks()):
+                if loc.pack in damaged_packs and chunk not in refs and chunk not in relocated:
+                    t.chunk_delete(chunk)
+            for chunk, _epoch, _ns, loc in list(t.condemned()):
+                if loc.pack in damaged_packs and chunk not in relocated:
+                    t.condemned_delete(chunk)
+        rw.delete(rw.switch({pack: [c for c, loc in move.items() if loc.pack == pack] for pack in damaged_packs}))
+        report.new_packs += [p.hex() for p in rw.result.new_packs]
+        for pack in rw.result.retired:
+            damaged_packs[pack].repaired = True
+            report.dropped_packs.append(pack.hex())
         for chunk in relocated:
             p = bad.get(chunk)
             if p is not None:
@@ -448,7 +445,7 @@ def _repair(repo: Repository, report: FsckReport, bad, mismatched, damaged_packs
         for p in report.problems:
             if p.kind in ("missing_pack", "truncated_pack", "bad_footer") and any(q is p for q in bad.values()):
                 p.repaired = False
-    if built:
+    if rw.result.new_packs:
         repo.packs.on_sealed()
 
 
@@ -487,6 +484,7 @@ def _footer_candidates(repo, wanted: set[ChunkId], footers, packs) -> dict:
 
 def _affected(repo: Repository, report: FsckReport, bad: dict, refs: dict, still_bad: dict) -> None:
     damaged: dict[int, AffectedFile] = {}
+    chunks_of: dict[int, set[ChunkId]] = collections.defaultdict(set)
     for chunk in bad:
         for ino, commit in refs.get(chunk, ()):
             a = damaged.setdefault(ino, AffectedFile("", ino, repaired=True))
@@ -497,7 +495,8 @@ def _affected(repo: Repository, report: FsckReport, bad: dict, refs: dict, still
                     a.commits.append(commit)
             else:
                 a.current = True
-            a.chunks += 1
+            chunks_of[ino].add(chunk)  # one chunk in several versions is one damaged chunk
+            a.chunks = len(chunks_of[ino])
     if not damaged:
         return
     paths = paths_of(repo, set(damaged))

@@ -15,7 +15,7 @@ The protocol (docs/gc.md has the full argument):
    committed by anyone: one transaction forgets it.
 4. **Packs** — under the tier lock, a sealed pack that no ``chunks`` or
    ``condemned`` entry locates in is deleted (every tier, every copy), one whose
-   live fraction is under ``gc.repack_below`` is repacked (store/sweep.py), pack
+   live fraction is under ``gc.repack_below`` is repacked (store/maintenance/sweep.py), pack
    objects and scratch files nothing explains are reclaimed.
 
 Every step is idempotent and recomputed from the index, so a gc killed anywhere
@@ -33,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -40,14 +41,17 @@ from dataclasses import asdict, dataclass, field
 from chunkfs import clock
 from chunkfs.errors import Conflict
 from chunkfs.ops import retention
-from chunkfs.store import sweep
-from chunkfs.store.packstore import NO_WINDOW
-from chunkfs.store.tiers import tier_name
-from chunkfs.types import HOLE, PackState
+from chunkfs.store.maintenance import sweep
+from chunkfs.store.pack.store import NO_WINDOW
+from chunkfs.types import HOLE, PackState, Tier, tier_name
 
 log = logging.getLogger(__name__)
 
 HOOK_ENV = "CHUNKFS_GC_HOOK"
+SEAL_WAIT = 30.0
+"""Seconds gc waits for the writers to seal their open packs (``_seal_open_packs``)."""
+PRESSURE_REPACK = 0.95
+"""While the hot disk is short of space, hot packs with 5% or more dead bytes are repacked."""
 LOCK_NAME = "gc.lock"
 
 
@@ -78,10 +82,14 @@ class GcResult:
     packs_written: int = 0
     bytes_freed: int = 0  # pack bytes deleted minus bytes written by repacks, orphans included
     orphans: int = 0
+    orphans_foreign: int = 0  # pack objects nothing here explains, not named as ours: left alone
     by_tier: dict = field(default_factory=dict)
     leases: list[dict] = field(default_factory=list)
     planned_deletes: list[str] = field(default_factory=list)
     planned_repacks: list[str] = field(default_factory=list)
+    open_packs_sealed: int = 0  # open packs with dead bytes that the writers sealed on request
+    open_packs_waiting: int = 0  # ... that stayed open (no writer answered in time)
+    hot_pressure: str = ""  # why hot packs were repacked harder ('' when the hot disk has room)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -161,8 +169,8 @@ def _condemn(repo, rules, now: int, dry_run: bool, result: GcResult) -> None:
         plan = retention.evaluate(repo, rules, now, t)
     ctx = repo.index.read() if dry_run else repo.index.write()
     with ctx as t:
-        if not dry_run:
-            tags = [commit for _name, commit, _created, _path in t.tags()]
+        if not dry_run:  # a tag made since the plan's snapshot keeps what it finds, whatever its path
+            tags = [commit for name, commit, _created, _path in t.tags() if name not in plan.tags]
             plan.drop = [d for d in plan.drop if _still_droppable(t, d.ino, d.commit, tags)]
         result.versions_dropped = len(plan.drop)
         result.versions_kept = sum(1 for _ in t.inohist_all()) - len(plan.drop)
@@ -259,7 +267,9 @@ def _sweep_condemned(repo, now: int, grace: int, dry_run: bool, result: GcResult
                 t.lease_delete(lease)
         swept = waiting = 0
         for chunk, epoch, ns, _loc in list(t.condemned()):
-            if (floor is None or epoch < floor) and now - ns >= grace * 1_000_000_000:
+            # a window that opened at epoch e (the condemnations up to e already committed) never
+            # found a chunk condemned at or before e: only later condemnations need its commit
+            if (floor is None or epoch <= floor) and now - ns >= grace * 1_000_000_000:
                 swept += 1
                 if not dry_run:
                     t.condemned_delete(chunk)
@@ -271,8 +281,53 @@ def _sweep_condemned(repo, now: int, grace: int, dry_run: bool, result: GcResult
 # -- 3. packs ---------------------------------------------------------------------------------
 
 
+def _hot_threshold(repo, threshold: float, result: GcResult) -> float:
+    """The repack threshold of hot packs: ``threshold``, or ``PRESSURE_REPACK`` (nearly every dead byte
+    back) while the hot disk has less than ``lifecycle.hot_min_free`` percent free."""
+    minimum = repo.settings.lifecycle.hot_min_free
+    free, total = repo.hot.free_bytes()
+    if minimum and total and free * 100 < total * minimum:
+        result.hot_pressure = f"hot disk {100 * free / total:.0f}% free, below {minimum}%"
+        return max(threshold, PRESSURE_REPACK)
+    return threshold
+
+
+def _seal_open_packs(repo, usage: dict, threshold: float, result: GcResult) -> bool:
+    """Have the writers seal their open packs when one holds dead bytes worth a repack (gc never
+    touches an open pack); return whether any was sealed. A writer's background thread answers
+    within a second (``PackStore.answer_seal_request``); open packs of a dead process are sealed
+    by the next writable open of the repository (a mount)."""
+    wanted = {p for p, u in usage.items() if u.info.state == PackState.OPEN and u.dead_bytes and u.fraction < threshold}
+    if not wanted:
+        return False
+    if repo.writable:  # the writer is this process (the library), or dead
+        repo.packs.seal_all()
+        repo.packs.recover()
+    else:
+        with repo.index.write() as t:
+            t.seal_request_put(clock.now_ns())
+    deadline = time.monotonic() + SEAL_WAIT
+    while True:
+        with repo.index.read() as t:
+            sealed = {p for p in wanted if (i := t.pack_get(p)) is None or i.state == PackState.SEALED}
+        if sealed == wanted or repo.writable or time.monotonic() > deadline or not _writer_alive(result):
+            break
+        time.sleep(0.2)
+    result.open_packs_sealed = len(sealed)
+    result.open_packs_waiting = len(wanted - sealed)
+    return bool(sealed)
+
+
+def _writer_alive(result: GcResult) -> bool:
+    """Whether a process that writes chunks (a mount, an import) is alive: it may answer."""
+    return any(lease["alive"] for lease in result.leases)
+
+
 def _packs(repo, threshold: float, dry_run: bool, progress, result: GcResult) -> None:
     usage = sweep.usage(repo.index)
+    hot_threshold = _hot_threshold(repo, threshold, result)
+    if not dry_run and _seal_open_packs(repo, usage, hot_threshold, result):
+        usage = sweep.usage(repo.index)
     deletes, repacks = [], defaultdict(list)
     for pack, u in usage.items():
         if u.info.state != PackState.SEALED:
@@ -280,7 +335,7 @@ def _packs(repo, threshold: float, dry_run: bool, progress, result: GcResult) ->
         if u.live_chunks == 0 and u.condemned == 0:
             deletes.append(pack)
             result.planned_deletes.append(f"{pack.hex()} ({tier_name(u.info.tier)}, {u.info.size} bytes)")
-        elif u.condemned == 0 and u.fraction < threshold:
+        elif u.dead_bytes and u.fraction < (hot_threshold if u.info.tier == Tier.HOT else threshold):
             repacks[(u.info.tier, u.info.group)].append(pack)
             result.planned_repacks.append(
                 f"{pack.hex()} ({tier_name(u.info.tier)}, {u.fraction:.0%} live of {u.info.size} bytes)"
@@ -299,5 +354,6 @@ def _packs(repo, threshold: float, dry_run: bool, progress, result: GcResult) ->
     result.packs_repacked = out.packs_repacked
     result.packs_written = out.packs_written
     result.orphans = out.orphans_deleted
+    result.orphans_foreign = out.foreign
     result.by_tier = out.by_tier
     result.bytes_freed = out.bytes_deleted + out.bytes_repacked_in - out.bytes_repacked_out + out.orphan_bytes

@@ -1,6 +1,12 @@
 """``chunkfs index rebuild``: recreate the chunk and pack index from the packs alone.
 
-Packs are self-describing (store/packfmt.py): a sealed pack's footer lists its
+A damaged index (truncated, corrupt, missing: ``index/check.py`` finds it, in a
+child process) is first moved aside to ``REPO/index.damaged-<time>/``, a new one
+is made, and every record that can still be read out of the damaged copy is
+salvaged into it (the tree, the history, the registry, whatever survived;
+dangling directory entries are dropped). Then, as for a whole index:
+
+Packs are self-describing (store/pack/format.py): a sealed pack's footer lists its
 chunks; an unsealed one (a writer died) is walked record by record and every
 record is verified against its hash before it is indexed; so is every record of
 a pack whose footer is damaged (the pack is reported, and re-sealed with a fresh
@@ -16,19 +22,30 @@ warm or cold keep being indexed — a rebuild never drops them.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from chunkfs import clock
+from chunkfs import clock, config
 from chunkfs.engine import codec
-from chunkfs.errors import CorruptData
-from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_id_from_name, read_entries, walk_records
+from chunkfs.errors import CorruptData, NotFound
+from chunkfs.index import Index, check
+from chunkfs.repo import Repository, take_lock
+from chunkfs.store.backends import ownership
+from chunkfs.store.backends.local import LocalBackend
+from chunkfs.store.pack.files import pack_id_from_name, read_entries, walk_records
 from chunkfs.types import HOLE, ChunkLocation, PackInfo, PackState, Tier
 
 
 @dataclass
 class RebuildResult:
+    index_damaged: str = ""  # why the index was rebuilt from scratch ('' if it was whole)
+    moved_to: str = ""  # where the damaged index was kept
+    salvaged: dict[str, int] = field(default_factory=dict)  # records salvaged per database
+    dangling: int = 0  # directory entries dropped because an inode they named was lost
     packs: int = 0
     chunks: int = 0
     unsealed_packs: int = 0
@@ -36,8 +53,57 @@ class RebuildResult:
     missing_chunks: int = 0  # referenced by a manifest but in no pack
 
 
-def rebuild(repo: Repository, progress: Callable[[int], None] = lambda n: None) -> RebuildResult:
+def rebuild_repository(path: Path, progress: Callable[[int], None] = lambda n: None) -> RebuildResult:
+    """``chunkfs index rebuild``: salvage a damaged index first (see the module docstring), then
+    index every pack again. Needs the repository unmounted (it takes the write lock)."""
+    path = Path(path).resolve()
+    if not (path / config.CONFIG_NAME).exists():
+        raise NotFound(f"{path}: not a chunkfs repository (no {config.CONFIG_NAME})")
     result = RebuildResult()
+    lock = take_lock(path)
+    try:
+        index_dir = path / "index"
+        try:
+            check.walk(index_dir)
+        except (CorruptData, NotFound) as e:
+            result.index_damaged = str(e)
+            _start_over(path, index_dir, result)
+    finally:
+        os.close(lock)
+    with Repository(path) as repo:
+        if result.index_damaged:
+            result.dangling = repo.ns.drop_dangling_links()
+        rebuild(repo, progress, result)
+    return result
+
+
+def _start_over(path: Path, index_dir: Path, result: RebuildResult) -> None:
+    """Keep the damaged index aside, make a new one and salvage what can be read into it."""
+    if index_dir.exists():
+        aside = path / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.rename(index_dir, aside)
+        result.moved_to = str(aside)
+    fresh = Index(index_dir, create=True)
+    try:
+        if result.moved_to and (Path(result.moved_to) / check.DATA).exists():
+            (path / "tmp").mkdir(exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path / "tmp", prefix="salvage-") as scratch:
+                result.salvaged = fresh.salvage_from(Path(result.moved_to), Path(scratch))
+        if not result.salvaged.get("meta"):  # the repository id is lost with it: the hot tier's marker has it
+            settings = config.load(path / config.CONFIG_NAME)
+            marker = ownership.owner(LocalBackend(path / settings.tiers.hot))
+            if marker and len(marker.get("repo_id", "")) == 32:
+                with fresh.write() as t:
+                    t.repo_id_put(bytes.fromhex(marker["repo_id"]))
+    finally:
+        fresh.close()
+
+
+def rebuild(
+    repo: Repository, progress: Callable[[int], None] = lambda n: None, result: RebuildResult | None = None
+) -> RebuildResult:
+    """Index the chunks of every pack on every tier again (the namespace is kept)."""
+    result = result or RebuildResult()
     repo.packs.seal_all()
     found: dict[bytes, ChunkLocation] = {}
     packs: dict[bytes, PackInfo] = {}

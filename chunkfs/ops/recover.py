@@ -2,7 +2,7 @@
 
 For the loss of a node (its LMDB index and its hot tier). The steps:
 
-1. Take the newest usable metadata backup at URL (store/metabackup.py: a
+1. Take the newest usable metadata backup at URL (store/maintenance/metabackup.py: a
    consistent LMDB copy and the repository's chunkfs.toml; a damaged newest one
    falls back to the one before).
 2. Write NEWREPO: that index, that config with the hot tier at ``NEWREPO/hot``
@@ -42,9 +42,9 @@ import blake3
 from chunkfs import clock, config
 from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound
 from chunkfs.index import Index
-from chunkfs.store.metabackup import fetch_latest
-from chunkfs.store.packs import pack_id_from_name, pack_name, read_entries
-from chunkfs.store.tiers import open_backend
+from chunkfs.store.backends.url import open_backend
+from chunkfs.store.maintenance.metabackup import fetch_latest
+from chunkfs.store.pack.files import pack_id_from_name, pack_name, read_entries
 from chunkfs.types import ChunkLocation, PackInfo, PackState, Tier
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkfs.errors import Conflict, NotFound
-from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace.views import CommitView
 from chunkfs.ops.transfer import Progress, TransferResult, export_tree
 from chunkfs.repo import Repository
+from chunkfs.types import ROOT_INODE
 
 
 @dataclass

@@ -11,7 +11,8 @@ matches ``/``; the first matching rule wins) and says what to keep:
   (or other sidecar) version,
 - ``keep_within=D``    every version (and checkpoint) committed less than D ago.
 
-A *checkpoint* is a directory whose name is a step (``registry.step_pattern``),
+A *checkpoint* is a directory whose name is a step (``registry.step_pattern``)
+and that has no checkpoint below it (``run3`` holding ``checkpoint-N`` is a run),
 found in the history, so a checkpoint that the trainer already rotated away
 still counts; a checkpoint's *run* is its parent directory. A file version
 inside a checkpoint is kept when the checkpoint is kept (by any criterion of
@@ -20,8 +21,9 @@ its rule has no ``keep_within`` (checkpoint criteria do not speak of it) or
 ``keep_within`` keeps it.
 
 Always kept, whatever the rules: the current version of every inode (the
-current tree, files still open included), the version of every file at each
-tag's commit, every version of a path no rule matches, and every version of a
+current tree, files still open included), for each tag the version at its
+commit of every file that was under its path then (the whole tree for a tag
+without one; the checkpoints it keeps say so: "tag NAME"), every version of a path no rule matches, and every version of a
 directory or symlink (they hold no chunks). With no rule at all, gc keeps
 every version and only reclaims what nothing references.
 """
@@ -30,17 +32,18 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import re
 import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from chunkfs.config import positive_count, parse_duration, parse_keep_best, parse_retention_rule
+from chunkfs.config import parse_duration, parse_keep_best, parse_retention_rule, positive_count
 from chunkfs.errors import ChunkfsError, ConfigError, UsageError
 from chunkfs.index import Txn
-from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace.registry.keypath import step_of
 from chunkfs.namespace.registry.sidecars import SIDECARS, extract_sidecar
+from chunkfs.types import ROOT_INODE
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,7 @@ class Plan:
     kept_versions: int = 0
     checkpoints: list[CheckpointDecision] = field(default_factory=list)
     rules: list[Rule] | None = None
+    tags: set[str] = field(default_factory=set)  # the tags this plan applied (gc re-checks newer ones)
 
 
 class Paths:
@@ -194,10 +198,13 @@ def evaluate(repo, rules: list[Rule] | None, now_ns: int, t: Txn) -> Plan:
     for ino, vs in by_ino.items():
         if t.inode_get(ino) is not None:
             keep.add((ino, vs[0].commit))
-    # tags: each inode's version as of the tag's commit
-    for _name, commit, _created, _path in t.tags():
-        for ino, vs in by_ino.items():
-            at = next((v for v in vs if v.commit <= commit), None)
+    # tags: the version as of the tag's commit of each inode in the tree under the tag's path then
+    tagged: dict[str, set[int]] = {}
+    for name, commit, _created, tag_path in t.tags():
+        plan.tags.add(name)
+        tagged[name] = _tree_at(t, tag_path or "/", commit)
+        for ino in tagged[name]:
+            at = next((v for v in by_ino.get(ino, ()) if v.commit <= commit), None)
             if at is not None:
                 keep.add((ino, at.commit))
 
@@ -214,8 +221,14 @@ def evaluate(repo, rules: list[Rule] | None, now_ns: int, t: Txn) -> Plan:
         run = p.rsplit("/", 1)[0] or "/"
         current = t.inode_get(ino) is not None
         ckpts[ino] = CheckpointDecision(ino, p, run, step, vs[-1].record.ctime_ns or 0, current=current)
+    for c in list(ckpts.values()):  # a step-named directory with checkpoints below it is a level above
+        cur, depth = paths.parent(c.ino), 0  # them (a run called run3), not a checkpoint (docs/registry.md)
+        while cur is not None and cur != ROOT_INODE and depth < 4096:
+            ckpts.pop(cur, None)
+            cur, depth = paths.parent(cur), depth + 1
     for c in ckpts.values():
         c.time_ns = t.commit_time(by_ino[c.ino][-1].commit) or c.time_ns
+        c.reasons += [f"tag {name}" for name, members in tagged.items() if c.ino in members]
     runs: dict[str, list[CheckpointDecision]] = defaultdict(list)
     for c in ckpts.values():
         runs[c.run].append(c)
@@ -274,6 +287,22 @@ def evaluate(repo, rules: list[Rule] | None, now_ns: int, t: Txn) -> Plan:
     return plan
 
 
+def _tree_at(t: Txn, path: str, commit: int) -> set[int]:
+    """The inodes of the tree under ``path`` (it included) as it was at ``commit``."""
+    ino = ROOT_INODE
+    for name in (p for p in path.strip("/").split("/") if p):
+        ino = t.dirent_at(ino, name.encode("utf-8", "surrogateescape"), commit)
+        if ino is None:
+            return set()
+    found, todo = {ino}, [ino]
+    while todo:
+        for _name, child in t.dirents_at(todo.pop(), commit):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def _rule_for(rules: list[Rule], path: str) -> Rule | None:
     return next((r for r in rules if r.matches(path)), None)
 
@@ -295,7 +324,7 @@ def _metric(repo, t: Txn, paths: Paths, by_ino, c: CheckpointDecision, metric: s
 
     got = t.ckpt_get(c.ino)
     if got is not None:
-        value = metric_value(got[-1], metric)
+        value = metric_value(got.doc, metric)
         if value is not None:
             return value
     found: dict = {}
@@ -315,6 +344,6 @@ def _metric(repo, t: Txn, paths: Paths, by_ino, c: CheckpointDecision, metric: s
             continue
         found.update(out)
     v = found.get(metric)
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
         return float(v)
     return None

@@ -13,11 +13,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from chunkfs import clock
-from chunkfs.ops.tier import _norm, walk_files
+from chunkfs.ops.tier import _norm, open_packs, walk_files
 from chunkfs.repo import Repository, lock_holder
-from chunkfs.store.tiers import tier_name
-from chunkfs.store.uploads import backlog
-from chunkfs.types import Tier
+from chunkfs.store.tiering.uploads import backlog
+from chunkfs.types import Tier, tier_name
 
 
 @dataclass
@@ -62,6 +61,7 @@ class Status:
     runs_complete: int
     activity: dict[str, int] = field(default_factory=dict)
     replication: dict = field(default_factory=dict)  # lag: packs, bytes, oldest age, last error
+    open_packs: dict = field(default_factory=dict)  # data not sealed yet (ops/tier.py OpenPacks), and why
     last_backup: dict = field(default_factory=dict)  # generation and time of the last metadata backup
 
     def as_dict(self) -> dict:
@@ -78,6 +78,7 @@ def status(repo: Repository) -> Status:
         complete = sum(1 for _, rec in t.runs() if rec.completed_ns)
         backup = t.backup_get()
     cache_bytes, cache_chunks = repo.readcache.usage()
+    waiting = open_packs(repo)
     return Status(
         repository=str(repo.path),
         writer=lock_holder(repo.path),
@@ -96,6 +97,7 @@ def status(repo: Repository) -> Status:
         activity=repo.counters(),
         replication=asdict(repo.replicas.lag()) if repo.replicas.configured else {},
         last_backup={"generation": backup[0], "age_s": round((now - backup[1]) / 1e9, 1)} if backup else {},
+        open_packs=asdict(waiting) | {"why": waiting.describe()},
     )
 
 

@@ -20,17 +20,18 @@ from chunkfs import clock
 from chunkfs.errors import BackendUnavailable, Conflict, NotFound, UsageError
 from chunkfs.index.txn import RunRecord
 from chunkfs.repo import Repository, lock_holder
-from chunkfs.store import lifecycle
-from chunkfs.store.packs import pack_name
-from chunkfs.store.tiers import tier_name
-from chunkfs.store.uploads import backlog
-from chunkfs.types import PackId, PackInfo, PackState, Tier
+from chunkfs.store.pack.files import pack_name
+from chunkfs.store.tiering import lifecycle
+from chunkfs.store.tiering.uploads import backlog
+from chunkfs.types import PackId, PackInfo, PackState, Tier, tier_name
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 FIRST_RESTORE_POLL_S = 1.0
 RESTORE_POLL_S = 30.0
+SEAL_WAIT_S = 15.0
+"""How long ``complete`` waits for a mount to seal the run's open packs (it takes about a second)."""
 """Restores are polled after 1 s, then at doubling intervals up to this: an expedited restore
 (or a server that restores at once) is seen quickly, a bulk one costs a HEAD per pack every 30 s."""
 
@@ -118,15 +119,69 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
     return outcome
 
 
-def complete(repo: Repository, path: str) -> list[str]:
-    """Mark the runs under ``path`` complete (the policy moves them at the next ``chunkfs tier``)."""
+def complete(repo: Repository, path: str, *, wait_s: float = SEAL_WAIT_S) -> list[str]:
+    """Mark the runs under ``path`` complete and have their open packs sealed at once, so that the
+    next ``chunkfs tier`` moves all their data: by this process when it holds the repository (open
+    packs then are a crashed writer's), else by the mount, whose background thread does it within a
+    second of the mark (``Repository.seal_newly_completed``) — waited for here, up to ``wait_s``."""
     runs = runs_under(repo, path)
     now = clock.now_ns()
     with repo.index.write() as t:
         for run in runs:
             rec = t.run_get(run)
             t.run_put(run, RunRecord(now, rec.last_read_ns, None))
+    if repo.writable:
+        repo.packs.seal_groups(set(runs), now + 1)
+        repo.packs.recover()
+        return runs
+    deadline = time.monotonic() + wait_s
+    while open_packs(repo, set(runs)).packs and lock_holder(repo.path) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
     return runs
+
+
+@dataclass
+class OpenPacks:
+    """Data not sealed yet: it cannot move to another tier until its pack is."""
+
+    packs: int = 0
+    bytes: int = 0
+    complete_packs: int = 0  # of runs already complete (sealed after lifecycle.seal_quiet, or at unmount)
+    complete_bytes: int = 0
+
+    def describe(self) -> str:
+        if not self.packs:
+            return ""
+        h = _human
+        text = f"{h(self.bytes)} in {self.packs} open packs is not sealed yet"
+        if self.complete_bytes:
+            text += (f" ({h(self.complete_bytes)} of complete runs: sealed once quiet for lifecycle.seal_quiet "
+                     "or by `chunkfs run complete PATH`)")  # fmt: skip
+        return text + "; runs still being written stay hot until they are complete"
+
+
+def open_packs(repo: Repository, runs: set[str] | None = None) -> OpenPacks:
+    """The open packs (of ``runs``, or all), and how much of it belongs to complete runs."""
+    out = OpenPacks()
+    complete = lifecycle.complete_runs(repo.index, repo.settings.lifecycle)
+    with repo.index.read() as t:
+        for _pack, info in t.packs():
+            if info.state != PackState.OPEN or (runs is not None and info.group not in runs):
+                continue
+            out.packs += 1
+            out.bytes += info.size
+            if info.group in complete:
+                out.complete_packs += 1
+                out.complete_bytes += info.size
+    return out
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 # -- thaw --------------------------------------------------------------------------------------
@@ -192,6 +247,15 @@ def _wait_restored(restore, packs: list[tuple[PackId, PackInfo]], wait_s: float 
 class SyncResult:
     uploaded_bytes: int = 0
     by_daemon: bool = False  # a mount's daemon drained the queue while we watched
+    open_packs: int = 0  # data not sealed yet, so not uploaded (``OpenPacks``)
+    open_bytes: int = 0
+    waiting: str = ""  # why, in words ('' when nothing waits)
+
+
+def _note_waiting(repo: Repository, result: SyncResult) -> None:
+    """What the upload could not take: data in packs not sealed yet (never 'all done' while it waits)."""
+    waiting = open_packs(repo)
+    result.open_packs, result.open_bytes, result.waiting = waiting.packs, waiting.bytes, waiting.describe()
 
 
 def _replicate_and_back_up(repo: Repository) -> None:
@@ -229,15 +293,19 @@ def sync(
                     raise UsageError(f"{repo.path}: no warm tier configured (tiers.warm): nothing to upload")
                 result.uploaded_bytes += repo.uploader.drain(progress)
                 _replicate_and_back_up(repo)
+                _note_waiting(repo, result)
             return result
         result.by_daemon = True
         with Repository(repo_dir, writable=False) as repo:
+            if not repo.tiers.configured(Tier.WARM):
+                raise UsageError(f"{repo.path}: no warm tier configured (tiers.warm): nothing to upload")
             last = backlog(repo.index)
             told = None
             while lock_holder(repo.path) is not None:
                 b = backlog(repo.index)
                 if b.packs == 0:
                     _replicate_and_back_up(repo)
+                    _note_waiting(repo, result)
                     return result
                 if b.bytes < last.bytes:
                     progress(last.bytes - b.bytes)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkfs.errors import AlreadyExists, IsADirectory, NotFound
-from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace.views import CurrentView, TreeView
 from chunkfs.repo import Repository
+from chunkfs.types import HOLE, ROOT_INODE
 
 BLOCK = 1 << 20
 Progress = Callable[[int], None]
@@ -150,15 +150,20 @@ def _export_one(repo: Repository, view: TreeView, ino: int, dest: Path, result: 
         result.symlinks += 1
         return
     else:
-        content = repo.content_of(view.extents(ino))
+        extents = view.extents(ino)
+        content = repo.content_of(extents)
         tmp = dest.with_name(dest.name + ".chunkfs-export")
         try:
             with open(tmp, "wb") as f:
                 offset = 0
-                while block := content.read(offset, 8 * BLOCK):
-                    f.write(block)
-                    offset += len(block)
-                    progress(len(block))
+                for extent in extents:
+                    if extent.chunk == HOLE:
+                        f.seek(extent.length, os.SEEK_CUR)  # a sparse file stays sparse (cp --sparse)
+                    else:
+                        f.write(content.read(offset, extent.length))
+                    offset += extent.length
+                    progress(extent.length)
+                f.truncate(offset)
             os.replace(tmp, dest)
         except BaseException:  # corrupt chunk, full disk, ^C: leave no partial file behind
             tmp.unlink(missing_ok=True)

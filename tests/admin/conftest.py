@@ -2,17 +2,9 @@
 
 moto's ThreadedMotoServer (in this process) holds the warm and cold tiers; ``rclone serve s3``
 (a subprocess, another endpoint: a second failure domain) holds the replicas. The helpers are
-those of the tier and backend suites.
+helpers/admin.py and those of the tier suite (helpers/tiers.py).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent / "tiers"))  # tier_helpers
-sys.path.insert(0, str(HERE.parent / "backends"))  # s3_servers
-sys.path.insert(0, str(HERE.parent / "component"))  # component_helpers
-
-from s3_fixtures import aws_env, cli_env, moto_server, rclone_server  # noqa: E402, F401 (fixtures)
+from helpers.s3fixtures import aws_env, moto_server, rclone_server  # noqa: F401 (fixtures)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from admin_helpers import (
+from helpers.admin import (
     admin_settings,
     first_chunk_offset,
     flip_byte,
@@ -18,12 +18,14 @@ from admin_helpers import (
     s3_put,
     to_tier,
 )
-from tier_helpers import chunkfs, export_and_compare
+from helpers.cli import chunkfs
+from helpers.tiers import export_and_compare
 
+from chunkfs.errors import CorruptData
 from chunkfs.ops import fsck as fsckop
 from chunkfs.ops import rebuild
 from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_name
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import Tier
 
 
@@ -82,12 +84,12 @@ def test_fsck_finds_damage_names_files_and_repairs_from_replica(replicated, moto
     repo.close()
 
     # the CLI says the same, as JSON, and fails
-    done = chunkfs("fsck", "--repo", str(repo.path), "--json")
-    assert done.returncode == 1
+    done = chunkfs("fsck", "--repo", str(repo.path), "--json", expect=None)  # the report on stdout, nothing on stderr
+    assert done.returncode == CorruptData.exit_code
     doc = json.loads(done.stdout)
     assert not doc["ok"] and {a["path"] for a in doc["affected"]} == named
 
-    done = chunkfs("fsck", "--repo", str(repo.path), "--repair", ok=True)
+    done = chunkfs("fsck", "--repo", str(repo.path), "--repair")
     assert "REPAIRED" in done.stdout
     with Repository(repo.path) as again:
         report = fsckop.fsck(again)
@@ -139,10 +141,10 @@ def test_background_replication_and_metadata_backup(moto_server, rclone_server, 
     """A writable repository's background threads upload, replicate and back up on their own."""
     import time
 
-    from admin_helpers import admin_settings, make_runs
+    from helpers.admin import admin_settings, make_runs
 
     from chunkfs import config
-    from chunkfs.store.metabackup import list_backups
+    from chunkfs.store.maintenance.metabackup import list_backups
 
     settings = admin_settings(moto_server, rclone_server)
     settings = config.Settings(**{**vars(settings),
@@ -166,7 +168,7 @@ def test_background_replication_and_metadata_backup(moto_server, rclone_server, 
 def test_hot_damage_repaired_from_warm_copy_and_deleted_files_named(moto_server, tmp_path):
     """No replica: a flipped byte in a hot pack is repaired from its write-back copy on warm; damage in a
     file that was deleted since is still reported, under the path it had."""
-    from admin_helpers import admin_settings, make_runs
+    from helpers.admin import admin_settings, make_runs
 
     from chunkfs.ops import transfer
 

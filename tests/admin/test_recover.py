@@ -7,14 +7,17 @@ from __future__ import annotations
 import filecmp
 import shutil
 
-from admin_helpers import admin_settings, import_run, write_run
-from tier_helpers import chunkfs, same_tree
+from helpers.admin import admin_settings
+from helpers.cli import chunkfs
+from helpers.repos import same_tree
+from helpers.tiers import import_run, write_run
 
+from chunkfs.errors import NotFound, UsageError
 from chunkfs.namespace.views import CommitView
 from chunkfs.ops import fsck as fsckop
 from chunkfs.ops import transfer
 from chunkfs.repo import Repository
-from chunkfs.store.metabackup import list_backups
+from chunkfs.store.maintenance.metabackup import list_backups
 from chunkfs.types import Tier
 
 
@@ -35,7 +38,7 @@ def _same(a, b):
     same_tree(a, b)
 
 
-def test_recover_after_losing_the_node(moto_server, rclone_server, tmp_path, cli_env):
+def test_recover_after_losing_the_node(moto_server, rclone_server, tmp_path):
     settings = admin_settings(moto_server, rclone_server, backup=__import__("chunkfs.config").config.BackupSettings(interval=0, keep=2))
     repo = Repository.create(tmp_path / "repo", settings=settings)
     warm = repo.tiers.url(Tier.WARM)
@@ -61,7 +64,7 @@ def test_recover_after_losing_the_node(moto_server, rclone_server, tmp_path, cli
     shutil.rmtree(tmp_path / "repo")
 
     done = chunkfs("recover", "--from", warm, "--endpoint-url", moto_server.endpoint, str(tmp_path / "new"),
-                   "--verify", env=cli_env, ok=True)  # fmt: skip
+                   "--verify")  # fmt: skip
     assert "recovered" in done.stdout and "LOST" not in done.stdout
     with Repository(tmp_path / "new") as new:
         assert new.history.last_commit() == backed_up
@@ -101,7 +104,7 @@ def test_recover_from_replica_when_warm_is_lost(moto_server, rclone_server, tmp_
         same_tree(src, out / "runA")
 
 
-def test_backup_command_and_usage_errors(moto_server, tmp_path, cli_env):
+def test_backup_command_and_usage_errors(moto_server, tmp_path):
     import json
 
     repo = Repository.create(tmp_path / "repo", settings=admin_settings(moto_server))
@@ -109,23 +112,21 @@ def test_backup_command_and_usage_errors(moto_server, tmp_path, cli_env):
     repo.close()
     gens = []
     for _ in range(2):
-        done = chunkfs("backup", "--repo", str(repo.path), "--json", env=cli_env, ok=True)
+        done = chunkfs("backup", "--repo", str(repo.path), "--json")
         doc = json.loads(done.stdout)
         assert doc["locations"] and not doc["errors"]
         gens.append(doc["generation"])
     assert gens[1] == gens[0] + 1
-    done = chunkfs("fsck", "--repo", str(repo.path), "--sample", "0", env=cli_env)
-    assert done.returncode == 2
-    done = chunkfs("recover", "--from", str(tmp_path / "nothing"), str(tmp_path / "new"), env=cli_env, ok=False)
+    chunkfs("fsck", "--repo", str(repo.path), "--sample", "0", expect=UsageError)
+    done = chunkfs("recover", "--from", str(tmp_path / "nothing"), str(tmp_path / "new"), expect=NotFound)
     assert "no metadata backup" in done.stderr and not (tmp_path / "new").exists()
-    done = chunkfs("fsck", "--repo", str(repo.path), env=cli_env, ok=True)
+    done = chunkfs("fsck", "--repo", str(repo.path))
     assert done.stdout.strip().endswith("ok")
 
 
 def test_recovered_repository_mounts_and_reads_back(moto_server, tmp_path):
     """The acceptance path end to end: recover, mount with the CLI, read every file through FUSE."""
     import os
-    import sys
     import tempfile
     from pathlib import Path
 
@@ -133,8 +134,7 @@ def test_recovered_repository_mounts_and_reads_back(moto_server, tmp_path):
 
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
         pytest.skip("needs /dev/fuse and fusermount3")
-    sys.path.insert(0, str(Path(__file__).parent.parent / "fuse"))
-    from fusetest import Mount
+    from helpers.mount import Mount
 
     from chunkfs.ops import recover as recoverop
 

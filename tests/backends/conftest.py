@@ -9,10 +9,11 @@ test), isolated from the machine's ~/.aws and from the instance metadata service
 from __future__ import annotations
 
 import pytest
-from s3_fixtures import isolate_aws, moto_server, own_rclone, rclone_server  # noqa: F401 (fixtures)
-from s3_servers import Server
+from helpers.s3fixtures import isolate_aws, moto_server, own_rclone, rclone_server  # noqa: F401 (fixtures)
+from helpers.s3servers import Server
 
-from chunkfs.store.backend import Backend, LocalBackend
+from chunkfs.store.backends.base import Backend
+from chunkfs.store.backends.local import LocalBackend
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers.s3servers import PART_SIZE
 
 from chunkfs.errors import NotFound
-from s3_servers import PART_SIZE
 
 DATA = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, every offset distinguishable
 

@@ -13,10 +13,10 @@ import time
 
 import blake3
 import pytest
-from s3_servers import BUCKET, PART_SIZE, SECRET_KEY, Server, free_port
+from helpers.s3servers import BUCKET, PART_SIZE, SECRET_KEY, Server, free_port
 
 from chunkfs.errors import BackendUnavailable, ConfigError, CorruptData, NotFound
-from chunkfs.store.s3 import S3Backend
+from chunkfs.store.backends.s3 import S3Backend
 
 WRONG_SECRET = "wrong-secret-Xy7-never-print-me"
 BUCKET_MISSING = "bucket does not exist; create it or fix the URL"
@@ -207,8 +207,8 @@ def test_call_during_restart_is_retried(own_rclone):
     [
         "s3://", "s3:///prefix", "s3://UPPER/x", "s3://b", "s3://bucket:9000/x",
         "s3://bucket/a//b", "s3://bucket/../x", "s3://bucket/x?y=1", "gs://bucket/x",
-    ],  # fmt: skip
-)
+    ],
+)  # fmt: skip
 def test_bad_url(url):
     with pytest.raises(ConfigError):
         S3Backend(url)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from chunkfs.errors import ConfigError
-from chunkfs.store.backend import LocalBackend
-from chunkfs.store.s3 import S3Backend
-from chunkfs.store.url import backend_for
+from chunkfs.store.backends.local import LocalBackend
+from chunkfs.store.backends.s3 import S3Backend
+from chunkfs.store.backends.url import backend_for
 
 
 def test_s3_url():

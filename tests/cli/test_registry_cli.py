@@ -8,14 +8,14 @@ sidecars back through the chunk store — and then queried and changed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import cli_json
 
 from chunkfs.cli import registry_cmds
 from chunkfs.cli.main import main
+from chunkfs.errors import InvalidArgument, NotFound, UsageError
 from chunkfs.namespace.registry import Registry
 from chunkfs.repo import Repository
 
@@ -86,12 +86,7 @@ def test_meta_set_and_unset(repo, capsys):
 def test_meta_set_works_while_the_repository_is_in_use(repo):
     path = "/llama3/8b/lora-med/r2/checkpoint-100"
     with Repository(repo) as writer:  # holds the writer lock and the index open, as a mount does
-        done = subprocess.run(
-            [sys.executable, "-m", "chunkfs", "meta", "set", "--repo", str(repo), path, "ok=true", "--json"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["meta"]["ok"] is True
+        assert cli_json("meta", "set", "--repo", repo, path, "ok=true")["meta"]["ok"] is True
         assert Registry(writer.index, writer.settings.registry).get_meta(path).meta["ok"] is True
 
 
@@ -109,22 +104,22 @@ def test_find(repo, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, code, message",
+    "argv, kind, message",
     [
-        (["find", "--where", "eval_loss<"], 2, "--where"),
-        (["find", "--where", "eval_loss<0.3 or step>1"], 2, "expected 'and'"),
-        (["find", "--sort", "-"], 2, "--sort"),
-        (["find", "--field", "project=x"], 2, "no level named 'project'"),
-        (["find", "--field", "nonsense"], 2, "LEVEL=VALUE"),
-        (["meta", "get", "/llama3/8b"], 1, "not a checkpoint directory"),
-        (["meta", "get", "/nope"], 1, "no such file"),
-        (["meta", "set", "/llama3/8b/lora-med/r1/checkpoint-100", "novalue"], 2, "KEY=VALUE"),
-        (["meta", "set", "/llama3/8b/lora-med/r1/checkpoint-100", "step=3"], 1, "reserved"),
+        (["find", "--where", "eval_loss<"], UsageError, "--where"),
+        (["find", "--where", "eval_loss<0.3 or step>1"], UsageError, "expected 'and'"),
+        (["find", "--sort", "-"], UsageError, "--sort"),
+        (["find", "--field", "project=x"], UsageError, "no level named 'project'"),
+        (["find", "--field", "nonsense"], UsageError, "LEVEL=VALUE"),
+        (["meta", "get", "/llama3/8b"], NotFound, "not a checkpoint directory"),
+        (["meta", "get", "/nope"], NotFound, "no such file"),
+        (["meta", "set", "/llama3/8b/lora-med/r1/checkpoint-100", "novalue"], UsageError, "KEY=VALUE"),
+        (["meta", "set", "/llama3/8b/lora-med/r1/checkpoint-100", "step=3"], InvalidArgument, "reserved"),
     ],
 )
-def test_errors_are_one_line(repo, capsys, argv, code, message):
-    got, out, err = run(capsys, *argv, "--repo", repo)
-    assert got == code and message in err and err.count("\n") <= 2 and "Traceback" not in err, err
+def test_errors_are_one_line(repo, capsys, argv, kind, message):
+    got, _, err = run(capsys, *argv, "--repo", repo)
+    assert got == kind.exit_code and message in err and err.count("\n") <= 2 and "Traceback" not in err, err
 
 
 def test_no_repository_is_a_usage_error(capsys, monkeypatch, tmp_path):

@@ -8,16 +8,11 @@ bit-identical at the end (after reopening the repository).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from component_helpers import (
-    allowed_growth,
-    base_model,
-    save,
-    step,
-    stored_bytes,
-    tensor_bytes,
-)
-from component_helpers import MIN_CHUNK, assert_same_file
+from helpers.checkpoints import allowed_growth, base_model, save, step, tensor_bytes
+from helpers.repos import MIN_CHUNK, assert_same_file, stored_bytes
 
 from chunkfs.ops import stats, transfer
 
@@ -66,7 +61,7 @@ def test_full_finetune_series_stores_every_checkpoint_whole(tmp_path, repo, reop
     # random fp32 does not compress and no tensor repeats: only headers and zip records may dedup
     assert 0.97 * logical <= s.stored_bytes <= logical
     size = paths[0].stat().st_size
-    for grew in (b - a for a, b in zip(after, after[1:])):
+    for grew in (b - a for a, b in itertools.pairwise(after)):
         assert 0.97 * size <= grew <= size
     repo.close()
     _export_all_identical(reopen, paths, tmp_path / "out")
@@ -88,7 +83,7 @@ def test_frozen_layers_dedup_completely(tmp_path, repo, reopen, fmt, scenario):
     after = _import_series(repo, paths)
 
     size = paths[0].stat().st_size
-    for i, grew in enumerate((b - a for a, b in zip(after, after[1:])), start=1):
+    for i, grew in enumerate((b - a for a, b in itertools.pairwise(after)), start=1):
         changed_bytes, slack = allowed_growth(paths[i], fmt, sds[i], changed, MIN_CHUNK)
         assert changed_bytes < size / 5, "the scenario must leave most of the model frozen"
         assert slack < size / 50, "the bound must stay small"
@@ -102,7 +97,7 @@ def test_frozen_layers_dedup_completely(tmp_path, repo, reopen, fmt, scenario):
     _export_all_identical(reopen, paths, tmp_path / "out")
     print(
         f"\nfrozen {scenario} {fmt}: stored/logical = {s.stored_bytes / logical:.4f}; per step "
-        f"{[b - a for a, b in zip(after, after[1:])]} bytes for {changed_bytes} changed"
+        f"{[b - a for a, b in itertools.pairwise(after)]} bytes for {changed_bytes} changed"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import safetensors.torch
 import torch
-from component_helpers import assert_same_file, data_chunks, extents_of, location
+from helpers.repos import assert_same_file, data_chunks, extents_of, location
 
 from chunkfs.ops import stats, transfer
 from chunkfs.types import HOLE, Compression, flags_compression

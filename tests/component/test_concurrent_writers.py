@@ -8,7 +8,7 @@ import threading
 import time
 
 from chunkfs.config import PackSettings
-from chunkfs.store.packstore import PackStore
+from chunkfs.store.pack.store import PackStore
 
 
 def test_threads_putting_chunks_while_packs_are_sealed_lose_nothing(repo, reopen, monkeypatch):
@@ -27,7 +27,7 @@ def test_threads_putting_chunks_while_packs_are_sealed_lose_nothing(repo, reopen
             for i in range(60):
                 data = rng.randbytes(rng.randint(600, 5000))
                 put.append((repo.chunks.put(data, f"/run{i % 2}"), data))
-        except BaseException as e:  # reported below, with the others
+        except BaseException as e:  # noqa: BLE001 — reported below, with the others
             errors.append(e)
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]

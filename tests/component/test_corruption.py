@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from component_helpers import base_model, data_chunks, extents_of, location, pack_path, save
+from helpers.checkpoints import base_model, save
+from helpers.repos import data_chunks, extents_of, location, pack_path
 
 from chunkfs.errors import CorruptData
 from chunkfs.ops import transfer
@@ -61,7 +62,7 @@ def test_flipped_byte_in_a_chunk_raises_corrupt_data_naming_chunk_and_pack(tmp_p
 
 
 def test_truncated_pack_raises_corrupt_data(tmp_path, imported, repo_path):
-    src, reopen, chunk = imported
+    _src, reopen, chunk = imported
 
     def truncate(pfile, loc):
         os.truncate(pfile, loc.offset + loc.stored_len // 2)
@@ -75,7 +76,7 @@ def test_truncated_pack_raises_corrupt_data(tmp_path, imported, repo_path):
 
 
 def test_missing_pack_raises_a_clear_error(tmp_path, imported, repo_path):
-    src, reopen, chunk = imported
+    _src, reopen, chunk = imported
     loc = _damage(repo_path, reopen, chunk, lambda pfile, loc: pfile.unlink())
     with reopen(writable=False) as r:
         with pytest.raises(CorruptData) as e:  # EIO through the mount, not ENOENT
@@ -102,6 +103,5 @@ def test_wrong_bytes_in_a_compressed_chunk_are_caught(tmp_path, repo, reopen):
     data = bytearray(pfile.read_bytes())
     data[loc.offset + loc.stored_len - 8] ^= 0xFF  # inside the frame's literals / checksum
     pfile.write_bytes(bytes(data))
-    with reopen(writable=False) as r:
-        with pytest.raises(CorruptData, match=chunk.hex()):
-            _read_all(r, "/z")
+    with reopen(writable=False) as r, pytest.raises(CorruptData, match=chunk.hex()):
+        _read_all(r, "/z")

@@ -4,7 +4,7 @@ removed paths, tags, in-place restore of trees, diff, and what a historic lookup
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ def read(repo: Repository, path: str, commit: int | None = None) -> bytes:
 def test_points_in_time(repo, tmp_path):
     c1 = put(repo, tmp_path, "/f", b"one")
     time.sleep(0.02)
-    middle = datetime.now(timezone.utc)
+    middle = datetime.now(UTC)
     time.sleep(0.02)
     c2 = put(repo, tmp_path, "/f", b"two")
     h = repo.history
@@ -86,7 +86,7 @@ def test_tree_as_of_each_commit_after_rename_and_remove(repo, tmp_path):
     repo.ns.unlink(run, b"b")
     c_rm = repo.history.last_commit()
     h = repo.history
-    names = lambda c: [n for n, _ in h.readdir_at(run, c)]  # noqa: E731
+    names = lambda c: [n for n, _ in h.readdir_at(run, c)]
     assert names(c_a) == [b"a"] and names(c_mv) == [b"b"] and names(c_rm) == []
     assert read(repo, "/run/a", c_a) == b"A1" and read(repo, "/run/a", c_a2) == b"A2"
     assert read(repo, "/run/b", c_mv) == b"A2"
@@ -130,7 +130,7 @@ def test_log_and_restore_a_removed_tree(repo, tmp_path):
     }
     # a file below a removed directory has a log of its own
     file_log = repo.history.log("/r1/checkpoint-500/model.bin")
-    assert [e.event for e in file_log][0] == "removed" and any(e.size == 1000 for e in file_log)
+    assert file_log[0].event == "removed" and any(e.size == 1000 for e in file_log)
 
     result = restoreop.restore_in_place(repo, "/r1/checkpoint-500", tag)
     assert result.restored == 3 and result.bytes == 1002  # the directory and its two files

@@ -8,7 +8,8 @@ import sys
 import textwrap
 
 import pytest
-from component_helpers import assert_same_file
+from helpers.cli import chunkfs
+from helpers.repos import assert_same_file
 
 from chunkfs.errors import Conflict
 from chunkfs.ops import transfer
@@ -65,11 +66,7 @@ def test_readers_work_alongside_the_writer(tmp_path, repo_path, with_file, held_
         out = tmp_path / "out"
         transfer.export_tree(r, "/data.bin", out)
         assert_same_file(with_file, out)
-    export = ["export", "--repo", str(repo_path), "/data.bin", str(tmp_path / "cli")]
-    reader = subprocess.run(  # and a reader in a third process, at the same time as this one
-        [sys.executable, "-m", "chunkfs", *export], capture_output=True, text=True, timeout=120
-    )
-    assert reader.returncode == 0, reader.stderr
+    chunkfs("export", "--repo", repo_path, "/data.bin", tmp_path / "cli")  # and a reader in a third process
     assert_same_file(with_file, tmp_path / "cli")
 
 

@@ -12,7 +12,8 @@ import os
 import struct
 
 import pytest
-from component_helpers import assert_same_file, base_model, data_chunks, extents_of, roundtrip, save
+from helpers.checkpoints import base_model, save
+from helpers.repos import assert_same_file, data_chunks, extents_of, roundtrip
 
 from chunkfs.ops import stats, transfer
 from chunkfs.types import HOLE
@@ -83,8 +84,8 @@ def test_file_far_larger_than_chunk_size(tmp_path, make_repo):
     src = tmp_path / "big.bin"
     block = os.urandom(1 << 20)
     with open(src, "wb") as f:
-        for i in range(100):  # distinct 1 MiB blocks without generating 100 MiB of randomness
-            f.write(struct.pack("<Q", i) + block[8:])
+        # distinct 1 MiB blocks without generating 100 MiB of randomness
+        f.writelines(struct.pack("<Q", i) + block[8:] for i in range(100))
     roundtrip(repo, src, "/big.bin", tmp_path / "big.out")
     extents = extents_of(repo, "/big.bin")
     assert len(extents) == 100 and all(e.length == 1 << 20 for e in extents)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from component_helpers import allowed_growth, assert_same_file, save, stored_bytes
+from helpers.checkpoints import allowed_growth, save
+from helpers.repos import assert_same_file, stored_bytes
 
 from chunkfs.ops import stats, transfer
 

@@ -12,22 +12,14 @@ import sys
 import textwrap
 
 import pytest
-from component_helpers import (
-    assert_same_file,
-    base_model,
-    data_chunks,
-    extents_of,
-    location,
-    pack_path,
-    save,
-    step,
-)
+from helpers.checkpoints import base_model, save, step
+from helpers.repos import assert_same_file, data_chunks, extents_of, location, pack_path
 
 from chunkfs.errors import CorruptData
 from chunkfs.index import Index
 from chunkfs.ops import rebuild, stats, transfer
-from chunkfs.store import packfmt
-from chunkfs.store.packs import read_entries
+from chunkfs.store.pack import format as packfmt
+from chunkfs.store.pack.files import read_entries
 from chunkfs.types import PackState
 
 CRASHING_WRITER = textwrap.dedent(
@@ -155,7 +147,7 @@ def test_rebuild_recovers_a_pack_left_unsealed_by_a_crash(tmp_path, repo, repo_p
 
 
 def read_entries_of(pack_file):
-    from chunkfs.store.backend import LocalBackend
+    from chunkfs.store.backends.local import LocalBackend
 
     root = pack_file.parent.parent.parent
     return read_entries(LocalBackend(root), str(pack_file.relative_to(root)))
@@ -249,7 +241,7 @@ def test_rebuild_reports_a_bad_footer_checksum_and_keeps_the_records(tmp_path, r
     chunk = data_chunks(extents_of(repo, f"/run/checkpoint-0/{paths[0].name}"))[0]
     pfile = pack_path(repo, location(repo, chunk).pack)
     data = bytearray(pfile.read_bytes())
-    offset, count, *_ = packfmt.TRAILER.unpack_from(data, len(data) - packfmt.TRAILER.size)
+    offset, *_ = packfmt.TRAILER.unpack_from(data, len(data) - packfmt.TRAILER.size)
     data[offset + 3] ^= 0xFF  # inside the first footer entry's chunk id
     pfile.write_bytes(bytes(data))
 

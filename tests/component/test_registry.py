@@ -23,7 +23,6 @@ from chunkfs import clock, config
 from chunkfs.config import RegistrySettings
 from chunkfs.errors import ConfigError, InvalidArgument, NotFound, UsageError
 from chunkfs.index import Index
-from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace import Namespace
 from chunkfs.namespace.registry import (
     BEST,
@@ -37,6 +36,7 @@ from chunkfs.namespace.registry import (
     parse_where,
     step_of,
 )
+from chunkfs.types import ROOT_INODE
 
 LEVELS = ("model", "base", "adapter", "run")
 STEP = re.compile(r"(\d+)$")
@@ -450,9 +450,8 @@ def test_xattrs_set_typed_metadata(tree):
     assert tree.reg.get_meta(d).meta["eval_loss"] == 0.5
     assert not tree.setxattr(d, "user.other", b"x")  # not ours
     assert not tree.setxattr("/m/b", "user.chunkfs.eval_loss", b"1")  # not a checkpoint
-    with pytest.raises(InvalidArgument):
-        with tree.index.write() as t:
-            tree.reg.on_xattr(t, tree.ino(d), "user.chunkfs.step", b"1")
+    with pytest.raises(InvalidArgument), tree.index.write() as t:
+        tree.reg.on_xattr(t, tree.ino(d), "user.chunkfs.step", b"1")
 
 
 def test_set_meta_parses_values_and_mirrors_xattrs(tree):

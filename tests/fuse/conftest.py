@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from fusetest import Mount, cli, configure, is_mounted
+from helpers.cli import chunkfs
+from helpers.mount import Mount, configure, is_mounted
 
 
 def _require_fuse() -> None:
@@ -67,7 +67,7 @@ def make_mount(request, tmp_path, mount_root):
     ) -> Mount:
         """``settings``: {section: {key: value}} written to chunkfs.toml before mounting."""
         repo = tmp_path / name
-        cli("init", repo, *(["--hot", hot] if hot is not None else []))
+        chunkfs("init", repo, *(["--hot", hot] if hot is not None else []))
         if settings:
             configure(repo, settings)
         path = mount_root / name

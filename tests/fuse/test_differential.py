@@ -15,10 +15,10 @@ import random
 import stat
 
 import pytest
+from helpers.cli import chunkfs
+from helpers.mount import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from fusetest import RENAME_EXCHANGE, RENAME_NOREPLACE, cli, renameat2
 
 KiB, MiB = 1 << 10, 1 << 20
 CHUNK = 4 * MiB
@@ -87,7 +87,7 @@ def test_random_operations_match_plain_file(diff_mount, plain, sequence):
     expected = theirs.read_bytes()
     assert ours.read_bytes() == expected
     exported = plain.parent / f"exported{n}"
-    cli("export", "--repo", mnt.repo, f"/f{n}", exported)
+    chunkfs("export", "--repo", mnt.repo, f"/f{n}", exported)
     assert exported.read_bytes() == expected, "the committed content differs from what was written"
 
 
@@ -150,7 +150,8 @@ def snapshot(root) -> dict:
             elif stat.S_ISDIR(st_.st_mode):
                 out[rel] = ("dir", st_.st_nlink)
             else:
-                out[rel] = ("file", st_.st_nlink, open(p, "rb").read())
+                with open(p, "rb") as fh:
+                    out[rel] = ("file", st_.st_nlink, fh.read())
     return out
 
 

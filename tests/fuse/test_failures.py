@@ -9,46 +9,19 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-from fusetest import is_mounted
+from helpers import crashwriter
+from helpers.crashwriter import checkpoint_bytes
+from helpers.mount import is_mounted
 
 MiB = 1 << 20
-
-
-def checkpoint_bytes(i: int) -> bytes:
-    """The content of checkpoint i: 3-8 MiB, a shared part (dedup) and a part of its own."""
-    rng = random.Random(i)
-    return random.Random(-1).randbytes(2 * MiB) + rng.randbytes(MiB + rng.randrange(5 * MiB))
-
-
-WRITER = """
-import os, sys
-sys.path.insert(0, {tests!r})
-from test_failures import checkpoint_bytes
-out = sys.argv[1]
-for i in range(int(sys.argv[2]), 10**6):
-    tmp, final = os.path.join(out, f".ckpt-{{i}}.tmp"), os.path.join(out, f"ckpt-{{i}}.bin")
-    with open(tmp, "wb") as f:
-        data = checkpoint_bytes(i)
-        for lo in range(0, len(data), 1 << 20):  # in pieces, like torch.save
-            f.write(data[lo : lo + (1 << 20)])
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, final)
-    dfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(dfd)
-    os.close(dfd)
-    print(f"ckpt-{{i}}.bin", flush=True)
-"""
 
 
 def run_until_crash(mnt, first: int, complete_before_kill: int, delay: float) -> list[str]:
     """Start the writer; after it reported ``complete_before_kill`` files (+ ``delay``), kill -9 the daemon."""
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent)), str(mnt / "ckpts"), str(first)],
+        [sys.executable, crashwriter.__file__, str(mnt / "ckpts"), str(first)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     done = []
@@ -111,7 +84,27 @@ def test_disk_full_is_enospc(make_tmpfs, make_mount):
         assert hashlib.sha256((mnt / name).read_bytes()).hexdigest() == digest, f"{name} damaged by the full disk"
     # metadata still works, and the failed file kept its last committed content (none)
     os.mkdir(mnt / "still-usable")
-    assert os.stat(mnt / f"f{len(committed)}").st_size in (0, 2 * MiB)
+    assert os.stat(mnt / f"f{len(committed)}").st_size == 0
     mnt.remount()
     for name, digest in committed.items():
         assert hashlib.sha256((mnt / name).read_bytes()).hexdigest() == digest, f"{name} lost at remount"
+
+
+def test_a_failed_write_leaves_what_chunkfs_holds_visible(make_tmpfs, make_mount):
+    """On a full disk the writer gets ENOSPC; the file must then show what was committed — not the
+    size and bytes the kernel's page cache took from the writer and chunkfs never stored."""
+    mnt = make_mount(hot=make_tmpfs("40m") / "hot")
+    mnt.expect_log(r"no space left|failed")
+    old = random.Random(1).randbytes(MiB)
+    (mnt / "old.bin").write_bytes(old)  # committed; its rewrite will fail
+    with pytest.raises(OSError) as e, open(mnt / "new.bin", "wb") as f:
+        f.writelines(random.randbytes(MiB) for _ in range(100))  # 100 MiB cannot fit in 40 MiB
+    assert e.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as e, open(mnt / "old.bin", "wb") as f:
+        f.writelines(random.randbytes(MiB) for _ in range(100))
+    assert e.value.errno == errno.ENOSPC
+    for name, held in (("new.bin", b""), ("old.bin", old)):
+        assert os.stat(mnt / name).st_size == len(held), f"{name}: the size of writes that were never stored"
+        assert (mnt / name).read_bytes() == held, f"{name}: bytes of writes that were never stored"
+    mnt.remount()
+    assert (mnt / "new.bin").read_bytes() == b"" and (mnt / "old.bin").read_bytes() == old

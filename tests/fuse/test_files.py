@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -196,3 +198,39 @@ def test_parallel_writers(mnt):
     mnt.remount()
     for r in range(4):
         assert (mnt / f"shard-{r}.bin").read_bytes() == random.Random(r).randbytes(6 * MiB + r)
+
+
+def test_absurd_sizes_are_efbig_and_huge_holes_cost_nothing(mnt):
+    """``truncate -s 999999999999999`` once grew the daemon by 75 MB/s until the machine ran out of
+    memory. Past the largest file size: EFBIG at once; any legal sparse size: O(1)."""
+    f = mnt / "sparse"
+    f.write_bytes(b"head")
+    done = subprocess.run(["truncate", "-s", "999999999999999", str(f)],
+                          capture_output=True, check=False, text=True, timeout=30)  # fmt: skip
+    assert done.returncode != 0 and "too large" in done.stderr.lower(), done.stderr  # EFBIG: "File too large"
+    assert os.stat(f).st_size == 4
+    started = time.monotonic()
+    os.truncate(f, 200 << 40)  # 200 TiB
+    with open(f, "r+b") as fh:
+        fh.seek((200 << 40) - 4)
+        fh.write(b"tail")
+    assert time.monotonic() - started < 10
+    assert os.stat(f).st_size == 200 << 40
+    with open(f, "rb") as fh:
+        assert fh.read(4) == b"head"
+        fh.seek(123 << 40)
+        assert fh.read(1 << 20) == bytes(1 << 20)
+        fh.seek((200 << 40) - 4)
+        assert fh.read() == b"tail"
+    pid = mnt.daemon_pid()
+    with open(f"/proc/{pid}/status") as status:
+        rss_kb = int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
+    assert rss_kb < 512 * 1024, f"daemon RSS {rss_kb} KiB after a 200 TiB sparse file"
+    with pytest.raises(OSError) as e:
+        os.truncate(f, 1 << 60)
+    assert e.value.errno == errno.EFBIG
+    mnt.remount()
+    assert os.stat(f).st_size == 200 << 40
+    with open(f, "rb") as fh:
+        fh.seek((200 << 40) - 4)
+        assert fh.read() == b"tail"

@@ -12,65 +12,89 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.cli import CHUNKFS, chunkfs
+from helpers.mount import Mount, is_mounted, wait_dead
 
-from fusetest import CHUNKFS, Mount, cli, is_mounted, wait_dead
+from chunkfs.errors import Conflict, NotADirectory, NotFound, UsageError
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("chunkfs: error: "), done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
+def assert_error_says(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    """The one line of a failed command (``chunkfs(..., expect=...)`` checked it is one) says each fragment."""
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in done.stderr, done.stderr
 
 
 def test_missing_mountpoint(mnt, tmp_path):
-    done = cli("mount", mnt.repo, tmp_path / "nowhere", check=False)
-    assert_one_line_error(done, "does not exist")
+    done = chunkfs("mount", mnt.repo, tmp_path / "nowhere", expect=NotFound)
+    assert_error_says(done, "does not exist")
 
 
 def test_mountpoint_is_a_file(mnt, tmp_path):
     (tmp_path / "file").touch()
-    done = cli("mount", mnt.repo, tmp_path / "file", check=False)
-    assert_one_line_error(done, "not a directory")
+    done = chunkfs("mount", mnt.repo, tmp_path / "file", expect=NotADirectory)
+    assert_error_says(done, "not a directory")
 
 
 def test_missing_repository(mnt, tmp_path):
     (tmp_path / "empty-mnt").mkdir()
-    done = cli("mount", tmp_path / "no-repo", tmp_path / "empty-mnt", check=False)
-    assert_one_line_error(done, "not a chunkfs repository")
+    done = chunkfs("mount", tmp_path / "no-repo", tmp_path / "empty-mnt", expect=NotFound)
+    assert_error_says(done, "not a chunkfs repository")
     assert not is_mounted(tmp_path / "empty-mnt")
 
 
 def test_mountpoint_already_mounted(make_mount, tmp_path):
     first = make_mount()
-    cli("init", tmp_path / "other")
-    done = cli("mount", tmp_path / "other", first.path, check=False)
-    assert_one_line_error(done, "already mounted")
+    chunkfs("init", tmp_path / "other")
+    done = chunkfs("mount", tmp_path / "other", first.path, expect=Conflict)
+    assert_error_says(done, "already mounted")
     assert (first / ".").is_dir() and is_mounted(first.path)
 
 
 def test_repository_already_mounted(mnt, mount_root):
     mnt.expect_log(r"chunkfs: error: .* in use by pid")  # the second daemon says why it exits
     (mount_root / "second").mkdir()
-    done = cli("mount", mnt.repo, mount_root / "second", check=False)
-    assert_one_line_error(done, "in use by pid")
+    done = chunkfs("mount", mnt.repo, mount_root / "second", expect=Conflict)
+    assert_error_says(done, "in use by pid")
     assert not is_mounted(mount_root / "second")
     (mnt / "still-works").write_bytes(b"yes")  # the first daemon is unharmed
     assert (mnt / "still-works").read_bytes() == b"yes"
 
 
 def test_umount_errors(mnt, tmp_path):
-    assert_one_line_error(cli("umount", tmp_path, check=False), "no chunkfs filesystem is mounted")
-    with open(mnt / "busy", "wb"):
-        assert_one_line_error(cli("umount", mnt.path, check=False), "busy")
+    assert_error_says(chunkfs("umount", tmp_path, expect=NotFound), "no chunkfs filesystem is mounted")
+    (mnt / "sub").mkdir()
+    shell = subprocess.Popen(["sleep", "60"], cwd=mnt / "sub")  # a shell left inside the mount
+    try:
+        with open(mnt / "busy", "wb"):
+            done = chunkfs("umount", mnt.path, expect=Conflict)
+            assert_error_says(done, "busy", f"pid {os.getpid()} (", f"open {mnt / 'busy'}",
+                                  f"pid {shell.pid} (sleep: working directory)")  # fmt: skip
+    finally:
+        shell.kill()
+        shell.wait()
     assert is_mounted(mnt.path)
+
+
+def test_mountpoint_not_empty_is_refused_unless_nonempty(mnt, mount_root):
+    """Mounting over files hides them: refused (the help says "an existing, empty directory")."""
+    busy = mount_root / "full"
+    busy.mkdir()
+    (busy / "precious.txt").write_text("mine")
+    mnt.umount()
+    done = chunkfs("mount", mnt.repo, busy, expect=Conflict)
+    assert_error_says(done, "not empty", "-o nonempty")
+    assert not is_mounted(busy)
+    chunkfs("mount", mnt.repo, busy, "-o", "nonempty")
+    try:
+        assert is_mounted(busy) and not (busy / "precious.txt").exists()
+    finally:
+        chunkfs("umount", busy)
+    assert (busy / "precious.txt").read_text() == "mine"
 
 
 def test_daemon_stops_on_signal(mnt):
     """SIGTERM (systemd stop): commit open files, unmount, exit."""
-    f = open(mnt / "open-at-stop", "wb")
+    f = open(mnt / "open-at-stop", "wb")  # noqa: SIM115 — open across the daemon's stop
     f.write(b"committed by the daemon at shutdown")
     f.flush()
     pid = mnt.daemon_pid()
@@ -115,7 +139,7 @@ def test_mount_t_fuse_chunkfs(mount_helper_installed, make_mount):
     m = make_mount()  # for the repository, the cleanup and the log checks; mounted again below by mount(8)
     m.umount()
     done = subprocess.run(["mount", "-t", "fuse.chunkfs", "-o", "rw,allow_other,noauto", str(m.repo), str(m.path)],
-                          capture_output=True, text=True, timeout=90)  # fmt: skip
+                          capture_output=True, check=False, text=True, timeout=90)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert is_mounted(m.path)
     mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -129,7 +153,7 @@ def test_mount_t_fuse_chunkfs(mount_helper_installed, make_mount):
 def test_mount_helper_error_is_one_line(mount_helper_installed, tmp_path):
     (tmp_path / "mnt").mkdir()
     done = subprocess.run(["mount", "-t", "fuse.chunkfs", str(tmp_path / "no-repo"), str(tmp_path / "mnt")],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+                          capture_output=True, check=False, text=True, timeout=60)  # fmt: skip
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and "not a chunkfs repository" in done.stderr
 
@@ -148,7 +172,7 @@ def test_foreground_mount(make_mount):
             time.sleep(0.05)
         assert is_mounted(m.path)
         (m / "fg").write_bytes(b"foreground")
-        cli("umount", m.path)
+        chunkfs("umount", m.path)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
@@ -191,3 +215,36 @@ def test_read_only_mount(make_mount):
     with pytest.raises(OSError) as e:
         os.unlink(m / "f")
     assert e.value.errno == errno.EROFS
+
+
+def test_every_command_finds_the_repository_from_inside_a_mount(mnt):
+    """From a directory of a mount, every command that takes a repository works on the mounted one
+    (stats, status, fsck, sync and backup used to say "no repository given")."""
+    run = mnt / "llama" / "run1" / "checkpoint-1"
+    run.mkdir(parents=True)
+    (run / "model.bin").write_bytes(os.urandom(100_000))
+    inside = mnt / "llama"
+    for args in (["stats"], ["status"], ["fsck"], ["du"], ["gc", "--dry-run"], ["tag", "--list"], ["find"],
+                 ["unpin", "--list"], ["tier", "--dry-run"], ["log", "run1"], ["drill", "run1"],
+                 ["index", "rebuild"]):  # fmt: skip
+        if args == ["index", "rebuild"]:  # needs the repository unmounted: says so, about the right one
+            done = chunkfs(*args, cwd=inside, expect=Conflict)
+            assert "in use by" in done.stderr and str(mnt.repo) in done.stderr, done.stderr
+            continue
+        chunkfs(*args, cwd=inside)
+    for args in (["sync"], ["backup"]):  # a hot-only repository: found, and the error is about that
+        done = chunkfs(*args, cwd=inside, expect=UsageError)
+        assert "no repository" not in done.stderr and "warm tier" in done.stderr, done.stderr
+
+
+def test_a_path_in_a_mount_is_a_mount_path_whatever_chunkfs_repo_says(mnt, tmp_path):
+    other = tmp_path / "other"
+    chunkfs("init", other)
+    (mnt / "x").write_bytes(b"x")
+    from_env = {"CHUNKFS_REPO": str(other)}  # systemd units export CHUNKFS_REPO
+    done = chunkfs("log", mnt / "x", "--json", cwd=tmp_path, env=from_env)
+    assert "/x" in done.stdout
+    done = chunkfs("log", "/llama/x", cwd=tmp_path, env=from_env, expect=NotFound)
+    assert f"read as a path inside repository {other} (from $CHUNKFS_REPO)" in done.stderr, done.stderr
+    done = chunkfs("log", mnt / "x", "--repo", other, cwd=tmp_path, expect=UsageError)
+    assert "inside the mount of" in done.stderr, done.stderr

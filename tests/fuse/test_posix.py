@@ -8,8 +8,7 @@ import stat
 import subprocess
 
 import pytest
-
-from fusetest import RENAME_EXCHANGE, RENAME_NOREPLACE, is_mounted, renameat2
+from helpers.mount import RENAME_EXCHANGE, RENAME_NOREPLACE, is_mounted, renameat2
 
 
 def test_chmod_chown_utime(mnt):
@@ -196,7 +195,7 @@ def test_xattrs(mnt):
 
 def test_statfs_matches_hot_tier(mnt):
     ours, hot = os.statvfs(mnt.path), os.statvfs(mnt.repo / "hot")
-    free = lambda s: s.f_bavail * s.f_frsize  # noqa: E731
+    free = lambda s: s.f_bavail * s.f_frsize
     assert ours.f_blocks * ours.f_frsize == hot.f_blocks * hot.f_frsize
     assert abs(free(ours) - free(hot)) < 256 << 20  # others write to this disk at the same time
     assert ours.f_namemax == 255
@@ -215,7 +214,8 @@ def test_fsync_and_fsyncdir(mnt):
 
 
 def run_as_nobody(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "nobody", "--", *cmd], capture_output=True, text=True)
+    return subprocess.run(["runuser", "-u", "nobody", "--", *cmd], capture_output=True, check=False,
+                          text=True)  # fmt: skip
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user (runuser)")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fusetest import cli, mount_device
+from helpers.cli import chunkfs
+from helpers.mount import mount_device
 
 from chunkfs.fs.mount import READ_AHEAD_KB
 from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_name
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import HOLE
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -195,7 +196,7 @@ def test_snapshot_reads_are_read_ahead_too(make_mount):
     data = rand(8 * CHUNK, seed=4)
     (mnt / "f").write_bytes(data)
     mnt.umount()
-    cli("tag", "v1", "--repo", mnt.repo)
+    chunkfs("tag", "v1", "--repo", mnt.repo)
     chunks = stored_chunks(mnt, "f")
     start, bad, _ = chunks[3]
     damage(mnt, bad)

@@ -14,21 +14,16 @@ import errno
 import json
 import re
 import shutil
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).parent
-for _helpers in ("backends", "component", "tiers"):
-    sys.path.insert(0, str(HERE.parent / _helpers))
-
-from fusetest import cli  # noqa: E402
-from s3_fixtures import aws_env, moto_server, own_rclone  # noqa: E402, F401 (fixtures)
-from s3_servers import free_port  # noqa: E402
-from tier_helpers import s3_url, same_tree, write_run  # noqa: E402
+from helpers.cli import chunkfs
+from helpers.repos import same_tree
+from helpers.s3fixtures import aws_env, moto_server, own_rclone  # noqa: F401 (fixtures)
+from helpers.s3servers import free_port
+from helpers.tiers import s3_url, write_run
 
 RUN = "llama/run1"
 
@@ -61,7 +56,7 @@ def _write_run(m, tmp_path: Path) -> Path:
 
 
 def _status(m) -> dict:
-    return json.loads(cli("status", "--repo", m.repo, "--json").stdout)
+    return json.loads(chunkfs("status", "--repo", m.repo, "--json").stdout)
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -73,7 +68,7 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 def _run_stored(m) -> dict[str, int]:
     """Bytes of the run's packs per tier, as `chunkfs du` reports them."""
-    rows = json.loads(cli("du", f"/{RUN}", "--repo", m.repo, "--json").stdout)
+    rows = json.loads(chunkfs("du", f"/{RUN}", "--repo", m.repo, "--json").stdout)
     return next(r["stored"] for r in rows if r["run"] == f"/{RUN}")
 
 
@@ -84,11 +79,11 @@ def _hot_packs(m) -> list[Path]:
 def _complete_and_tier_to_warm(m) -> None:
     """`run complete`, wait for the daemon to seal the run's open pack and upload every pack,
     then `chunkfs tier`: the run's packs move to warm and their hot files are deleted."""
-    cli("run", "complete", m.path / RUN)
+    chunkfs("run", "complete", m.path / RUN)
 
     def everything_warm() -> bool:
-        cli("sync", "--repo", m.repo, "--timeout", "60")
-        cli("tier", "--repo", m.repo)
+        chunkfs("sync", "--repo", m.repo, "--timeout", "60")
+        chunkfs("tier", "--repo", m.repo)
         return set(_run_stored(m)) == {"warm"}
 
     _wait(everything_warm, 60, "the run's packs to move to warm")
@@ -107,12 +102,14 @@ def _drop_caches(m) -> None:
 def _remote_read_bytes(port: int) -> float:
     """The daemon's counter of bytes fetched from warm (the repository's, over every process)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    found = re.search(r'^chunkfs_remote_read_bytes_total\{tier="warm"\} (\S+)$', text, re.M)
+    found = re.search(r'^chunkfs_remote_read_bytes_total\{tier="warm"\} (\S+)$', text, re.MULTILINE)
     assert found, "the daemon's metrics have no remote read counter for warm"
     return float(found.group(1))
 
 
-def test_run_tiered_to_warm_reads_back_through_the_mount_from_s3(make_mount, moto_server, tmp_path):
+def test_run_tiered_to_warm_reads_back_through_the_mount_from_s3(
+    make_mount, moto_server, tmp_path  # noqa: F811 — an imported fixture, requested by name
+):
     port = free_port()
     m = _tiered_mount(make_mount, moto_server.endpoint, metrics_port=port)
     src = _write_run(m, tmp_path)
@@ -125,14 +122,16 @@ def test_run_tiered_to_warm_reads_back_through_the_mount_from_s3(make_mount, mot
     assert _hot_packs(m) == [], "a read brought packs back to hot"
 
 
-def test_prefetch_pin_then_read_through_the_mount_makes_no_s3_request(make_mount, moto_server, tmp_path):
+def test_prefetch_pin_then_read_through_the_mount_makes_no_s3_request(
+    make_mount, moto_server, tmp_path  # noqa: F811 — an imported fixture, requested by name
+):
     port = free_port()
     m = _tiered_mount(make_mount, moto_server.endpoint, metrics_port=port)
     src = _write_run(m, tmp_path)
     _complete_and_tier_to_warm(m)
 
     _drop_caches(m)
-    result = json.loads(cli("prefetch", m.path / RUN, "--pin", "--json").stdout)
+    result = json.loads(chunkfs("prefetch", m.path / RUN, "--pin", "--json").stdout)
     assert result["fetched_bytes"] > 0 and result["pinned"]
     m.remount()  # forget what the daemon itself may hold: only the pinned disk cache is left
 
@@ -141,7 +140,9 @@ def test_prefetch_pin_then_read_through_the_mount_makes_no_s3_request(make_mount
     assert _remote_read_bytes(port) == before, "a pinned model was read from S3"
 
 
-def test_writes_go_on_while_s3_is_down_and_the_queue_drains_after(make_mount, own_rclone, tmp_path):
+def test_writes_go_on_while_s3_is_down_and_the_queue_drains_after(
+    make_mount, own_rclone, tmp_path  # noqa: F811 — an imported fixture, requested by name
+):
     m = _tiered_mount(make_mount, own_rclone.endpoint)
     m.expect_log(r"upload|warm tier")  # the uploader's complaints while S3 is down
     own_rclone.stop()
@@ -152,25 +153,27 @@ def test_writes_go_on_while_s3_is_down_and_the_queue_drains_after(make_mount, ow
     same_tree(src, m.path / RUN)  # everything written is there, from the hot tier
 
     own_rclone.start()  # same port, same directory
-    done = cli("sync", "--repo", m.repo, "--timeout", "120", "--json")
+    done = chunkfs("sync", "--repo", m.repo, "--timeout", "120", "--json")
     assert json.loads(done.stdout)["by_daemon"]
     s = _status(m)
     assert s["upload_backlog"]["packs"] == 0 and s["upload_error"] is None
     assert s["tiers"]["warm"]["copies"] >= backlog["packs"]
-    cli("tier", "--repo", m.repo, "--check")
+    chunkfs("tier", "--repo", m.repo, "--check")
 
     _complete_and_tier_to_warm(m)  # nothing was lost: the run reads back from S3 alone
     _drop_caches(m)
     same_tree(src, m.path / RUN)
 
 
-def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(make_mount, moto_server, tmp_path):
+def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(
+    make_mount, moto_server, tmp_path  # noqa: F811 — an imported fixture, requested by name
+):
     glacier = {"cold": s3_url("glacier"), "cold_storage_class": "GLACIER"}
     m = _tiered_mount(make_mount, moto_server.endpoint, tiers=glacier)
     m.expect_log(r"chunkfs thaw")  # the daemon's ERROR line for the refused read names the command
     src = _write_run(m, tmp_path)
     _complete_and_tier_to_warm(m)
-    cli("tier", "move", m.path / RUN, "--to", "cold")
+    chunkfs("tier", "move", m.path / RUN, "--to", "cold")
     assert set(_run_stored(m)) == {"cold"}
     _drop_caches(m)
 
@@ -181,16 +184,18 @@ def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(make_mount,
     assert time.monotonic() - started < 30, "a read of archived data waited instead of failing"
     assert f"must be restored first; run `chunkfs thaw /llama/run1 --repo {m.repo}`" in m.log(), m.log()
 
-    done = cli("thaw", m.path / RUN, "--json")
+    done = chunkfs("thaw", m.path / RUN, "--json")
     assert json.loads(done.stdout)["packs"] > 0
     assert set(_run_stored(m)) == {"warm"}
     same_tree(src, m.path / RUN)
 
 
-def test_the_daemon_makes_room_on_a_full_hot_disk(make_mount, moto_server, make_tmpfs, tmp_path):
-    small_hot = make_tmpfs("12m")
+def test_the_daemon_makes_room_on_a_full_hot_disk(
+    make_mount, moto_server, make_tmpfs, tmp_path  # noqa: F811 — an imported fixture, requested by name
+):
+    small_hot = make_tmpfs("8m")
     m = _tiered_mount(make_mount, moto_server.endpoint, hot=small_hot / "hot", hot_min_free=50)
-    src = _write_run(m, tmp_path)  # 9.5 MB of a 12 MiB disk; the run is not complete
+    src = _write_run(m, tmp_path)  # 9.5 MB, about 5 MB stored (torch.save dedups against safetensors); not complete
 
     def free_percent() -> float:
         disk = shutil.disk_usage(small_hot)
@@ -202,3 +207,29 @@ def test_the_daemon_makes_room_on_a_full_hot_disk(make_mount, moto_server, make_
     assert stored["warm"] > 0 and stored.get("hot", 0) > 0, "only what was needed left hot"
     _drop_caches(m)
     same_tree(src, m.path / RUN)
+
+
+def test_run_complete_seals_at_once_and_nothing_says_done_while_data_waits(
+    make_mount, moto_server, tmp_path  # noqa: F811 — an imported fixture, requested by name
+):
+    """With the default lifecycle (an open pack is sealed only after seal_quiet), `run complete`
+    seals the run's open packs at once; before that, `tier` and `sync` say what waits, and why."""
+    settings = {
+        "chunking": {"chunk_size": 256 << 10, "min_chunk": 16 << 10},
+        "tiers": {"warm": s3_url("waiting"), "endpoint_url": moto_server.endpoint},
+        "lifecycle": {"interval": 0},  # no policy rounds of its own: the test runs `chunkfs tier`
+    }
+    m = make_mount(settings=settings)
+    _write_run(m, tmp_path)
+    dry = chunkfs("tier", "--repo", m.repo, "--dry-run").stdout
+    assert "nothing to move now" in dry and "not sealed yet" in dry, dry
+    synced = chunkfs("sync", "--repo", m.repo, "--timeout", "60").stdout
+    assert "not sealed yet" in synced, synced
+    assert json.loads(chunkfs("status", "--repo", m.repo, "--json").stdout)["open_packs"]["packs"] >= 1
+
+    chunkfs("run", "complete", m.path / RUN)
+    assert json.loads(chunkfs("status", "--repo", m.repo, "--json").stdout)["open_packs"]["packs"] == 0
+    chunkfs("sync", "--repo", m.repo, "--timeout", "60")
+    done = json.loads(chunkfs("tier", "--repo", m.repo, "--json").stdout)
+    assert done["waiting"] == "" and done["moved"]["hot→warm"]["packs"] >= 1
+    assert set(_run_stored(m)) == {"warm"}, "every byte of the run moved"

@@ -17,13 +17,15 @@ import os
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli import chunkfs, cli_json
 
-from fusetest import CHUNKFS, cli
+from chunkfs.errors import AlreadyExists, NotFound, UsageError
 
 torch = pytest.importorskip("torch")
 st = pytest.importorskip("safetensors.torch")
@@ -31,18 +33,6 @@ st = pytest.importorskip("safetensors.torch")
 
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def chunkfs(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``chunkfs ARGS`` in ``cwd``, whatever its exit status."""
-    return subprocess.run([*CHUNKFS, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-def cli_json(*args, cwd: Path | None = None):
-    """``chunkfs ARGS --json`` (run in ``cwd``: commands without a PATH find the mount from it)."""
-    done = chunkfs(*args, "--json", cwd=cwd)
-    assert done.returncode == 0, f"chunkfs {' '.join(map(str, args))} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-    return json.loads(done.stdout)
 
 
 def file_versions(path: Path) -> list[dict]:
@@ -74,7 +64,7 @@ def test_overwrite_three_times_and_read_every_version_back(mnt, plain, tmp_path)
         digests.append(sha(shadow))
         commits.append(newest_commit(target))
         time.sleep(0.05)
-        between.append(datetime.now(timezone.utc))  # a point after version k, before version k+1
+        between.append(datetime.now(UTC))  # a point after version k, before version k+1
         time.sleep(0.05)
     assert commits == sorted(set(commits)), f"each overwrite is a new, later commit: {commits}"
 
@@ -143,7 +133,7 @@ def test_shell_rewrite_is_one_version(mnt):
     # truncating a file to nothing is still a version of its own
     subprocess.run(["sh", "-c", f": > '{path}'"], check=True)
     deadline = time.monotonic() + 10
-    while [v["size"] for v in file_versions(path)][0] != 0 and time.monotonic() < deadline:
+    while file_versions(path)[0]["size"] != 0 and time.monotonic() < deadline:
         time.sleep(0.1)  # the last close's RELEASE reaches the daemon after close() returned
     assert [v["size"] for v in file_versions(path)] == [0, 6, 4, 4]
     # a restore from another process changes the size behind the kernel's back
@@ -218,8 +208,9 @@ def test_rotation_tag_keeps_the_removed_checkpoint(mnt, tmp_path):
         assert ("created", name) in events or ("renamed", name) in events
         assert ("removed", name) in events
     assert history[0]["event"] == "removed", "newest first: the removal"
-    text = cli("log", run / "checkpoint-500" / "model.safetensors").stdout
-    assert "removed" in text and "written" in text  # safetensors renames its open temporary file, then closes it
+    text = chunkfs("log", run / "checkpoint-500" / "model.safetensors").stdout
+    # safetensors renames its open temporary file, then closes it: the file arrives with its content
+    assert "removed" in text and "created" in text and " 0 B " not in text
 
     # restore the removed checkpoint as a copy, then in place
     cli_json("restore", run / "checkpoint-500", "--at", "before-rotation", "--to", tmp_path / "c500")
@@ -233,16 +224,16 @@ def test_rotation_tag_keeps_the_removed_checkpoint(mnt, tmp_path):
     listed = cli_json("tag", "--list", cwd=mnt.path)
     assert [(t["name"], t["path"]) for t in listed] == [("before-rotation", "/llama3/8b/lora-med/r1")]
     assert listed[0]["commit"] == tagged["commit"]
-    again = chunkfs("tag", "before-rotation", cwd=mnt.path)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    again = chunkfs("tag", "before-rotation", cwd=mnt.path, expect=AlreadyExists)
+    assert "already exists" in again.stderr
     cli_json("tag", "pinned-early", mnt.path, "--at", str(tagged["commit"] - 1))
     assert (mnt / ".snapshots" / "pinned-early").is_dir()
     cli_json("tag", "--delete", "before-rotation", cwd=mnt.path)
     assert [t["name"] for t in cli_json("tag", "--list", cwd=mnt.path)] == ["pinned-early"]
     assert "before-rotation" not in os.listdir(mnt / ".snapshots")
     assert not (mnt / ".snapshots" / "before-rotation").exists(), "gone at once, not after a cache timeout"
-    gone = chunkfs("tag", "--delete", "before-rotation", cwd=mnt.path)
-    assert gone.returncode == 1 and "no such tag" in gone.stderr
+    gone = chunkfs("tag", "--delete", "before-rotation", cwd=mnt.path, expect=NotFound)
+    assert "no such tag" in gone.stderr
 
 
 # -- diff ---------------------------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def test_diff_names_the_changed_tensors(mnt):
     assert {t["name"]: t["bytes_changed"] for t in change["tensors"]} == expected_bytes
     assert all(t["status"] == "changed" and t["size_a"] == 256 * 256 * 4 for t in change["tensors"])
     assert change["tensors_unchanged"] == len(base) - 2
-    text = cli("diff", a, b).stdout
+    text = chunkfs("diff", a, b).stdout
     assert "layer2.weight" in text and "layer4.weight" in text and "layer0.weight" not in text
 
     # two trees: only the changed file
@@ -341,8 +332,8 @@ def test_metadata_sources_answer_find(mnt):
     (best,) = cli_json("find", "--run", "r1", "--sort", "eval_loss", "--limit", "1", cwd=mnt.path)
     assert best["step"] == 1000 and best["meta"]["eval_step"] == 1000
 
-    bad = chunkfs("find", "--where", "eval_loss<0.3 or step>1", cwd=mnt.path)
-    assert bad.returncode == 2 and bad.stderr.strip()
+    bad = chunkfs("find", "--where", "eval_loss<0.3 or step>1", cwd=mnt.path, expect=UsageError)
+    assert bad.stderr.strip()
 
     # removing the xattr brings the extracted value back
     os.removexattr(r2 / "checkpoint-500", "user.chunkfs.eval_loss")
@@ -403,7 +394,7 @@ def test_malformed_trainer_state_is_reported_and_skipped(mnt):
     rec = cli_json("meta", "get", d)
     assert "trainer_state.json" in rec["problems"] and "JSON" in rec["problems"]["trainer_state.json"]
     assert rec["meta"]["model_type"] == "llama", "the other sidecars still count"
-    shown = cli("meta", "get", d)
+    shown = chunkfs("meta", "get", d)
     assert "trainer_state.json" in shown.stdout + shown.stderr
     assert [r["path"] for r in cli_json("find", "--model", "llama3", cwd=mnt.path)] == ["/llama3/8b/lora/r1/checkpoint-500"]
     assert os.readlink(mnt / "llama3" / "@latest") == "8b/lora/r1/checkpoint-500"
@@ -420,6 +411,33 @@ def test_malformed_trainer_state_is_reported_and_skipped(mnt):
 # -- .snapshots is read-only ----------------------------------------------------------------------------
 
 
+def write_attempts(mnt, d: Path, f: Path) -> dict[str, Callable[[], object]]:
+    """Every way to change the directory ``d`` and its file ``f``, by name: each must fail (EROFS)."""
+
+    def open_and_close(path: Path, mode: str) -> None:
+        with open(path, mode):
+            pass
+
+    return {
+        "create": lambda: open_and_close(d / "new", "wb"),
+        "write-open": lambda: open_and_close(f, "r+b"),
+        "append-open": lambda: open_and_close(f, "ab"),
+        "truncate-open": lambda: os.open(f, os.O_WRONLY | os.O_TRUNC),
+        "mkdir": lambda: os.mkdir(d / "sub"),
+        "unlink": lambda: os.unlink(f),
+        "rmdir": lambda: os.rmdir(d),
+        "rename": lambda: os.rename(f, d / "g.bin"),
+        "rename-out": lambda: os.rename(f, mnt / "stolen.bin"),
+        "link": lambda: os.link(f, d / "h.bin"),
+        "symlink": lambda: os.symlink("f.bin", d / "s"),
+        "setxattr": lambda: os.setxattr(d, "user.chunkfs.eval_loss", b"1"),
+        "removexattr": lambda: os.removexattr(d, "user.x"),
+        "chmod": lambda: os.chmod(f, 0o600),
+        "utime": lambda: os.utime(f, (0, 0)),
+        "truncate": lambda: os.truncate(f, 0),
+    }
+
+
 def test_writes_into_snapshots_fail_with_erofs(mnt):
     (mnt / "d").mkdir()
     (mnt / "d" / "f.bin").write_bytes(b"x" * 100)
@@ -428,24 +446,7 @@ def test_writes_into_snapshots_fail_with_erofs(mnt):
     for root in (mnt / ".snapshots" / f"@{commit}", mnt / ".snapshots" / "t1"):
         d, f = root / "d", root / "d" / "f.bin"
         assert f.read_bytes() == b"x" * 100
-        attempts = {
-            "create": lambda: open(d / "new", "wb"),
-            "write-open": lambda: open(f, "r+b"),
-            "append-open": lambda: open(f, "ab"),
-            "truncate-open": lambda: os.open(f, os.O_WRONLY | os.O_TRUNC),
-            "mkdir": lambda: os.mkdir(d / "sub"),
-            "unlink": lambda: os.unlink(f),
-            "rmdir": lambda: os.rmdir(d),
-            "rename": lambda: os.rename(f, d / "g.bin"),
-            "rename-out": lambda: os.rename(f, mnt / "stolen.bin"),
-            "link": lambda: os.link(f, d / "h.bin"),
-            "symlink": lambda: os.symlink("f.bin", d / "s"),
-            "setxattr": lambda: os.setxattr(d, "user.chunkfs.eval_loss", b"1"),
-            "removexattr": lambda: os.removexattr(d, "user.x"),
-            "chmod": lambda: os.chmod(f, 0o600),
-            "utime": lambda: os.utime(f, (0, 0)),
-            "truncate": lambda: os.truncate(f, 0),
-        }
+        attempts = write_attempts(mnt, d, f)
         for what, attempt in attempts.items():
             with pytest.raises(OSError) as e:
                 attempt()
@@ -466,8 +467,8 @@ def test_bad_points_are_enoent(mnt):
     (mnt / "f").write_bytes(b"1")
     for name in ("@99999", "@1999-01-01T00:00Z", "no-such-tag", "@not-a-time"):
         assert not (mnt / ".snapshots" / name).exists()
-    bad = cli("restore", mnt / "f", "--at", "99999", check=False)
-    assert bad.returncode == 1 and "no such commit" in bad.stderr
+    bad = chunkfs("restore", mnt / "f", "--at", "99999", expect=NotFound)
+    assert "no such commit" in bad.stderr
 
 
 # -- historic reads cost what current ones do -------------------------------------------------------------
@@ -496,3 +497,51 @@ def test_historic_open_is_as_fast_as_current(mnt):
     current_s, historic_s = open_read(deep / "f.bin"), open_read(historic)
     print(f"open+read 1 byte: current {current_s * 1e3:.2f} ms, historic {historic_s * 1e3:.2f} ms")
     assert historic_s < 1.0
+
+
+def test_rename_before_close_leaves_no_empty_version(mnt):
+    """safetensors creates its file, fills it and renames it before closing it: every version that
+    `chunkfs log` names must be content a reader could have seen complete — never the empty file
+    the rename moved."""
+    tensors = {"w": torch.randn(512, 512), "b": torch.randn(512)}
+    st.save_file(tensors, mnt / "x.safetensors")
+    size = os.stat(mnt / "x.safetensors").st_size
+    fd = os.open(mnt / "y.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # the raw pattern
+    os.write(fd, b"y" * 5000)
+    os.rename(mnt / "y.tmp", mnt / "y.bin")
+    os.close(fd)
+    for name, full in (("x.safetensors", size), ("y.bin", 5000)):
+        log = cli_json("log", mnt / name)
+        assert log and all(e["size"] == full for e in log if e["event"] != "removed"), log
+        for e in log:
+            snap = mnt / ".snapshots" / f"@{e['commit']}" / name
+            assert snap.stat().st_size == full, (name, e)
+        first = min(e["commit"] for e in log)
+        if first > 1:
+            assert not (mnt / ".snapshots" / f"@{first - 1}" / name).exists()
+    diff = chunkfs("diff", f"{mnt / 'x.safetensors'}@{min(e['commit'] for e in cli_json('log', mnt / 'x.safetensors'))}",
+                   mnt / "x.safetensors")
+    assert "0 B" not in diff.stdout, diff.stdout
+    (mnt / "empty").touch()  # created and closed empty: that is a version too
+    log = cli_json("log", mnt / "empty")
+    assert [e["size"] for e in log] == [0]
+
+
+def test_log_of_a_removed_directory_names_the_last_commit_it_was_whole(mnt):
+    """The Trainer's rotation (rmtree) unlinks a checkpoint's files one commit each, then the
+    directory: `chunkfs log RUN` names, with the removal, the commit at which it was last whole."""
+    run = mnt / "run"
+    ckpt = run / "checkpoint-10"
+    ckpt.mkdir(parents=True)
+    names = ["model.safetensors", "optimizer.pt", "trainer_state.json"]
+    for name in names:
+        (ckpt / name).write_bytes(os.urandom(1000))
+    (run / "checkpoint-20").mkdir()
+    shutil.rmtree(ckpt)
+    (removal,) = [e for e in cli_json("log", run) if e["event"] == "removed" and e["path"].endswith("checkpoint-10")]
+    assert removal["kind"] == "directory" and removal["whole_at"] is not None
+    whole = mnt / ".snapshots" / f"@{removal['whole_at']}" / "run" / "checkpoint-10"
+    assert sorted(os.listdir(whole)) == names
+    later = mnt / ".snapshots" / f"@{removal['whole_at'] + 1}" / "run" / "checkpoint-10"
+    assert len(os.listdir(later)) < len(names), "the next commit already lost a file"
+    assert f"removed (whole at @{removal['whole_at']})" in chunkfs("log", run).stdout

@@ -6,19 +6,13 @@ in test_versions.py.)"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import trio
+from helpers.gc import write
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "gc"))
-
-from gc_helpers import write  # noqa: E402
-
-from chunkfs.fs.operations import ChunkfsOperations  # noqa: E402
-from chunkfs.fs.virtual import SNAPSHOTS, SNAPSHOTS_INO  # noqa: E402
-from chunkfs.index.keys import ROOT_INODE  # noqa: E402
-from chunkfs.repo import Repository  # noqa: E402
+from chunkfs.fs.operations import ChunkfsOperations
+from chunkfs.fs.virtual import SNAPSHOTS, SNAPSHOTS_INO
+from chunkfs.repo import Repository
+from chunkfs.types import ROOT_INODE
 
 
 def test_forgotten_snapshot_entries_are_dropped_and_found_again(tmp_path):

@@ -1,30 +1,20 @@
-"""Fixtures of the gc tests (helpers: gc_helpers.py)."""
+"""Fixtures of the gc tests (helpers: helpers/gc.py): ``make_repo(**gc)`` creates a repository
+with small chunks and ``gc_settings(**gc)``, a gc that waits for nothing."""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))  # gc_helpers, whatever pytest's import mode
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "component"))  # repo_fixtures
-
-from gc_helpers import settings  # noqa: E402
-from repo_fixtures import creating, repo_path  # noqa: E402, F401 (fixtures)
-
-from chunkfs.repo import Repository  # noqa: E402
+from helpers.gc import settings
+from helpers.repos import make_repo, repo_path  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
-def make_repo(repo_path: Path) -> Iterator[Callable[..., Repository]]:
-    yield from creating(repo_path, settings)
+def repo_settings():
+    """``make_repo(**gc)`` → a repository with ``helpers.gc.settings(**gc)``."""
+    return settings
 
 
 @pytest.fixture
-def gc_env() -> dict:
-    env = dict(os.environ)
-    env.pop("CHUNKFS_GC_HOOK", None)
-    return env
+def gc_env(monkeypatch) -> None:
+    """No ``CHUNKFS_GC_HOOK`` from outside: a gc the CLI runs goes to the end unless the test sets one."""
+    monkeypatch.delenv("CHUNKFS_GC_HOOK", raising=False)

@@ -3,22 +3,17 @@ deleted from the bucket, mostly-dead ones repacked there; killed mid-repack, a r
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from gc_helpers import checkpoints_on_tiers, drop_checkpoints, read, tiered_settings
+from helpers.cli import chunkfs, cli_json
+from helpers.gc import checkpoints_on_tiers, drop_checkpoints, gc_settings, read
+from helpers.s3servers import ACCESS_KEY, BUCKET, SECRET_KEY, admin_client
+from helpers.tiers import tiered_settings
 
-from chunkfs import config
 from chunkfs.ops import gc, retention
 from chunkfs.repo import Repository
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "backends"))  # s3_servers
-
-from s3_servers import ACCESS_KEY, BUCKET, SECRET_KEY, admin_client  # noqa: E402
 
 moto_server = pytest.importorskip("moto.server")
 
@@ -50,9 +45,9 @@ def objects(endpoint: str, prefix: str) -> set[str]:
 
 
 def make(tmp_path: Path, endpoint: str, tag: str) -> Repository:
-    tiers = config.TierSettings(warm=f"s3://{BUCKET}/gc-{tag}-warm", cold=f"s3://{BUCKET}/gc-{tag}-cold",
-                                endpoint_url=endpoint)  # fmt: skip
-    return Repository.create(tmp_path / "repo", settings=tiered_settings(tiers, repack_below=0.99))
+    settings = tiered_settings(endpoint, warm=f"s3://{BUCKET}/gc-{tag}-warm", cold=f"s3://{BUCKET}/gc-{tag}-cold",
+                               gc=gc_settings(repack_below=0.99))  # fmt: skip
+    return Repository.create(tmp_path / "repo", settings=settings)
 
 
 def populate(repo) -> dict[str, bytes]:
@@ -78,21 +73,16 @@ def test_gc_on_s3_tiers(tmp_path, endpoint):
 
 
 @pytest.mark.parametrize("step", ["repack-built", "repack-switched", "packs-unindexed"])
-def test_gc_on_s3_killed_then_rerun(tmp_path, endpoint, step):
+def test_gc_on_s3_killed_then_rerun(tmp_path, endpoint, step, gc_env):
     tag = f"k{step}"
     repo = make(tmp_path, endpoint, tag)
     files = populate(repo)
     repo.close()
-    env = dict(os.environ, CHUNKFS_GC_HOOK=step)
-    cmd = [sys.executable, "-m", "chunkfs", "gc", "--repo", str(tmp_path / "repo"), "--json", "--grace", "0s",
-           "--keep-last", "2", "--repack-below", "0.99"]  # fmt: skip
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == -9, p.stderr
-    env.pop("CHUNKFS_GC_HOOK")
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    again = json.loads(p.stdout)
+    args = ["gc", "--repo", tmp_path / "repo", "--grace", "0s", "--keep-last", "2", "--repack-below", "0.99"]
+    p = chunkfs(*args, "--json", env={"CHUNKFS_GC_HOOK": step}, expect=None)
+    assert p.returncode == -9, p.stderr  # the hook killed it at that step
+    cli_json(*args)
+    again = cli_json(*args)
     assert again["packs_deleted"] == 0 and again["packs_repacked"] == 0
     with Repository(tmp_path / "repo") as repo:
         for path, data in files.items():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from gc_helpers import content, read, rmtree, write
+from helpers.gc import content, read, rmtree, write
 
 from chunkfs.engine import codec
 from chunkfs.errors import Conflict
 from chunkfs.index import keys
 from chunkfs.ops import gc, retention
-from chunkfs.store.packstore import NO_WINDOW
+from chunkfs.store.pack.store import NO_WINDOW
 from chunkfs.types import ChunkLocation, Extent
 
 
@@ -71,6 +71,31 @@ def test_open_writer_window_blocks_sweeping_until_it_commits(make_repo):
 
 def test_only_one_gc_at_a_time(make_repo):
     repo = make_repo()
-    with gc._gc_lock(repo):
-        with pytest.raises(Conflict, match="another"):
-            gc.run(repo, None)
+    with gc._gc_lock(repo), pytest.raises(Conflict, match="another"):
+        gc.run(repo, None)
+
+
+def test_a_window_opened_after_the_condemnation_does_not_hold_its_chunks(make_repo):
+    """A file opened for writing after gc condemned a chunk cannot have found it by dedup (it was
+    out of ``chunks`` already): only windows older than the condemnation keep its bytes. Otherwise
+    a training run that always has some file open would hold every condemned byte forever."""
+    import stat
+
+    repo = make_repo()
+    write(repo, "/d/old", content(5))
+    rmtree(repo, "/d/old")
+    parent = repo.ns.resolve("/d")
+    a, _ = repo.ns.mknod(parent, b"a", stat.S_IFREG | 0o644, 0, 0)
+    b, _ = repo.ns.mknod(parent, b"b", stat.S_IFREG | 0o644, 0, 0)
+    fa = repo.file_content(a)
+    fa.write(0, content(6))  # opened before the condemnation: it holds the bytes
+    rules = retention.rules_for(repo.settings, keep_within="0s")
+    first = gc.run(repo, rules, grace_s=0)
+    assert first.chunks_condemned >= 1 and first.chunks_swept == 0
+    fb = repo.file_content(b)
+    fb.write(0, content(7))  # opened after it, and still open
+    repo.commit_file(a, fa)  # the older window ends
+    second = gc.run(repo, rules, grace_s=0)
+    assert second.chunks_swept >= 1, "what the closed window held is swept; the open newer one holds nothing"
+    repo.commit_file(b, fb)
+    assert read(repo, "/d/a") == content(6) and read(repo, "/d/b") == content(7)

@@ -3,15 +3,18 @@ metric, keep-within 0s, tags and the current tree always kept."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
-from gc_helpers import block, content, hot_bytes, read, read_at, rmtree, write
+from helpers.cli import chunkfs, cli_json
+from helpers.gc import block, content, hot_bytes, read, read_at, rmtree, write
 
 from chunkfs.engine import codec
+from chunkfs.errors import UsageError
 from chunkfs.ops import gc, retention
-from chunkfs.store.backend import LocalBackend
-from chunkfs.store.packs import read_entries
+from chunkfs.store.backends.local import LocalBackend
+from chunkfs.store.pack.files import read_entries
 
 STEPS = (100, 200, 300, 400, 500)
 SHARED = tuple(range(8))  # blocks every checkpoint has (frozen layers)
@@ -43,10 +46,8 @@ def train(repo, *, save_total_limit: int, tag_after: int | None = None) -> dict[
             repo.history.tag("keep", commits[s])
         saved = [x for x in STEPS if x <= s]
         for old in saved[:-save_total_limit]:
-            try:
+            with contextlib.suppress(Exception):  # already rotated away
                 rmtree(repo, f"/m/run1/checkpoint-{old}")
-            except Exception:  # noqa: BLE001 - already rotated away
-                pass
     repo.packs.seal_all()  # gc leaves open packs alone (a writer appends to them)
     return commits
 
@@ -161,19 +162,43 @@ def test_config_rules_per_pattern(make_repo):
 
 
 def test_cli_dry_run_lists_drops_and_bytes(make_repo, repo_path):
-    import subprocess
-    import sys
-
     repo = make_repo()
     train(repo, save_total_limit=2)
     repo.close()
-    base = [sys.executable, "-m", "chunkfs", "gc", "--repo", str(repo_path)]
-    p = subprocess.run([*base, "--dry-run", "--keep-last", "2"], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
+    cmd = ("gc", "--repo", repo_path)
+    p = chunkfs(*cmd, "--dry-run", "--keep-last", "2")
     assert "would drop /m/run1/checkpoint-100/model.bin" in p.stdout
     assert "it frees" in p.stdout
-    p = subprocess.run([*base, "--dry-run", "--json", "--keep-best", "eval_loss:2"], capture_output=True, text=True)
-    doc = json.loads(p.stdout)
+    doc = cli_json(*cmd, "--dry-run", "--keep-best", "eval_loss:2")
     assert doc["dry_run"] and {c["step"] for c in doc["checkpoints"] if c["kept"]} == {200, 400}
-    p = subprocess.run([*base, "--keep-best", "eval_loss"], capture_output=True, text=True)
-    assert p.returncode == 2 and "METRIC:N" in p.stderr
+    p = chunkfs(*cmd, "--keep-best", "eval_loss", expect=UsageError)
+    assert "METRIC:N" in p.stderr
+
+
+def test_a_tag_with_a_path_keeps_the_versions_under_it_only(make_repo):
+    """`chunkfs tag NAME PATH` pins that subtree as of the tag's commit; before, a tag pinned the
+    whole tree whatever its path. gc --json names the tag among the reasons of what it keeps."""
+    repo = make_repo()
+    write(repo, "/m/other/notes.bin", content(90))
+    commits = train(repo, save_total_limit=1)
+    tag_commit = commits[200]
+    repo.history.tag("c200", tag_commit, "/m/run1/checkpoint-200")
+    write(repo, "/m/other/notes.bin", content(91))  # its old version is not under the tag's path
+    repo.packs.seal_all()
+    result = gc.run(repo, retention.rules_for(repo.settings, keep_within="0s"), grace_s=0)
+    dropped = {(d["path"], d["commit"]) for d in result.dropped}
+    assert any(p == "/m/other/notes.bin" for p, _ in dropped), "a path tag does not keep other paths"
+    assert read_at(repo, "/m/run1/checkpoint-200/model.bin", tag_commit) == model(200)
+    reasons = {c["path"]: c["reasons"] for c in result.checkpoints}
+    assert reasons["/m/run1/checkpoint-200"] == ["tag c200"] and reasons["/m/run1/checkpoint-300"] == []
+
+
+def test_a_run_named_like_a_step_is_not_a_checkpoint(make_repo):
+    """A run directory whose name ends in digits (run3) holding checkpoint-N directories is a run,
+    as the registry says, not the checkpoint of step 3."""
+    repo = make_repo()
+    for step in (10, 20):
+        write(repo, f"/m/run3/checkpoint-{step}/model.bin", content(step))
+    result = gc.run(repo, retention.rules_for(repo.settings, keep_last=1), dry_run=True)
+    assert [c["path"] for c in result.checkpoints] == ["/m/run3/checkpoint-10", "/m/run3/checkpoint-20"]
+    assert [c["kept"] for c in result.checkpoints] == [False, True], "keep_last=1 counts within run3"

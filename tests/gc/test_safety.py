@@ -3,31 +3,26 @@ leftovers of crashed writes are reclaimed."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 
 import blake3
 import pytest
-from gc_helpers import BLOCK, content, read, rmtree, write
+from helpers.cli import chunkfs, cli_json
+from helpers.gc import BLOCK, content, read, rmtree, write
 
 from chunkfs.engine import codec
 from chunkfs.ops import gc, retention
-from chunkfs.store.packs import pack_name
+from chunkfs.store.backends import ownership
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import HOLE
 
 
-def cli_gc(repo_path, *args, env=None, check=True):
-    cmd = [sys.executable, "-m", "chunkfs", "gc", "--repo", str(repo_path), "--json", "--grace", "0s", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    if check:
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
-    return p
+def cli_gc(repo_path, *args, **kw):
+    """``chunkfs gc --grace 0s ARGS --json``, which must succeed: its report."""
+    return cli_json("gc", "--repo", repo_path, "--grace", "0s", *args, **kw)
 
 
 def verify_everything(repo) -> int:
@@ -96,7 +91,7 @@ def test_gc_racing_four_writers_loses_nothing(make_repo, repo_path, gc_env):
     # at least five gc runs while the writers write, more (up to 20) until one of them
     # has dropped versions and condemned chunks: on a loaded machine a run may find none
     while runs < 5 or (not raced and runs < 20):
-        out = cli_gc(repo_path, "--keep-within", "0s", "--repack-below", "0.9", env=gc_env)
+        out = cli_gc(repo_path, "--keep-within", "0s", "--repack-below", "0.9")
         for k in ("chunks_condemned", "chunks_swept", "chunks_waiting", "packs_deleted", "packs_repacked",
                   "versions_dropped"):
             totals[k] = totals.get(k, 0) + out[k]
@@ -109,7 +104,7 @@ def test_gc_racing_four_writers_loses_nothing(make_repo, repo_path, gc_env):
     assert not errors, errors
     repo.packs.seal_all()
     during = dict(totals)
-    out = cli_gc(repo_path, "--keep-within", "0s", "--repack-below", "0.9", env=gc_env)
+    out = cli_gc(repo_path, "--keep-within", "0s", "--repack-below", "0.9")
     for k in totals:
         totals[k] += out[k]
     for path, data in expected.items():
@@ -138,13 +133,13 @@ def _populate(repo) -> dict[str, bytes]:
 def test_gc_killed_at_each_step_then_rerun(make_repo, repo_path, gc_env, step):
     repo = make_repo()
     files = _populate(repo)
-    env = dict(gc_env, CHUNKFS_GC_HOOK=step)
-    p = cli_gc(repo_path, "--keep-last", "2", "--repack-below", "0.99", env=env, check=False)
-    assert p.returncode == -9, (p.returncode, p.stderr)
+    p = chunkfs("gc", "--repo", repo_path, "--json", "--grace", "0s", "--keep-last", "2", "--repack-below", "0.99",
+                env={"CHUNKFS_GC_HOOK": step}, expect=None)  # fmt: skip
+    assert p.returncode == -9, (p.returncode, p.stderr)  # the hook killed it at that step
     for path, data in files.items():  # nothing live is lost, even now
         assert read(repo, path) == data
-    result = cli_gc(repo_path, "--keep-last", "2", "--repack-below", "0.99", env=gc_env)
-    again = cli_gc(repo_path, "--keep-last", "2", "--repack-below", "0.99", env=gc_env)
+    result = cli_gc(repo_path, "--keep-last", "2", "--repack-below", "0.99")
+    again = cli_gc(repo_path, "--keep-last", "2", "--repack-below", "0.99")
     assert again["packs_deleted"] == 0 and again["packs_repacked"] == 0 and again["chunks_condemned"] == 0
     for path, data in files.items():
         assert read(repo, path) == data
@@ -161,18 +156,20 @@ def test_crashed_write_leftovers_are_reclaimed(make_repo, repo_path, gc_env):
     # a crashed writer: chunks flushed and indexed, never committed to any file
     repo.chunks.put(content(777), "/m/run")
     repo.packs.seal_all()
-    # an orphan pack object nobody indexed, and a scratch file
-    orphan = repo_path / "hot" / pack_name(os.urandom(16))
-    orphan.parent.mkdir(parents=True, exist_ok=True)
-    orphan.write_bytes(b"x" * 1000)
+    # an orphan pack object nobody indexed (its id made by this repository, as every pack id is),
+    # a scratch file, and a pack object whose name does not say it is ours: never deleted
+    orphan = repo_path / "hot" / pack_name(ownership.new_pack_id(repo.index.repo_id))
+    foreign = repo_path / "hot" / pack_name(os.urandom(16))
+    for p in (orphan, foreign):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (time.time() - 10, time.time() - 10))
     (repo_path / "tmp").mkdir(exist_ok=True)
     (repo_path / "tmp" / "leftover.pack").write_bytes(b"y" * 100)
-    old = time.time() - 10
-    os.utime(orphan, (old, old))
     repo.close()  # its lease goes; the leftovers are nobody's
-    result = cli_gc(repo_path, "--repack-below", "0.99", env=gc_env)
+    result = cli_gc(repo_path, "--repack-below", "0.99")
     assert result["orphans"] == 2
-    assert not orphan.exists()
+    assert not orphan.exists() and foreign.exists()
     stored = b"".join(p.read_bytes() for p in (repo_path / "hot").rglob("*.pack"))
     assert content(777)[:4096] not in stored
     from chunkfs.repo import Repository

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import safetensors.torch
 import torch
-from tier_helpers import export_and_compare, import_run, packs_by_tier, tiered_settings
+from helpers.tiers import export_and_compare, import_run, packs_by_tier, tiered_settings
 
 from chunkfs import clock
 from chunkfs.ops import fsck as fsckop

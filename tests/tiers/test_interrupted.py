@@ -16,22 +16,23 @@ import sys
 import textwrap
 import time
 
-from tier_helpers import export_and_compare, hot_pack_files, import_run, tiered_settings, write_run
+from helpers.cli import chunkfs
+from helpers.tiers import export_and_compare, hot_pack_files, import_run, tiered_settings, write_run
 
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_name
-from chunkfs.store.tiers import NEW, OLD
+from chunkfs.store.maintenance.rewrite import NEW, OLD
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import Tier
 
 SLOW_TIER = textwrap.dedent(
     """
     import os, sys, time
-    from chunkfs.store import tiers
-    from chunkfs.store.backend import LocalBackend
+    from chunkfs.store.tiering import tiers
+    from chunkfs.store.backends.local import LocalBackend
 
     phase = os.environ["PHASE"]
-    copy, delete = tiers.Tiers._copy, LocalBackend.delete
+    copy, delete = tiers.Tiers.copy_verified, LocalBackend.delete
 
     def slow_copy(self, *args):
         digest = copy(self, *args)
@@ -44,7 +45,7 @@ SLOW_TIER = textwrap.dedent(
             time.sleep(30)  # killed here: the index says warm, the hot file is still there
         return delete(self, name)
 
-    tiers.Tiers._copy = slow_copy
+    tiers.Tiers.copy_verified = slow_copy
     LocalBackend.delete = slow_delete
     from chunkfs.cli.main import main
     sys.exit(main(["tier", "--repo", sys.argv[1]]))
@@ -69,7 +70,7 @@ def _kill_when(repo: Repository, proc: subprocess.Popen, kind: int, timeout: flo
     raise AssertionError("no tier operation started in time")
 
 
-def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path, cli_env):
+def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path):
     repo_path = tmp_path / "repo"
     src = write_run(tmp_path / "src", steps=2)
     with Repository.create(repo_path, settings=tiered_settings(moto_server.endpoint)) as repo:
@@ -82,7 +83,7 @@ def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path, cli_env):
     with Repository(repo_path, writable=False) as watcher:
         for phase, kind in (("copied", NEW), ("switched", OLD), ("copied", NEW)):
             proc = subprocess.Popen(
-                [sys.executable, "-c", SLOW_TIER, str(repo_path)], env={**cli_env, "PHASE": phase},
+                [sys.executable, "-c", SLOW_TIER, str(repo_path)], env=dict(os.environ, PHASE=phase),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
             _kill_when(watcher, proc, kind)
@@ -100,11 +101,7 @@ def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path, cli_env):
             watcher.drop_caches()
             export_and_compare(watcher, src, "/m/run1", tmp_path / f"out-{phase}-{kind}")
 
-    done = subprocess.run(
-        [sys.executable, "-m", "chunkfs", "tier", "--repo", str(repo_path), "--json"],
-        env=cli_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    chunkfs("tier", "--repo", repo_path, "--json")
     with Repository(repo_path, writable=False) as repo:
         with repo.index.read() as t:
             assert list(t.moves()) == []

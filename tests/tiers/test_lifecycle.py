@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tier_helpers import (
+from helpers.tiers import (
     RequestCounter,
     export_and_compare,
     hot_pack_files,
@@ -21,7 +21,7 @@ from chunkfs.errors import BackendUnavailable
 from chunkfs.ops import status as statusop
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
-from chunkfs.store import lifecycle
+from chunkfs.store.tiering import lifecycle
 from chunkfs.types import PackState, Tier
 
 DAY = 86400

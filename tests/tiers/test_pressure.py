@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import shutil
 
-from tier_helpers import export_and_compare, import_run, tiered_settings, write_run
+from helpers.tiers import export_and_compare, import_run, tiered_settings, write_run
 
 from chunkfs import config
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
-from chunkfs.store import lifecycle
+from chunkfs.store.tiering import lifecycle
 from chunkfs.types import Tier
 
 MIN_FREE = 50  # percent

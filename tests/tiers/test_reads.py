@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from tier_helpers import RequestCounter, export_and_compare, import_run, tiered_settings, write_run
+from helpers.tiers import RequestCounter, export_and_compare, import_run, tiered_settings, write_run
 
 from chunkfs import config
 from chunkfs.ops import prefetch as prefetchop
 from chunkfs.ops import tier as tierop
 from chunkfs.ops import transfer
 from chunkfs.repo import Repository
-from chunkfs.store.readcache import ReadCache
+from chunkfs.store.tiering.readcache import ReadCache
 from chunkfs.types import Tier
 
 
@@ -118,7 +118,7 @@ def test_read_cache_lru_and_pins(tmp_path):
 
 
 def test_transfer_of_a_whole_tree_from_warm_counts_activity(warm_runs, tmp_path):
-    repo, srcs = warm_runs
+    repo, _srcs = warm_runs
     transfer.export_tree(repo, "/m", tmp_path / "all")
     counters = repo.counters()
     assert counters["remote_read_bytes_warm"] > 0 and counters["read_bytes"] > 0

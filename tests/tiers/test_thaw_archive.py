@@ -15,23 +15,15 @@ import json
 import urllib.request
 
 import pytest
-from tier_helpers import (
-    RequestCounter,
-    chunkfs,
-    packs_by_tier,
-    s3_url,
-    same_tree,
-    write_config,
-    write_run,
-)
-
-from component_helpers import small_settings
+from helpers.cli import chunkfs, cli_json
+from helpers.repos import same_tree, small_settings
+from helpers.tiers import RequestCounter, packs_by_tier, s3_url, write_config, write_run
 
 from chunkfs import config
 from chunkfs.errors import BackendUnavailable
 from chunkfs.repo import Repository
-from chunkfs.store.packs import pack_name
-from chunkfs.store.s3 import S3Backend, restore_state
+from chunkfs.store.backends.s3 import S3Backend, restore_state
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import Tier
 
 RESTORE_MODEL = "s3::keyrestore"
@@ -98,17 +90,16 @@ def test_restore_states_and_reads_of_an_archived_object(moto_server, slow_restor
     assert glacier.restore("packs/a.pack") is True
 
 
-def test_thaw_restores_a_glacier_cold_tier_end_to_end(moto_server, tmp_path, cli_env):
+def test_thaw_restores_a_glacier_cold_tier_end_to_end(moto_server, tmp_path):
     repo = tmp_path / "repo"
     R = ("--repo", str(repo))
     chunkfs("init", str(repo), "--warm", s3_url("warm"), "--cold", s3_url("cold"), "--cold-archive",
-            "--endpoint-url", moto_server.endpoint, env=cli_env, ok=True)  # fmt: skip
+            "--endpoint-url", moto_server.endpoint)  # fmt: skip
     tiers = config.load(repo / config.CONFIG_NAME).tiers
     write_config(repo, small_settings(tiers=dataclasses.replace(tiers, cold_storage_class="GLACIER")))
     src = write_run(tmp_path / "src", steps=1)
-    chunkfs("import", *R, str(src), "/llama/run1", env=cli_env, ok=True)
-    moved = chunkfs("tier", "move", "/llama/run1", "--to", "cold", *R, "--json", env=cli_env, ok=True)
-    moved = json.loads(moved.stdout)
+    chunkfs("import", *R, str(src), "/llama/run1")
+    moved = cli_json("tier", "move", "/llama/run1", "--to", "cold", *R)
     assert moved["errors"] == [] and sum(m["packs"] for m in moved["moved"].values()) > 0
     with Repository(repo, writable=False) as r:
         assert {t for t, n in packs_by_tier(r).items() if n} == {Tier.COLD}
@@ -118,17 +109,16 @@ def test_thaw_restores_a_glacier_cold_tier_end_to_end(moto_server, tmp_path, cli
         heads = [cold._client.head_object(Bucket=cold.bucket, Key=cold._key(n)) for n in names]
         assert {h["StorageClass"] for h in heads} == {"GLACIER"}
 
-    failed = chunkfs("export", *R, "/llama/run1", str(tmp_path / "out1"), env=cli_env, ok=False, timeout=60)
+    failed = chunkfs("export", *R, "/llama/run1", str(tmp_path / "out1"), timeout=60, expect=BackendUnavailable)
     assert "/llama/run1" in failed.stderr and "`chunkfs thaw /llama/run1 --repo " in failed.stderr
 
-    thawed = chunkfs("thaw", "/llama/run1", *R, "--wait", "60", "--json", env=cli_env, ok=True)
-    thawed = json.loads(thawed.stdout)
+    thawed = cli_json("thaw", "/llama/run1", *R, "--wait", "60")
     assert thawed["packs"] == len(names) and thawed["to"] == "warm" and thawed["runs"] == ["/llama/run1"]
     with Repository(repo, writable=False) as r:
         assert {t for t, n in packs_by_tier(r).items() if n} == {Tier.WARM}
-    chunkfs("export", *R, "/llama/run1", str(tmp_path / "out2"), env=cli_env, ok=True)
+    chunkfs("export", *R, "/llama/run1", str(tmp_path / "out2"))
     same_tree(src, tmp_path / "out2")
-    assert "every pack is where the index says" in chunkfs("tier", *R, "--check", env=cli_env, ok=True).stdout
+    assert "every pack is where the index says" in chunkfs("tier", *R, "--check").stdout
 
 
 def test_glacier_storage_class_implies_archive(moto_server, tmp_path):

@@ -8,13 +8,20 @@ import logging
 import time
 
 import pytest
-from tier_helpers import export_and_compare, hot_pack_files, import_run, sealed_hot, tiered_settings, write_run
+from helpers.tiers import (
+    export_and_compare,
+    hot_pack_files,
+    import_run,
+    sealed_hot,
+    tiered_settings,
+    write_run,
+)
 
 from chunkfs.ops import status as statusop
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
-from chunkfs.store import uploads
-from chunkfs.store.packs import pack_name
+from chunkfs.store.pack.files import pack_name
+from chunkfs.store.tiering import uploads
 from chunkfs.types import Tier
 
 
@@ -103,7 +110,7 @@ def test_a_damaged_pack_does_not_hold_back_the_others(moto_server, tmp_path, cap
         damaged = packs[1]
         with open(repo.hot.path(pack_name(damaged)), "r+b") as f:
             f.truncate(100)
-        with caplog.at_level(logging.ERROR, logger="chunkfs.store.uploads"):
+        with caplog.at_level(logging.ERROR, logger="chunkfs.store.tiering.uploads"):
             assert repo.uploader.drain() > 0
         s = statusop.status(repo)
         assert s.upload_backlog["packs"] == 1 and s.tiers["warm"].copies == len(packs) - 1

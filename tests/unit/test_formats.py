@@ -58,7 +58,7 @@ def chunk(
             return
         bounds = parser.boundaries
         assert bounds[: len(seen)] == seen, "boundaries are append-only"
-        assert all(a < b for a, b in zip(bounds, bounds[1:])), "boundaries strictly ascend"
+        assert all(a < b for a, b in itertools.pairwise(bounds)), "boundaries strictly ascend"
         assert all(b >= watermark for b in bounds[len(seen) :]), "no boundary below a published watermark"
         assert parser.watermark >= watermark and parser.needed_from >= needed_from, "both only move forward"
         seen, watermark, needed_from = list(bounds), parser.watermark, parser.needed_from
@@ -90,7 +90,7 @@ def assert_tensor_cuts(
 ) -> None:
     """The cut rule, seen from each tensor of at least ``mn`` bytes at [b, e): it starts
     a chunk and is cut exactly at ``cs`` multiples from its start."""
-    starts = set(p.offset for p in pieces)
+    starts = {p.offset for p in pieces}
     for name, b, e in regions:
         e = min(e, size)
         if e - b >= mn:
@@ -678,3 +678,18 @@ def test_gguf_zero_size_tensors_may_share_an_offset() -> None:
 def test_npy_malformed_gives_up(data: bytes) -> None:
     _, parser = chunk(data)
     assert parser.name == "npy" and parser.gave_up and parser.boundaries == []
+
+
+def test_archives_back_to_back_as_dcp_writes_them() -> None:
+    """torch.distributed.checkpoint writes each item of a rank as one torch.save archive, one after
+    the other in a .distcp file: every archive's tensor data gets chunks of its own."""
+    buf = io.BytesIO()
+    tensors = [torch.randn(n, generator=torch.Generator().manual_seed(n)) for n in (5000, 70000, 300)]
+    for t in tensors:
+        torch.save(t, buf)
+    data = buf.getvalue() + b"trailing bytes of something else"
+    _, parser = chunk(data, cs=64 << 10, mn=4 << 10)
+    assert parser.gave_up is None
+    storages = [(lo, hi) for name, lo, hi in parser.regions if name.endswith("/data/0")]
+    assert [data[lo:hi] for lo, hi in storages] == [t.numpy().tobytes() for t in tensors]
+    assert all(lo in parser.boundaries for lo, _ in storages)

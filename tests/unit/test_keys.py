@@ -173,3 +173,54 @@ def test_every_database_is_listed_once():
     assert len(set(keys.DATABASES)) == len(keys.DATABASES)
     for db in ("meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs"):
         assert db in keys.DATABASES
+
+
+# -- long keys (keys.py, "Long keys") ----------------------------------------------------------------
+
+fields_ = st.binary(min_size=0, max_size=4000).filter(lambda b: b"\x00" not in b).map(
+    lambda b: b.decode("utf-8", "surrogateescape")
+)
+
+
+@settings(deadline=None)
+@given(st.lists(fields_, min_size=1, max_size=6), u64, u64)
+def test_checkpoint_keys_fit_lmdb_whatever_the_fields(fields, step, ino):
+    from chunkfs.types import MAX_LEVELS
+
+    assert len(fields) <= MAX_LEVELS
+    for key in (keys.ckpt_key(fields, step, ino), keys.ckpt_metric_key(fields, -1.5, step, ino),
+                keys.ckpt_run_key(fields, step, ino)):  # fmt: skip
+        assert len(key) <= keys.MAX_KEY
+    decoded, s, i = keys.decode_ckpt_key(keys.ckpt_key(fields, step, ino))
+    assert (s, i) == (step, ino)
+    for got, want in zip(decoded, fields, strict=True):  # short fields as they are, long ones shortened
+        b = want.encode("utf-8", "surrogateescape")
+        assert got.encode("utf-8", "surrogateescape") == (b if len(b) <= keys.FIELD_MAX else keys.field_key(want))
+    assert dict(keys.long_fields(fields)) == {
+        keys.field_key(f): f.encode("utf-8", "surrogateescape") for f in fields if keys.is_short_field(keys.field_key(f))
+    }
+
+
+@settings(deadline=None)
+@given(fields_, fields_)
+def test_shortened_fields_are_distinct_and_keep_their_prefix(a, b):
+    ka, kb = keys.field_key(a), keys.field_key(b)
+    assert (ka == kb) == (a == b)
+    assert keys.is_short_field(ka) == (len(a.encode("utf-8", "surrogateescape")) > keys.FIELD_MAX)
+    raw = a.encode("utf-8", "surrogateescape")
+    assert ka.startswith(raw[: keys.FIELD_PREFIX])  # prefix scans by the first FIELD_PREFIX bytes find it
+    open_prefix = keys.ckpt_prefix((a,), open_last=True)
+    assert keys.ckpt_key((a,), 1, 1).startswith(open_prefix)
+    assert keys.open_prefix_is_exact((a,), True) == (len(raw) <= keys.FIELD_PREFIX)
+
+
+@settings(deadline=None)
+@given(st.lists(names, min_size=1, max_size=16))
+def test_path_keys_fit_and_are_distinct(parts):
+    path = "/" + "/".join(p.decode("utf-8", "surrogateescape") for p in parts)
+    key = keys.path_key(path)
+    assert len(key) <= keys.MAX_KEY
+    raw = path.encode("utf-8", "surrogateescape")
+    assert keys.is_short_path(key) == (len(raw) > keys.PATH_KEY_MAX)
+    assert key == raw or key.startswith(raw[: keys.PATH_PREFIX])
+    assert keys.path_key(path + "x") != key

@@ -2,8 +2,9 @@
 
 Data flows one way: a module may import only from its own layer or the layers
 below it; only index/ imports lmdb, only fs/ imports pyfuse3 (and trio, which
-the FUSE loop needs), only the S3 backend imports boto3. A violation names the
-file and the import.
+the FUSE loop needs), only the S3 backend imports boto3. The FUSE adapter (fs/)
+only translates: it may use the library API and nothing beneath it. A violation
+names the file and the import.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ LAYERS = {
     "engine": 3,
     "namespace": 4,
     "repo": 5,
-    "openfiles": 6, "ops": 6, "metrics": 6,
+    "openfiles": 6, "writers": 6, "ops": 6, "metrics": 6,
     "fs": 7,
     "cli": 8,
 }  # fmt: skip
 
-ONLY_IN = {"lmdb": {"index"}, "pyfuse3": {"fs"}, "trio": {"fs"}, "boto3": {"store/s3.py"}, "botocore": {"store/s3.py"},
+ONLY_IN = {"lmdb": {"index"}, "pyfuse3": {"fs"}, "trio": {"fs"}, "boto3": {"store/backends/s3.py"}, "botocore": {"store/backends/s3.py"},
            "prometheus_client": {"metrics"}}
+
+FS_API = {"chunkfs.repo", "chunkfs.openfiles", "chunkfs.namespace.snapshots", "chunkfs.errors", "chunkfs.types",
+          "chunkfs.config", "chunkfs.clock", "chunkfs.metrics"}
+"""What fs/ may import from the rest of the package: engine, store and index objects stay behind these."""
 
 
 def _modules():
@@ -66,4 +71,15 @@ def test_imports_flow_downward_and_third_party_stays_in_its_layer():
                     problems.append(f"{where} (layer {layer} may not import the higher layer {target})")
             elif top in ONLY_IN and not ({layer, rel} & ONLY_IN[top]):
                 problems.append(f"{where} (only {', '.join(sorted(ONLY_IN[top]))} may import {top})")
+    assert not problems, "\n".join(problems)
+
+
+def test_fs_imports_only_the_library_api():
+    problems = []
+    for path, layer, rel in _modules():
+        if layer != "fs":
+            continue
+        for line, name in _imports(path):
+            if name.startswith("chunkfs.") and not name.startswith("chunkfs.fs.") and name not in FS_API:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {name} (fs/ may use only {sorted(FS_API)})")
     assert not problems, "\n".join(problems)

@@ -1,4 +1,4 @@
-"""The pack byte layout (store/packfmt.py): header, records, footer and its checksum, and the
+"""The pack byte layout (store/pack/format.py): header, records, footer and its checksum, and the
 record walk that recovers a pack whose writer died (it must stop at a torn record)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chunkfs.errors import CorruptData, FormatVersionError
-from chunkfs.store import packfmt
+from chunkfs.store.pack import format as packfmt
 from chunkfs.types import Compression, chunk_flags
 
 PACK_ID = bytes(range(16))

@@ -14,8 +14,9 @@ import blake3
 import pytest
 
 from chunkfs.errors import NoSpace
-from chunkfs.store import packfmt, packs
-from chunkfs.store.packs import PackWriter
+from chunkfs.store.pack import files as packs
+from chunkfs.store.pack import format as packfmt
+from chunkfs.store.pack.files import PackWriter
 
 PACK = bytes(range(16))
 

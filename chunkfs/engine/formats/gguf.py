@@ -22,6 +22,7 @@ inconsistency, the parser gives up.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Generator
 
@@ -119,7 +120,7 @@ class GgufParser(BoundaryParser):
     def _report(self, data_start: int, tensors: list[tuple[int, bool, str]]) -> None:
         """Check the tensors' offsets and publish boundaries and regions."""
         tensors.sort()  # at one offset, empty tensors sort first: only the last may hold data
-        for (offset, has_data, name), (next_offset, _, _) in zip(tensors, tensors[1:]):
+        for (offset, has_data, name), (next_offset, _, _) in itertools.pairwise(tensors):
             if offset == next_offset and has_data:
                 raise Malformed(f"tensor {name!r} shares its offset with another")
         starts = [data_start + offset for offset, _, _ in tensors]

@@ -11,6 +11,7 @@ so the parser never looks past offset 8 + N.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from chunkfs.engine.formats.base import INFINITE, MAX_LOOKAHEAD, BoundaryParser
@@ -79,7 +80,7 @@ class SafetensorsParser(BoundaryParser):
                 return
             spans.append((offsets[0], offsets[1], name))
         spans.sort()
-        for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        for (_, prev_end, prev), (begin, _, name) in itertools.pairwise(spans):
             if begin < prev_end:
                 self.give_up(f"tensors {prev!r} and {name!r} overlap")
                 return

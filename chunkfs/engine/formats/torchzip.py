@@ -11,8 +11,13 @@ carries a zip64 extra field (miniz, torch's zip writer, adds one to entries of
 4 GiB or more or that start past 4 GiB). Then the central directory: one
 boundary at its start, and the rest is cut at fixed sizes.
 
+Archives may follow one another: ``torch.distributed.checkpoint`` writes each
+tensor (and each other object) of a rank as one ``torch.save`` archive, back to
+back in one ``.distcp`` file. The central directory is walked record by record
+to the end record, and a local header right after it starts the next archive.
+
 Boundaries: each local header start, each entry's data start and each data end
-(the descriptor start). So an entry's data is a run of chunks of its own, the
+(the descriptor start), and each central directory start. So an entry's data is a run of chunks of its own, the
 same chunks as the same tensor gives in any other file. The descriptor, whose
 CRC changes with the data, lands in a small piece together with the next local
 header, which stays the same from save to save as long as the shapes do.
@@ -32,7 +37,8 @@ import struct
 from chunkfs.engine.formats.base import INFINITE, BoundaryParser
 
 LOCAL = b"PK\x03\x04"
-TRAILERS = (b"PK\x01\x02", b"PK\x05\x06", b"PK\x06\x06")
+CENTRAL, END, END64, LOCATOR64 = b"PK\x01\x02", b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
+TRAILERS = (CENTRAL, END, END64)
 """Central directory, end of central directory, zip64 end record: where the entries stop."""
 FIXED = struct.Struct("<4sHHHHHIIIHH")
 """Local header: signature, version, flags, method, time, date, crc, csize, usize, name len, extra len."""
@@ -57,6 +63,8 @@ class TorchZipParser(BoundaryParser):
         self._pos = 0  # the next local header, while not inside an entry
         self._entry: tuple[str, int, tuple[int, ...]] | None = None  # name, data start, descriptor lengths
         self._scan = 0  # where the descriptor search resumes
+        self._trailer = False  # walking a central directory (``_pos``: its next record)
+        self._ended = False  # an archive's end record was passed: another may follow at ``_pos``
 
     @classmethod
     def matches(cls, head: bytes) -> bool:
@@ -64,7 +72,10 @@ class TorchZipParser(BoundaryParser):
 
     def feed(self, view: memoryview, start: int, eof: bool) -> None:
         while self.needed_from < INFINITE:
-            step = self._header if self._entry is None else self._descriptor
+            if self._trailer:
+                step = self._directory
+            else:
+                step = self._header if self._entry is None else self._descriptor
             if not step(view, start, eof):
                 break
 
@@ -72,15 +83,23 @@ class TorchZipParser(BoundaryParser):
         """Read the local header at ``_pos``; False while waiting or once done."""
         pos, end = self._pos, start + len(view)
         if end - pos < 4:
+            if self._ended and eof:  # the file ends with a whole archive
+                self.watermark = self.needed_from = INFINITE
+                return False
             return self._wait(eof, "archive ends without a central directory")
         lo = pos - start
         if view[lo : lo + 4] != LOCAL:
+            if self._ended:  # something else follows the archive: fixed-size chunks from here
+                self.watermark = self.needed_from = INFINITE
+                self._cut(pos)
+                return False
             self._cut(pos)
             if view[lo : lo + 4] in TRAILERS:
-                self.watermark = self.needed_from = INFINITE
-            else:
-                self.give_up(f"no local file header at offset {pos}")
+                self._trailer = True
+                return True
+            self.give_up(f"no local file header at offset {pos}")
             return False
+        self._ended = False
         if end - pos < FIXED.size:
             return self._wait(eof, "truncated local header")
         _, _, flags, method, _, _, _, csize, usize, name_len, extra_len = FIXED.unpack_from(view, lo)
@@ -132,6 +151,34 @@ class TorchZipParser(BoundaryParser):
         # keep the last 3 bytes: a signature may straddle this feed and the next
         self._scan = self.watermark = self.needed_from = max(self._scan, end - 3)
         return False
+
+    def _directory(self, view: memoryview, start: int, eof: bool) -> bool:
+        """Step over one record of the central directory at ``_pos``; past the end record, the
+        next archive (if any) starts. False while waiting or once done.
+
+        Every entry was found before the directory: a directory that does not parse only
+        means that no further archive is looked for (fixed-size chunks from here)."""
+        pos, end = self._pos, start + len(view)
+        lo = pos - start
+        sig = bytes(view[lo : lo + 4]) if end - pos >= 4 else b""
+        need = {CENTRAL: 46, END64: 12, LOCATOR64: 20, END: 22}.get(sig, 4)
+        if end - pos < need and not eof:
+            return False
+        if sig not in (CENTRAL, END64, LOCATOR64, END) or end - pos < need:
+            self.watermark = self.needed_from = INFINITE
+            return False
+        if sig == CENTRAL:
+            name_len, extra_len, comment_len = struct.unpack_from("<HHH", view, lo + 28)
+            size = 46 + name_len + extra_len + comment_len
+        elif sig == END64:
+            size = 12 + struct.unpack_from("<Q", view, lo + 4)[0]
+        elif sig == END:
+            size = 22 + struct.unpack_from("<H", view, lo + 20)[0]
+            self._trailer, self._ended = False, True
+        else:
+            size = need
+        self._pos = self.watermark = self.needed_from = pos + size
+        return True
 
     def _wait(self, eof: bool, reason: str) -> bool:
         """Wait for more bytes, or give up when there will be none."""

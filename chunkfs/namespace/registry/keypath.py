@@ -45,6 +45,22 @@ def step_of(name: str, pattern: re.Pattern[str]) -> int | None:
     return step if step <= _U64_MAX else None  # the key stores it as a u64
 
 
+def run_of(path: str, pattern: re.Pattern[str]) -> str:
+    """The run directory of the file at ``path``: the parent of the nearest directory above it that
+    is a checkpoint by its name (``/llama/run1`` for ``/llama/run1/checkpoint-500/x``; a step
+    directory of the same step inside it is part of the checkpoint, as in the registry), or the
+    file's own directory when none is. Pack groups (tiering's runs) are these, so that tiering and
+    the registry agree on what a run is, whatever ``registry.step_pattern`` says."""
+    dirs = components(path)[:-1]
+    for i in range(len(dirs) - 1, 0, -1):
+        step = step_of(dirs[i], pattern)
+        if step is not None:
+            if i > 1 and step_of(dirs[i - 1], pattern) == step:  # checkpoint-500/global_step500 (DeepSpeed)
+                i -= 1
+            return "/" + "/".join(dirs[:i])
+    return "/" + "/".join(dirs)
+
+
 def fields_of(above: Sequence[str], n: int) -> tuple[str, ...]:
     """The ``n`` level fields of the directories above a step directory.
 

@@ -25,7 +25,7 @@ from chunkfs import clock
 from chunkfs.config import RegistrySettings
 from chunkfs.errors import InvalidArgument, NotFound, UsageError
 from chunkfs.index import Index, Txn
-from chunkfs.index.keys import ROOT_INODE
+from chunkfs.index.txn import CkptRow
 from chunkfs.namespace.registry import scans
 from chunkfs.namespace.registry.checkpoint import (
     Checkpoint,
@@ -41,6 +41,7 @@ from chunkfs.namespace.registry.keypath import (
     dir_prefixes,
     normalized,
     parse_checkpoint,
+    run_of,
     step_of,
 )
 from chunkfs.namespace.registry.query import Condition, parse_sort, parse_where, sort_records
@@ -55,6 +56,7 @@ from chunkfs.namespace.registry.treewalk import (
     resolve,
 )
 from chunkfs.namespace.registry.values import check_key, is_flat, json_safe, parse_value, value_text
+from chunkfs.types import ROOT_INODE
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,10 @@ class Registry:
     def parse(self, path: str) -> ParsedPath | None:
         """Fields and step of ``path`` if a directory there would be a checkpoint (by its name)."""
         return parse_checkpoint(path, len(self.levels), self._pattern)
+
+    def run_of(self, path: str) -> str:
+        """The run (pack group) of the file at ``path`` (``keypath.run_of``)."""
+        return run_of(path, self._pattern)
 
     def level_of(self, path: str) -> str | None:
         """The level directory ``path`` is for the checkpoints below it (None: there are none).
@@ -168,9 +174,8 @@ class Registry:
         got = t.ckpt_get(dir_ino)
         if got is None or name not in SIDECARS:
             return False
-        fields, step, commit, time_ns, _, doc = got
-        forget_sidecar(doc, name)
-        self._store(t, dir_ino, fields, step, doc, stamp=(commit, time_ns))
+        forget_sidecar(got.doc, name)
+        self._store(t, dir_ino, got.fields, got.step, got.doc, stamp=(got.commit, got.time_ns))
         return True
 
     def on_xattr(self, t: Txn, ino: int, name: str | bytes, value: bytes | None) -> bool:
@@ -187,10 +192,9 @@ class Registry:
         if got is None:
             return False
         key = check_key(name[len(XATTR_PREFIX) :], self.levels)
-        fields, step, commit, time_ns, _, doc = got
         text = value.rstrip(b"\x00").decode(errors="surrogateescape") if value is not None else None
-        set_user_value(doc, key, None if text is None else parse_value(text))
-        self._store(t, ino, fields, step, doc, stamp=(commit, time_ns))
+        set_user_value(got.doc, key, None if text is None else parse_value(text))
+        self._store(t, ino, got.fields, got.step, got.doc, stamp=(got.commit, got.time_ns))
         return True
 
     # -- keeping records ---------------------------------------------------------------------------
@@ -203,7 +207,7 @@ class Registry:
             if outer[1] == parsed.step and holds_files(t, enclosing):
                 parsed = None  # checkpoint-500/global_step500: part of the checkpoint
             else:
-                level = t.ckpt_get(enclosing)[-1].get("path", f"inode {enclosing}")
+                level = t.ckpt_get(enclosing).doc.get("path", f"inode {enclosing}")
                 t.ckpt_delete(enclosing)  # it was a level that happens to end in a number
                 log.info("%s: a level above checkpoint %s, no longer a checkpoint itself", level, path)
         if parsed is None:
@@ -213,7 +217,7 @@ class Registry:
         if old is None:
             self._store(t, ino, parsed.fields, parsed.step, new_doc(path))
             return True
-        commit, time_ns, doc = old[-4], old[-3], old[-1]
+        commit, time_ns, doc = old.commit, old.time_ns, old.doc
         moved = doc.get("path") != path
         doc["path"] = path
         self._store(t, ino, parsed.fields, parsed.step, doc, stamp=None if moved else (commit, time_ns))
@@ -249,7 +253,7 @@ class Registry:
         got = t.ckpt_get(dir_ino)
         if got is None:
             return False
-        fields, step, _, _, _, doc = got
+        fields, step, doc = got.fields, got.step, got.doc
         problem = note_sidecar(doc, name, extracted) if extracted is not None else None
         if problem:
             log.warning("%s/%s: %s", doc.get("path", f"inode {dir_ino}"), name, problem)
@@ -306,23 +310,28 @@ class Registry:
                 "the old ones until the repository is mounted or `chunkfs meta scan` runs"
             )
 
+    def rebuild(self) -> None:
+        """Re-key every record from the tree, metadata kept: how fsck mends registry databases
+        that disagree with each other (``Txn.ckpt_check``)."""
+        with self._writing(None) as t:
+            self._rebuild(t)
+
     def _rebuild(self, t: Txn) -> None:
         """Re-key every record from the tree, keeping each one's document and stamp."""
-        saved = {row[0]: row[1:] for row in t.ckpt_all()}
+        saved = {row.ino: row for row in t.ckpt_all()}
         t.ckpt_clear()
         self._walk(t, ROOT_INODE, "/", None, saved)
 
     def _remetric(self, t: Txn) -> None:
         """Refill the metric index for a new ``best_metric`` (keys and stamps unchanged)."""
-        for ino, fields, step, commit, time_ns, _, doc in list(t.ckpt_all()):
-            self._store(t, ino, fields, step, doc, stamp=(commit, time_ns))
+        for row in list(t.ckpt_all()):
+            self._store(t, row.ino, row.fields, row.step, row.doc, stamp=(row.commit, row.time_ns))
 
     # -- user metadata -----------------------------------------------------------------------------
 
     @staticmethod
-    def _stored(t: Txn, ino: int, target: int | str) -> tuple:
-        """(fields, step, commit, time ns, metric, document) of ``target``'s record; ``NotFound``
-        if it is not a checkpoint."""
+    def _stored(t: Txn, ino: int, target: int | str) -> CkptRow:
+        """``target``'s record; ``NotFound`` if it is not a checkpoint."""
         got = t.ckpt_get(ino)
         if got is None:
             raise NotFound(
@@ -335,8 +344,8 @@ class Registry:
         """The record of a checkpoint directory (inode or repository path)."""
         with self.index.read() as t:
             ino = inode_of(t, target)
-            fields, step, commit, time_ns, _, doc = self._stored(t, ino, target)
-            return Checkpoint.from_record(self.levels, ino, fields, step, commit, time_ns, doc)
+            row = self._stored(t, ino, target)
+            return Checkpoint.from_record(self.levels, ino, row.fields, row.step, row.commit, row.time_ns, row.doc)
 
     def set_meta(self, target: int | str, values: Mapping[str, Any], *, txn: Txn | None = None) -> Checkpoint:
         """Set user metadata of a checkpoint (text values are parsed: '0.231' → 0.231; None removes).
@@ -358,7 +367,8 @@ class Registry:
     def _set(self, t: Txn, target: int | str, values: dict[str, Any]) -> Checkpoint:
         self.ensure_built(t)
         ino = inode_of(t, target)
-        fields, step, commit, time_ns, _, doc = self._stored(t, ino, target)
+        row = self._stored(t, ino, target)
+        fields, step, commit, time_ns, doc = row.fields, row.step, row.commit, row.time_ns, row.doc
         for key, v in values.items():
             set_user_value(doc, key, v)
             xname = (XATTR_PREFIX + key).encode()
@@ -474,10 +484,10 @@ class Registry:
             self.ensure_built(t)
             found = set(self.reindex_subtree(t, resolve(t, base), base))
             for row in list(t.ckpt_all()):
-                doc_path = row[-1].get("path", "")
+                doc_path = row.doc.get("path", "")
                 below = base == "/" or doc_path == base or doc_path.startswith(base + "/")
-                if row[0] not in found and below:
-                    t.ckpt_delete(row[0])  # a record the hooks did not drop
+                if row.ino not in found and below:
+                    t.ckpt_delete(row.ino)  # a record the hooks did not drop
                     result.dropped += 1
             todo = [
                 (d, file_name(name), child, rec.size)

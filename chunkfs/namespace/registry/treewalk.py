@@ -13,8 +13,8 @@ from typing import Any
 
 from chunkfs.errors import NotFound
 from chunkfs.index import Txn
-from chunkfs.index.keys import ROOT_INODE
 from chunkfs.namespace.registry.keypath import components
+from chunkfs.types import ROOT_INODE
 
 
 def file_name(name: str | bytes) -> str:

@@ -1,0 +1,131 @@
+"""The transaction itself, and the repository-wide tables: ``meta``, ``chunks``, ``packs``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lmdb
+
+from chunkfs import clock
+from chunkfs.index import keys
+from chunkfs.types import ROOT_INODE, ChunkId, ChunkLocation, PackId, PackInfo
+
+
+class BaseTables:
+    """One open LMDB transaction (read-only or write): raw access, and the base tables."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self._commit: int | None = None
+
+    @property
+    def commit(self) -> int:
+        """This transaction's commit number, allocated on first use.
+
+        Every change of a directory entry and every new inode version made in
+        one transaction shares it: a rename is one commit, not two.
+        """
+        if self._commit is None:
+            self._commit = self.next_commit(clock.now_ns())
+        return self._commit
+
+    def _get(self, db: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[db])
+
+    def _put(self, db: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[db])
+
+    def _delete(self, db: str, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._dbs[db])
+
+    def _prefix(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    # -- meta and counters ----------------------------------------------------
+
+    def meta_get(self, name: bytes) -> bytes | None:
+        return self._get("meta", name)
+
+    def meta_put(self, name: bytes, value: bytes) -> None:
+        self._put("meta", name, value)
+
+    def _next(self, name: bytes) -> int:
+        n = keys.decode_u64(self._get("meta", name))
+        self._put("meta", name, keys.u64(n + 1))
+        return n
+
+    def next_inode(self) -> int:
+        return self._next(keys.META_NEXT_INODE)
+
+    def next_manifest(self) -> int:
+        return self._next(keys.META_NEXT_MANIFEST)
+
+    def repo_id_put(self, repo_id: bytes) -> None:
+        """Set the repository id (``index rebuild`` taking it back from a location's marker)."""
+        self._put("meta", keys.META_REPO_ID, bytes(repo_id))
+
+    def restore_record(self, db: str, key: bytes, value: bytes) -> None:
+        """Put a record exactly as read from another index (``index rebuild`` salvaging a damaged one)."""
+        self._put(db, key, value)
+
+    def fix_sequences(self) -> None:
+        """Make the next inode, manifest and commit numbers larger than any in use (after records
+        were restored from elsewhere, the counters may lag behind them)."""
+        for name, db, floor in (
+            (keys.META_NEXT_INODE, "inodes", ROOT_INODE + 1),
+            (keys.META_NEXT_MANIFEST, "manifests", 1),
+            (keys.META_NEXT_COMMIT, "commits", 1),
+        ):
+            cursor = self._txn.cursor(db=self._dbs[db])
+            top = keys.decode_u64(cursor.key()) + 1 if cursor.last() else floor
+            raw = self._get("meta", name)
+            self._put("meta", name, keys.u64(max(top, floor, keys.decode_u64(raw) if raw else floor)))
+
+    # -- chunks -----------------------------------------------------------------
+
+    def chunk_get(self, chunk: ChunkId) -> ChunkLocation | None:
+        raw = self._get("chunks", chunk)
+        return keys.decode_location(raw) if raw is not None else None
+
+    def chunk_put(self, chunk: ChunkId, loc: ChunkLocation) -> None:
+        self._put("chunks", chunk, keys.encode_location(loc))
+
+    def chunk_delete(self, chunk: ChunkId) -> bool:
+        return self._delete("chunks", chunk)
+
+    def chunks(self) -> Iterator[tuple[ChunkId, ChunkLocation]]:
+        for key, value in self._prefix("chunks", b""):
+            yield key, keys.decode_location(value)
+
+    def chunk_count(self) -> int:
+        return self._txn.stat(self._dbs["chunks"])["entries"]
+
+    # -- packs ------------------------------------------------------------------
+
+    def pack_get(self, pack: PackId) -> PackInfo | None:
+        raw = self._get("packs", pack)
+        return keys.decode_pack(raw) if raw is not None else None
+
+    def pack_put(self, pack: PackId, info: PackInfo) -> None:
+        self._put("packs", pack, keys.encode_pack(info))
+
+    def pack_delete(self, pack: PackId) -> bool:
+        return self._delete("packs", pack)
+
+    def packs(self) -> Iterator[tuple[PackId, PackInfo]]:
+        for key, value in self._prefix("packs", b""):
+            yield key, keys.decode_pack(value)
+
+    # -- rebuilding -----------------------------------------------------------------
+
+    def clear_chunk_index(self) -> None:
+        """Empty the chunks and packs databases (``chunkfs index rebuild`` refills them)."""
+        self._txn.drop(self._dbs["chunks"], delete=False)
+        self._txn.drop(self._dbs["packs"], delete=False)

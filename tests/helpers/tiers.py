@@ -1,0 +1,110 @@
+"""Tiered repositories: their settings, runs of checkpoints imported and exported, where packs
+are, request counting."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+from chunkfs import config
+from chunkfs.ops import transfer
+from chunkfs.repo import Repository
+from chunkfs.types import PackState, Tier
+from helpers.checkpoints import base_model, save, step
+from helpers.repos import same_tree, small_settings
+from helpers.s3servers import BUCKET
+
+_prefixes = itertools.count()
+
+
+def s3_url(tag: str) -> str:
+    """A prefix in the test bucket that no other repository uses."""
+    return f"s3://{BUCKET}/tiers-{tag}-{next(_prefixes)}"
+
+
+def tiered_settings(
+    endpoint: str | None = None, *, warm: str | None = None, cold: str = "", **sections
+) -> config.Settings:
+    """Small chunks and 1 MiB packs (``repos.small_settings``) and tiers: ``warm`` (a prefix of the
+    test bucket no other repository uses, if not given), ``cold`` (none if not given), S3 at
+    ``endpoint`` (None: the tiers are directories), ``tiers={...}``: more tier settings.
+
+    The lifecycle moves nothing by itself: runs complete only when marked, no evictions for a
+    full test disk (tests/tiers/test_pressure.py passes its own ``lifecycle``). ``sections``:
+    the other sections, like ``gc=helpers.gc.gc_settings(...)``."""
+    tiers = config.TierSettings(
+        warm=warm if warm is not None else s3_url("warm"), cold=cold, endpoint_url=endpoint or "",
+        **sections.pop("tiers", {}),
+    )  # fmt: skip
+    lifecycle = sections.pop(
+        "lifecycle", config.LifecycleSettings(run_idle=0, cold_after_days=30, cold_idle_days=7, hot_min_free=0)
+    )
+    return small_settings(tiers=tiers, lifecycle=lifecycle, **sections)
+
+
+def write_run(src: Path, run: str = "run1", steps: int = 2, seed: int = 0) -> Path:
+    """A local run directory: ``steps`` checkpoints (safetensors + torch) of a small model; each
+    step changes every tensor a little (a full fine-tune: little dedup)."""
+    sd = base_model(seed)
+    root = src / run
+    for i in range(steps):
+        d = root / f"checkpoint-{(i + 1) * 100}"
+        save(sd, d / "model.safetensors", "safetensors")
+        save(sd, d / "training_state.pt", "torch")
+        (d / "trainer_state.json").write_text(f'{{"global_step": {(i + 1) * 100}}}')
+        sd = step(sd, None, seed=i)
+    return root
+
+
+def import_run(repo: Repository, src_run: Path, dest: str) -> None:
+    transfer.import_tree(repo, src_run, dest)
+
+
+def export_and_compare(repo: Repository, src_run: Path, dest: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    transfer.export_tree(repo, dest, out)
+    same_tree(src_run, out / dest.rstrip("/").rsplit("/", 1)[-1])
+
+
+def packs_by_tier(repo: Repository) -> dict[Tier, int]:
+    counts = {t: 0 for t in Tier}
+    with repo.index.read() as t:
+        for _, info in t.packs():
+            counts[info.tier] += 1
+    return counts
+
+
+def hot_pack_files(repo: Repository) -> list[str]:
+    return sorted(n for n in repo.hot.list("packs/") if n.endswith(".pack"))
+
+
+def sealed_hot(repo: Repository) -> list[bytes]:
+    with repo.index.read() as t:
+        return [p for p, i in t.packs() if i.tier == Tier.HOT and i.state == PackState.SEALED]
+
+
+class RequestCounter:
+    """Counts the S3 requests one backend's client sends (botocore's before-call event)."""
+
+    def __init__(self, backend) -> None:
+        self.calls: list[str] = []
+        backend._client.meta.events.register("before-call.s3", self._seen)
+
+    def _seen(self, model, **kwargs) -> None:
+        self.calls.append(model.name)
+
+    def count(self, operation: str | None = None) -> int:
+        return sum(1 for c in self.calls if operation is None or c == operation)
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+def write_config(repo_path: Path, settings: config.Settings) -> None:
+    (repo_path / config.CONFIG_NAME).write_text(config.render(settings))
+
+
+def with_tiers(settings: config.Settings, **changes) -> config.Settings:
+    return dataclasses.replace(settings, tiers=dataclasses.replace(settings.tiers, **changes))
+
