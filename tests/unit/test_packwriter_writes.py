@@ -78,3 +78,15 @@ def test_a_failed_append_leaves_no_torn_record(tmp_path, monkeypatch):
     append(w, b"c" * 10)  # the pack stays usable: the next record starts where the good one ended
     w.seal()
     assert (tmp_path / "p.pack").read_bytes() == expected_pack([b"a" * 100, b"c" * 10], sealed=True)
+
+
+def test_nothing_is_appended_behind_the_footer(tmp_path):
+    """A sealed pack stays open (and locked) until the index says it is sealed; a thread that
+    looked the writer up before the seal must be sent elsewhere, not append behind the footer
+    (a chunk there lies past the size the index records: tier moves and repacks would drop it)."""
+    w = PackWriter(PACK, tmp_path / "p.pack", "g")
+    append(w, b"a" * 100)
+    size = w.seal()
+    assert w.append(blake3.blake3(b"late").digest(), b"late", 4, 0) is None
+    assert (tmp_path / "p.pack").stat().st_size == size == w.size
+    assert (tmp_path / "p.pack").read_bytes() == expected_pack([b"a" * 100], sealed=True)

@@ -78,6 +78,7 @@ class PackWriter:
         self.entries: list[packfmt.Entry] = []
         self._lock = threading.Lock()
         self._dirty = False
+        self.sealed = False  # appends stop at the footer, though the file stays open and locked
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_size is None:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -119,7 +120,7 @@ class PackWriter:
         """Append one chunk; return where its stored bytes are (None: sealed meanwhile, use another)."""
         record = packfmt.encode_record(chunk, flags, raw_len, len(stored))
         with self._lock:
-            if self._fd < 0:
+            if self.sealed or self._fd < 0:
                 return None
             offset = self.size
             self._write(offset, record, stored)
@@ -142,6 +143,7 @@ class PackWriter:
         with self._lock:
             footer = packfmt.encode_footer(self.entries, self.size)
             self._write(self.size, footer)
+            self.sealed = True  # a thread that looked this writer up before the seal appends elsewhere
             self.size += len(footer)
             os.fsync(self._fd)
             return self.size
