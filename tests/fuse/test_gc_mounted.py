@@ -33,6 +33,7 @@ def test_gc_while_training_writes_gives_the_space_back(make_tmpfs, make_mount):
         (old / f"f{i}").write_bytes(rng.randbytes(MiB))
     stop = threading.Event()
     errors: list[BaseException] = []
+    written = [0]  # bytes the run has written so far
 
     def train() -> None:  # the run keeps writing (and rotating) its own checkpoints meanwhile
         i = 0
@@ -40,6 +41,7 @@ def test_gc_while_training_writes_gives_the_space_back(make_tmpfs, make_mount):
             while not stop.is_set():
                 with open(mnt / "train" / f"step-{i}", "wb") as f:
                     f.write(os.urandom(256 * 1024))
+                written[0] += 256 * 1024
                 if i >= 4:
                     os.unlink(mnt / "train" / f"step-{i - 4}")
                 i += 1
@@ -53,17 +55,25 @@ def test_gc_while_training_writes_gives_the_space_back(make_tmpfs, make_mount):
     try:
         used_before = shutil.disk_usage(hot).used
         shutil.rmtree(old)
+        written_before = written[0]
         first = gc(mnt)
         time.sleep(2)
         second = gc(mnt)
         freed = first["bytes_freed"] + second["bytes_freed"]
         used_after = shutil.disk_usage(hot).used
+        recent = written[0] - written_before
     finally:
         stop.set()
         trainer.join()
     assert not errors, errors
     assert freed >= 120 * MiB, (first, second)
-    assert used_after < 16 * MiB, f"hot disk: {used_before >> 20} MiB used before gc, {used_after >> 20} after"
+    # What the run wrote since the first gc began may still be on disk: condemned by the second
+    # gc it is freed by a third (docs/gc.md), and the open pack holds the newest. The old tree
+    # must be gone: 150 MiB on a 200 MiB disk.
+    assert used_after < 16 * MiB + recent, (
+        f"hot disk: {used_before >> 20} MiB used before gc, {used_after >> 20} after; "
+        f"the run wrote {recent >> 20} MiB meanwhile"
+    )
     assert first["open_packs_sealed"] + second["open_packs_sealed"] >= 1, "the open pack was sealed on request"
     mnt.remount()
     assert len(os.listdir(mnt / "train")) == 4
