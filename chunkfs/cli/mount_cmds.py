@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from chunkfs import errors
+from chunkfs import errors, mounts
 from chunkfs.cli import output
 from chunkfs.errors import BackendUnavailable, ChunkfsError, Conflict, NotFound
 from chunkfs.fs import mount as fsmount
@@ -105,24 +105,12 @@ def _serve(repo: Path, mountpoint: Path, options: list[str], ready_fd: int | Non
     return 0
 
 
-def _mounted_repo(mountpoint: Path) -> tuple[Path, bool] | None:
-    """(repository, read-only) of the chunkfs mounted at ``mountpoint`` (from /proc/self/mountinfo)."""
-    target = str(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[4] == target and fields[sep + 1] == "fuse.chunkfs":
-                return Path(fields[sep + 2]), "ro" in fields[5].split(",")
-    return None
-
-
 def cmd_umount(args) -> int:
     mountpoint = Path(args.mountpoint).resolve()
-    mounted = _mounted_repo(mountpoint)
-    if mounted is None:
+    mounted = mounts.at(mountpoint)
+    if mounted is None or mounted.fstype != mounts.FSTYPE:
         raise NotFound(f"{mountpoint}: no chunkfs filesystem is mounted here")
-    repo, read_only = mounted
+    repo, read_only = mounted.source, mounted.read_only
     pid = None if read_only else _daemon_pid(repo)  # a read-only daemon has nothing to commit (and no lock)
     done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True, check=False)
     if done.returncode != 0:

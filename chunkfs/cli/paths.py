@@ -17,25 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chunkfs import config
+from chunkfs import config, mounts
 from chunkfs.errors import NotFound, UsageError
-
-
-def chunkfs_mounts() -> list[tuple[Path, Path]]:
-    """(mountpoint, repository) of every chunkfs mount, from /proc/self/mountinfo."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "fuse.chunkfs":
-                mounts.append((Path(_unescape(fields[4])), Path(_unescape(fields[sep + 2]))))
-    return mounts
-
-
-def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape") if "\\" in field else field
-
 
 QUERY_LINKS = ("@latest", "@best")
 """The mount's query links (fs/virtual.py): followed even as the last component of a PATH."""
@@ -67,23 +50,13 @@ def _checked(repo: Path, source: str) -> Path:
     return repo
 
 
-def mount_of(path: Path) -> tuple[Path, Path] | None:
-    """(mountpoint, repository) of the chunkfs mount that holds the absolute ``path``, or None."""
-    best = None
-    for mountpoint, repository in chunkfs_mounts():
-        inside = path == mountpoint or mountpoint in path.parents
-        if inside and (best is None or len(mountpoint.parts) > len(best[0].parts)):
-            best = (mountpoint, repository)
-    return best
-
-
 def repository(flag: str | None) -> Path:
     """The repository of a command without a PATH (see the module docstring)."""
     if flag:
         return _checked(Path(flag), "--repo")
-    mounted = mount_of(Path(os.path.abspath(".")))
+    mounted = mounts.containing(Path(os.path.abspath(".")))
     if mounted is not None:
-        return mounted[1]
+        return mounted.source
     if os.environ.get(ENV):
         return _checked(Path(os.environ[ENV]), f"${ENV}")
     raise UsageError(f"no repository: run this inside a mounted chunkfs, pass --repo REPO or set {ENV}")
@@ -94,13 +67,12 @@ def resolve(path: str, flag: str | None) -> tuple[Path, str]:
     global _reading
     _reading = None
     absolute = real_path(path)
-    mounted = mount_of(absolute)
-    if mounted is not None:
-        mountpoint, repository_dir = mounted
-        if flag and Path(flag).resolve() != repository_dir.resolve():
-            raise UsageError(f"{path}: inside the mount of {repository_dir}, not of --repo {flag}; drop --repo")
-        rel = absolute.relative_to(mountpoint)
-        return repository_dir, "/" + ("" if rel == Path(".") else str(rel))
+    inside = mounts.split(absolute)
+    if inside is not None:
+        mounted, repo_path = inside
+        if flag and Path(flag).resolve() != mounted.source.resolve():
+            raise UsageError(f"{path}: inside the mount of {mounted.source}, not of --repo {flag}; drop --repo")
+        return mounted.source, repo_path
     source = "--repo" if flag else f"${ENV}"
     repo = flag or os.environ.get(ENV)
     if not repo:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from chunkfs import mounts
 from chunkfs.errors import ChunkfsError, Conflict, NotADirectory, NotFound, UsageError
 from chunkfs.fs.operations import ChunkfsOperations
 from chunkfs.metrics import start_metrics_server
@@ -46,7 +47,7 @@ IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser"
 
 
 def fuse_options(repo: Path, extra: list[str]) -> set[str]:
-    opts = set(pyfuse3.default_options) | {f"fsname={repo}", "subtype=chunkfs"}
+    opts = set(pyfuse3.default_options) | {f"fsname={repo}", f"subtype={mounts.FSTYPE.removeprefix('fuse.')}"}
     for item in extra:
         for opt in filter(None, item.split(",")):
             if opt in IGNORED_OPTIONS or opt.startswith(("x-systemd.", "comment=")):
@@ -73,18 +74,10 @@ def check_mountpoint(mountpoint: Path, options: list[str] = ()) -> None:
 
 
 def _device_of(mountpoint: Path) -> str | None:
-    """'major:minor' of the filesystem mounted at ``mountpoint``, from /proc/self/mountinfo.
-
-    (Not from stat(): before the FUSE main loop runs, a stat of our own
-    mountpoint would wait for an answer forever.)
-    """
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == str(mountpoint):
-                found = fields[2]  # the last mount on this path is the visible one
-    return found
+    """'major:minor' of the filesystem mounted at ``mountpoint`` (not from stat(): before the
+    FUSE main loop runs, a stat of our own mountpoint would wait for an answer forever)."""
+    m = mounts.at(mountpoint)
+    return m.device if m is not None else None
 
 
 async def _ready_after_init(

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from chunkfs import config
+from chunkfs import config, mounts
 from helpers.cli import chunkfs
 
 PROBLEM_RE = re.compile(r"\bERROR\b|Traceback|CRITICAL|chunkfs: error:")  # the last: a daemon that exited on an error
@@ -25,14 +25,9 @@ UMOUNT_TIMEOUT = 120
 
 
 def mount_device(path: Path) -> str | None:
-    """'major:minor' of what is mounted at ``path``, from /proc/self/mountinfo (no stat: it could hang)."""
-    target, found = str(path), None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == target:
-                found = fields[2]
-    return found
+    """'major:minor' of what is mounted at ``path`` (from mountinfo: a stat could hang)."""
+    m = mounts.at(Path(path))
+    return m.device if m is not None else None
 
 
 def is_mounted(path: Path) -> bool:
