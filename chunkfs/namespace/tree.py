@@ -201,6 +201,20 @@ class Namespace:
         rec = InodeRecord(stat.S_IFDIR | (mode & 0o7777), uid, gid, 2, 0, now, now, now)
         return self._create(parent, name, rec)
 
+    def makedirs(self, path: str, uid: int, gid: int, mode: int = 0o755) -> int:
+        """The inode of directory ``path``, creating missing levels (``mkdir -p``; another
+        process creating the same level at once is no error)."""
+        ino = ROOT_INODE
+        for part in (p for p in path.strip("/").split("/") if p):
+            try:
+                ino, _ = self.lookup(ino, os.fsencode(part))
+            except NotFound:
+                try:
+                    ino, _ = self.mkdir(ino, os.fsencode(part), mode, uid, gid)
+                except AlreadyExists:
+                    ino, _ = self.lookup(ino, os.fsencode(part))
+        return ino
+
     def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0, *, versioned: bool = True):
         """A regular file (or another non-directory node) with no content. ``versioned=False``
         for a file created open for writing: no version until its content is committed."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from chunkfs.errors import AlreadyExists, IsADirectory, NotFound
 from chunkfs.namespace.views import CurrentView, TreeView
 from chunkfs.repo import Repository
-from chunkfs.types import HOLE, ROOT_INODE
+from chunkfs.types import HOLE
 
 BLOCK = 1 << 20
 Progress = Callable[[int], None]
@@ -38,17 +38,6 @@ def source_size(src: Path) -> int:
     return sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _ensure_dir(repo: Repository, path: str) -> int:
-    """The inode of directory ``path``, creating missing levels (like mkdir -p)."""
-    ino = ROOT_INODE
-    for part in (p for p in path.strip("/").split("/") if p):
-        try:
-            ino, _ = repo.ns.lookup(ino, os.fsencode(part))
-        except NotFound:
-            ino, _ = repo.ns.mkdir(ino, os.fsencode(part), 0o755, os.getuid(), os.getgid())
-    return ino
-
-
 def import_tree(repo: Repository, src: Path, dest: str, progress: Progress = lambda n: None) -> TransferResult:
     """Copy local file or tree ``src`` to repository path ``dest``.
 
@@ -66,7 +55,7 @@ def import_tree(repo: Repository, src: Path, dest: str, progress: Progress = lam
     except NotFound:
         pass
     parent_path, name = dest.rsplit("/", 1)
-    parent = _ensure_dir(repo, parent_path)
+    parent = repo.ns.makedirs(parent_path, os.getuid(), os.getgid())
     _import_one(repo, src, parent, os.fsencode(name), result, progress)
     repo.packs.seal_all()
     repo.flush()
