@@ -27,4 +27,6 @@ here is active in a suite only where its conftest (or a test module) imports it.
 * ``loadworkers``, ``crashwriter``: programs the FUSE tests run as separate processes
   (``python <module file> ARGS``): the writers, listers and readers of the names-under-load
   test, and the checkpoint writer of the crash test.
+* ``dcpranks``: one rank of a torch.distributed.checkpoint job (gloo, DTensors), run WORLD
+  at once by the chunkfs.torch tests.
 """

@@ -23,16 +23,16 @@ LAYERS = {
     "store": 2,
     "engine": 3,
     "namespace": 4,
-    "repo": 5,
+    "repo": 5, "mounts": 5,
     "openfiles": 6, "writers": 6, "ops": 6, "metrics": 6,
-    "fs": 7,
+    "fs": 7, "torch": 7,
     "cli": 8,
 }  # fmt: skip
 
 ONLY_IN = {"lmdb": {"index"}, "pyfuse3": {"fs"}, "trio": {"fs"}, "boto3": {"store/backends/s3.py"}, "botocore": {"store/backends/s3.py"},
-           "prometheus_client": {"metrics"}}
+           "prometheus_client": {"metrics"}, "torch": {"torch"}, "safetensors": {"torch"}}
 
-FS_API = {"chunkfs.repo", "chunkfs.openfiles", "chunkfs.namespace.snapshots", "chunkfs.errors", "chunkfs.types",
+FS_API = {"chunkfs.repo", "chunkfs.mounts", "chunkfs.openfiles", "chunkfs.namespace.snapshots", "chunkfs.errors", "chunkfs.types",
           "chunkfs.config", "chunkfs.clock", "chunkfs.metrics"}
 """What fs/ may import from the rest of the package: engine, store and index objects stay behind these."""
 

@@ -1,0 +1,94 @@
+"""``Writer`` and ``Reader``: torch.distributed.checkpoint (DCP) straight into a repository.
+
+They are DCP's own ``FileSystemWriter`` and ``FileSystemReader`` with the repository as
+their filesystem (files.py): the same planning, the same file names and the same bytes
+(``__0_0.distcp``… and ``.metadata``), so a checkpoint written by ``Writer`` reads with
+plain ``FileSystemReader`` through the mount, with ``cp`` or ``chunkfs export``, and one
+written through the mount reads with ``Reader``. What changes is where the bytes go:
+every rank chunks, hashes and stores its own file in its own process (dedup across
+ranks, steps and the mount's files), and nothing crosses FUSE. docs/torch.md shows how
+to use them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import IO
+
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+
+from chunkfs.torch.files import ReadStream, RepoFiles
+
+
+class Writer(FileSystemWriter):
+    """A DCP storage writer into a chunkfs repository.
+
+    ``path``: the checkpoint directory, inside a mounted chunkfs (``/models/llama/run1/
+    step-1000``), or with ``repo`` a path inside that repository (``/llama/run1/step-1000``).
+    Every file is durable when DCP closes it (so ``sync_files`` is not needed: no fsync or
+    ``os.sync`` is made); the checkpoint is complete once ``.metadata`` is renamed into
+    place, as with ``FileSystemWriter``. The other arguments are ``FileSystemWriter``'s.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        repo: str | os.PathLike | None = None,
+        single_file_per_rank: bool = True,
+        thread_count: int = 1,
+        per_thread_copy_ahead: int = 10_000_000,
+        cache_staged_state_dict: bool = False,
+        overwrite: bool = True,
+    ) -> None:
+        super().__init__(path, single_file_per_rank=single_file_per_rank, sync_files=False, thread_count=thread_count,
+                         per_thread_copy_ahead=per_thread_copy_ahead, cache_staged_state_dict=cache_staged_state_dict,
+                         overwrite=overwrite)  # fmt: skip
+        self.fs = RepoFiles(repo, writable=True)
+        self.path = self.fs.init_path(path)
+
+    def prepare_local_plan(self, plan):
+        with self.fs.opened():
+            return super().prepare_local_plan(plan)
+
+    def write_data(self, plan, planner):
+        with self.fs.opened():  # one opening for every file of this rank
+            return super().write_data(plan, planner)
+
+    def finish(self, metadata, results) -> None:
+        with self.fs.opened():
+            super().finish(metadata, results)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        return RepoFiles.validate_checkpoint_id(checkpoint_id)
+
+
+class Reader(FileSystemReader):
+    """A DCP storage reader from a chunkfs repository (``path`` and ``repo`` as for ``Writer``).
+
+    Each rank reads only the byte ranges of the tensors it loads (a resharded load reads
+    parts of files), from whatever tier holds their chunks, every chunk verified.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, repo: str | os.PathLike | None = None) -> None:
+        super().__init__(path)
+        self.fs = RepoFiles(repo, writable=False)
+        self.path = self.fs.init_path(path)
+
+    def _slice_file(self, file: ReadStream, sinfo) -> IO[bytes]:
+        """The item's bytes, read in one go: only the chunks under them are fetched."""
+        return io.BytesIO(file.pread(sinfo.offset, sinfo.length))
+
+    def read_metadata(self, *args, **kwargs):
+        with self.fs.opened():
+            return super().read_metadata(*args, **kwargs)
+
+    def read_data(self, plan, planner):
+        with self.fs.opened():
+            return super().read_data(plan, planner)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        return RepoFiles.validate_checkpoint_id(checkpoint_id)

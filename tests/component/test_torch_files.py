@@ -1,0 +1,84 @@
+"""chunkfs.torch's file layer (chunkfs/torch/files.py) in one process: where a checkpoint path
+leads, what a failed stream leaves, how reads seek, and a writer handed to another process."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import pytest
+from helpers.cli import chunkfs
+
+from chunkfs.errors import UsageError
+from chunkfs.repo import Repository
+
+pytest.importorskip("torch", reason="chunkfs.torch needs torch (the test extra installs it)")
+files = pytest.importorskip("chunkfs.torch.files")
+
+
+@pytest.fixture
+def repo_dir(tmp_path):
+    chunkfs("init", tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def read(repo_dir, path: str) -> bytes:
+    with Repository(repo_dir, writable=False) as repo:
+        content = repo.content_of(repo.ns.extents(repo.ns.resolve(path)))
+        return content.read(0, content.size)
+
+
+def test_a_path_outside_any_mount_needs_its_repository(tmp_path, repo_dir):
+    with pytest.raises(UsageError, match=r"not inside a mounted chunkfs; give the repository too"):
+        files.locate(tmp_path / "ckpt", None)
+    assert files.locate("llama/step-1/", repo_dir) == (repo_dir, "/llama/step-1")
+
+
+def test_a_stream_closed_commits_a_version_and_a_failed_one_commits_nothing(repo_dir):
+    fs = files.RepoFiles(repo_dir, writable=True)
+    fs.mkdir("/ck/step-1")
+    with fs.create_stream("/ck/step-1/a.distcp", "wb") as f:
+        f.write(b"x" * 100_000)
+        f.write(memoryview(b"y" * 5))
+        assert f.tell() == 100_005
+    assert read(repo_dir, "/ck/step-1/a.distcp") == b"x" * 100_000 + b"y" * 5
+
+    with pytest.raises(RuntimeError), fs.create_stream("/ck/step-1/a.distcp", "wb") as f:
+        f.write(b"partial")
+        raise RuntimeError("the rank failed")
+    assert read(repo_dir, "/ck/step-1/a.distcp") == b"x" * 100_000 + b"y" * 5, "the last version stays"
+
+    with pytest.raises(RuntimeError), fs.create_stream("/ck/step-1/b.distcp", "wb") as f:
+        f.write(b"partial")
+        raise RuntimeError("the rank failed")
+    assert not fs.exists("/ck/step-1/b.distcp"), "a new file that failed is gone again"
+    assert fs.ls("/ck/step-1") == ["/ck/step-1/a.distcp"]
+
+
+def test_reads_seek_and_stop_at_the_end(repo_dir):
+    fs = files.RepoFiles(repo_dir, writable=True)
+    data = os.urandom(300_000)
+    fs.mkdir("/r")
+    with fs.create_stream("/r/f", "wb") as f:
+        f.write(data)
+    fs.rename("/r/f", "/r/g")
+    with fs.create_stream("/r/g", "rb") as f:
+        assert f.seek(-10, io.SEEK_END) == len(data) - 10
+        assert f.read(100) == data[-10:]
+        assert f.read(5) == b""
+        f.seek(1000)
+        assert f.read(7) == data[1000:1007]
+        assert f.pread(299_990, 50) == data[299_990:]
+        assert f.tell() == 1007
+
+
+def test_a_writer_handed_to_another_process_opens_the_repository_there(repo_dir):
+    from chunkfs.torch import Writer
+
+    w = Writer("/ck/step-9", repo=repo_dir)
+    with w.fs.opened():
+        clone = pickle.loads(pickle.dumps(w))  # an open repository is not part of it
+    assert clone.path == "/ck/step-9" and clone.fs.repo_dir == repo_dir
+    with clone.fs.opened() as repo:
+        assert repo.writable

@@ -1,0 +1,121 @@
+"""chunkfs.torch.Writer / Reader: DCP checkpoints written by the ranks themselves, beside a mount.
+
+Every test runs real ranks (helpers/dcpranks.py: separate processes, gloo, DTensors sharded
+over the ranks) against a mounted repository, as a training job on a GPU node would: the
+ranks write into the repository in their own processes, and the mount shows the result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers.cli import chunkfs, cli_json
+from helpers.s3servers import free_port
+
+pytest.importorskip("torch", reason="chunkfs.torch needs torch (the test extra installs it)")
+dcpranks = pytest.importorskip("helpers.dcpranks")
+
+RANK_TIMEOUT = 300
+
+
+def start_ranks(action: str, world: int, path, step: int, repo=None) -> list[subprocess.Popen]:
+    port = str(free_port())
+    extra = [str(repo)] if repo is not None else []
+    argv = [sys.executable, dcpranks.__file__, action, str(world), "RANK", port, str(path), str(step), *extra]
+    return [
+        subprocess.Popen([str(rank) if a == "RANK" else a for a in argv],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in range(world)
+    ]
+
+
+def run_ranks(action: str, world: int, path, step: int, repo=None) -> None:
+    """Run a DCP job of ``world`` ranks to the end; every rank must say ok."""
+    procs = start_ranks(action, world, path, step, repo)
+    problems = []
+    for rank, p in enumerate(procs):
+        out, err = p.communicate(timeout=RANK_TIMEOUT)
+        if p.returncode != 0 or out.strip() != "ok":
+            problems.append(f"rank {rank} of {action}: exit {p.returncode}\n{out}\n{err[-3000:]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_four_ranks_save_and_load_bit_identical_every_way(mnt):
+    """Writer → Reader, Writer → FileSystemReader through the mount, FileSystemWriter through
+    the mount → Reader: every value back as saved; the files are DCP's own."""
+    ckpt = mnt / "llama" / "run1" / "step-1"
+    run_ranks("save", 4, ckpt, 1)
+    names = sorted(os.listdir(ckpt))
+    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp"]
+    run_ranks("load", 4, ckpt, 1)
+    run_ranks("plain_load", 4, ckpt, 1)  # DCP's own reader, through the mount
+
+    plain = mnt / "llama" / "run1" / "step-2"
+    run_ranks("plain_save", 4, plain, 2)  # DCP's own writer, through the mount
+    run_ranks("load", 4, plain, 2)
+
+    versions = cli_json("log", ckpt / "__0_0.distcp")
+    assert len(versions) == 1, "each file one version, like a file written through the mount"
+    found = cli_json("find", "--repo", mnt.repo, "--run", "run1")
+    assert sorted(r["step"] for r in found) == [1, 2], "both checkpoints are registry records"
+    chunkfs("fsck", "--repo", mnt.repo)
+
+
+def test_the_same_bytes_as_filesystem_writer(mnt, tmp_path):
+    """A checkpoint saved by Writer and one saved by FileSystemWriter on a plain directory hold
+    byte-identical shard files (only .metadata differs: its checkpoint id and save id)."""
+    run_ranks("save", 2, mnt / "a", 3)
+    run_ranks("plain_save", 2, tmp_path / "plain", 3)
+    for name in ("__0_0.distcp", "__1_0.distcp"):
+        assert (mnt / "a" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
+def test_async_save_and_a_path_given_with_its_repository(mnt):
+    run_ranks("async_save", 4, "/jobs/step-5", 5, repo=mnt.repo)
+    run_ranks("load", 4, "/jobs/step-5", 5, repo=mnt.repo)
+    assert (mnt / "jobs" / "step-5" / ".metadata").exists(), "the mount shows what the ranks committed"
+
+
+def test_resharded_load_reads_with_another_number_of_ranks(mnt):
+    ckpt = mnt / "reshard" / "step-7"
+    run_ranks("save", 4, ckpt, 7)
+    run_ranks("load", 2, ckpt, 7)
+    run_ranks("load", 3, ckpt, 7)
+
+
+def test_frozen_layers_dedup_across_steps_and_ranks(mnt):
+    """Step 2 changes the last two of six layers: the frozen four cost nothing new."""
+    run_ranks("save", 4, mnt / "ft" / "step-1", 1)
+    first = mnt.stats()["unique_bytes"]
+    run_ranks("save", 4, mnt / "ft" / "step-2", 2)
+    added = mnt.stats()["unique_bytes"] - first
+    changed = 2 * 2 * dcpranks.ROWS * dcpranks.COLS * 4 + 4096 * 4  # two layers' weights and moments, the embed
+    assert added < changed * 1.25, f"{added} new bytes for {changed} changed"
+    assert added > changed * 0.9, f"{added} new bytes: the changed layers must be stored"
+
+
+def test_a_rank_killed_mid_save_leaves_no_complete_checkpoint(mnt):
+    """Rank 1 is killed (SIGKILL) half-way through its file: the save never gets a .metadata
+    (it is not a complete checkpoint), the previous checkpoint still loads, and the repository
+    is sound."""
+    run_ranks("save", 4, mnt / "k" / "step-1", 1)
+    procs = start_ranks("die", 4, mnt / "k" / "step-2", 2)
+    try:
+        deadline = time.monotonic() + RANK_TIMEOUT
+        while procs[1].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert procs[1].returncode == -9, procs[1].communicate()[1][-3000:]
+        time.sleep(1)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert not (mnt / "k" / "step-2" / ".metadata").exists()
+    assert "__1_0.distcp" not in os.listdir(mnt / "k" / "step-2") or (mnt / "k" / "step-2" / "__1_0.distcp").stat().st_size == 0
+    run_ranks("load", 4, mnt / "k" / "step-1", 1)
+    mnt.umount()
+    chunkfs("fsck", "--repo", mnt.repo)

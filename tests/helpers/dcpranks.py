@@ -1,0 +1,124 @@
+"""One rank of a torch.distributed.checkpoint job (gloo, CPU): ``python dcpranks.py ACTION WORLD RANK PORT PATH [REPO]``.
+
+The tests start WORLD of these at once, as torchrun would. Every rank builds the same
+model state from a seed (``global_state``) and holds its shard of it: each weight a
+DTensor split by rows over the ranks (``Shard(0)``, as FSDP2 does), one replicated
+tensor and a plain value. So a load by another number of ranks reads parts of files
+(resharding), and any rank can check every byte it loaded.
+
+ACTION (``PATH``: the checkpoint directory; with ``REPO``, a path inside that repository):
+
+* ``save STEP``, ``async_save STEP``: ``dcp.save`` / ``dcp.async_save`` of step STEP's state
+  with ``chunkfs.torch.Writer``; ``plain_save STEP`` with DCP's ``FileSystemWriter``.
+* ``load STEP``, ``plain_load STEP``: load into zeroed tensors (``Reader`` /
+  ``FileSystemReader``) and check every value against step STEP's state.
+* ``die STEP``: ``save``, but rank 1 kills itself (SIGKILL) half-way through writing its file.
+
+Prints ``ok`` and exits 0, or exits non-zero with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor, init_device_mesh
+
+import chunkfs.torch
+from chunkfs.torch import files as chunkfs_files
+
+LAYERS = 6
+ROWS, COLS = 512, 384  # 768 KiB a weight: with LAYERS, ~4.5 MiB a step plus the AdamW-like moments
+
+
+def global_state(step: int) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state of training step ``step``: the first layers are frozen
+    (the same at every step), the last two change."""
+    out = {}
+    for i in range(LAYERS):
+        g = torch.Generator().manual_seed(1000 * i + (step if i >= LAYERS - 2 else 0))
+        out[f"layers.{i}.weight"] = torch.randn(ROWS, COLS, generator=g)
+        out[f"optim.{i}.exp_avg"] = torch.randn(ROWS, COLS, generator=g) * 0.01
+    out["embed"] = torch.arange(4096, dtype=torch.float32) + step
+    return out
+
+
+def sharded(step: int, mesh) -> dict:
+    state = {}
+    for name, full in global_state(step).items():
+        state[name] = full.clone() if name == "embed" else distribute_tensor(full, mesh, [Shard(0)])
+    state["step"] = step
+    return state
+
+
+def zeros_like(state: dict) -> dict:
+    out = {}
+    for name, value in state.items():
+        if isinstance(value, DTensor):
+            out[name] = distribute_tensor(torch.zeros(value.shape), value.device_mesh, value.placements)
+        elif isinstance(value, torch.Tensor):
+            out[name] = torch.zeros_like(value)
+        else:
+            out[name] = -1
+    return out
+
+
+def check(loaded: dict, step: int) -> None:
+    want = global_state(step)
+    for name, full in want.items():
+        got = loaded[name].full_tensor() if isinstance(loaded[name], DTensor) else loaded[name]
+        if not torch.equal(got, full):
+            raise SystemExit(f"{name}: loaded values differ from step {step}'s")
+    if loaded["step"] != step:
+        raise SystemExit(f"step: loaded {loaded['step']}, saved {step}")
+
+
+def kill_half_way() -> None:
+    """Rank 1 dies by SIGKILL once half its file is written (nothing of it is committed)."""
+    write = chunkfs_files.WriteStream.write
+
+    def dying(self, b):
+        if self.path.endswith(".distcp") and self.tell() > 2 << 20:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write(self, b)
+
+    chunkfs_files.WriteStream.write = dying
+
+
+def main(argv: list[str]) -> None:
+    action, world, rank, port, path, step = argv[0], int(argv[1]), int(argv[2]), argv[3], argv[4], int(argv[5])
+    repo = argv[6] if len(argv) > 6 else None
+    warnings.simplefilter("ignore")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))  # fmt: skip
+    mesh = init_device_mesh("cpu", (world,))
+    if action in ("save", "async_save", "die"):
+        if action == "die" and rank == 1:
+            kill_half_way()
+        writer = chunkfs.torch.Writer(path, repo=repo)
+        if action == "async_save":
+            dcp.async_save(sharded(step, mesh), storage_writer=writer).result()
+        else:
+            dcp.save(sharded(step, mesh), storage_writer=writer)
+    elif action == "plain_save":
+        dcp.save(sharded(step, mesh), storage_writer=dcp.FileSystemWriter(path))
+    elif action in ("load", "plain_load"):
+        loaded = zeros_like(sharded(step, mesh))
+        reader = chunkfs.torch.Reader(path, repo=repo) if action == "load" else dcp.FileSystemReader(path)
+        dcp.load(loaded, storage_reader=reader)
+        check(loaded, step)
+    else:
+        raise SystemExit(f"unknown action {action}")
+    dist.barrier()
+    dist.destroy_process_group()
+    print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
