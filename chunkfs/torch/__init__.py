@@ -8,9 +8,13 @@
     dcp.save(state, storage_writer=chunkfs.torch.Writer("/models/llama/run1/step-1000"))
     dcp.load(state, storage_reader=chunkfs.torch.Reader("/models/llama/run1/step-1000"))
 
+``save`` / ``load`` and ``save_file`` / ``load_file`` are ``torch.save`` / ``torch.load`` and
+safetensors' pair for single-process code, written and read by the calling process.
+
 Needs torch (``pip install chunkfs[torch]``). docs/torch.md says more.
 """
 
 from chunkfs.torch.dcp import Reader, Writer
+from chunkfs.torch.single import load, load_file, save, save_file
 
-__all__ = ["Reader", "Writer"]
+__all__ = ["Reader", "Writer", "load", "load_file", "save", "save_file"]

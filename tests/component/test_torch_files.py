@@ -82,3 +82,38 @@ def test_a_writer_handed_to_another_process_opens_the_repository_there(repo_dir)
     assert clone.path == "/ck/step-9" and clone.fs.repo_dir == repo_dir
     with clone.fs.opened() as repo:
         assert repo.writable
+
+
+def test_save_and_load_write_what_torch_and_safetensors_write(repo_dir, tmp_path):
+    """Same bytes as torch.save / save_file to a plain file, read back by load / load_file;
+    a second save with one tensor changed stores about that tensor."""
+    import torch
+    from safetensors.torch import save_file as plain_save_file
+
+    import chunkfs.torch as ct
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(512, 512, generator=g) for i in range(4)}
+    ct.save_file(state, "/st/model.safetensors", {"step": "1"}, repo=repo_dir)
+    plain_save_file(state, tmp_path / "plain.safetensors", {"step": "1"})
+    assert read(repo_dir, "/st/model.safetensors") == (tmp_path / "plain.safetensors").read_bytes()
+    loaded = ct.load_file("/st/model.safetensors", repo=repo_dir)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+    ct.save({"model": state, "step": 1}, "/pt/ckpt.pt", repo=repo_dir)
+    back = ct.load("/pt/ckpt.pt", repo=repo_dir, weights_only=True)
+    assert back["step"] == 1 and all(torch.equal(back["model"][k], v) for k, v in state.items())
+    assert torch.load(io.BytesIO(read(repo_dir, "/pt/ckpt.pt")), weights_only=True)["step"] == 1, "a torch.save zip"
+
+    before = stored(repo_dir)
+    state["layer3.weight"] += 1  # one 1 MiB tensor of four changes
+    ct.save_file(state, "/st/model.safetensors", {"step": "2"}, repo=repo_dir)
+    assert stored(repo_dir) - before < 1.25 * (1 << 20)
+    with Repository(repo_dir, writable=False) as repo:
+        assert len(repo.history.log("/st/model.safetensors")) == 2, "two versions"
+
+
+def stored(repo_dir) -> int:
+    from helpers.cli import cli_json
+
+    return cli_json("stats", "--repo", repo_dir)["unique_bytes"]

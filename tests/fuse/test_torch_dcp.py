@@ -119,3 +119,20 @@ def test_a_rank_killed_mid_save_leaves_no_complete_checkpoint(mnt):
     run_ranks("load", 4, mnt / "k" / "step-1", 1)
     mnt.umount()
     chunkfs("fsck", "--repo", mnt.repo)
+
+
+def test_single_process_save_into_the_mount_reads_through_it(mnt):
+    """chunkfs.torch.save / save_file with a path inside the mount: the process writes the
+    repository itself, and the mount shows the file (plain torch.load / load_file read it)."""
+    import torch
+    from safetensors.torch import load_file
+
+    import chunkfs.torch as ct
+
+    state = {"w": torch.randn(256, 256), "b": torch.arange(7)}
+    ct.save_file(state, mnt / "m" / "run1" / "model.safetensors")
+    ct.save({"model": state, "step": 3}, mnt / "m" / "run1" / "ckpt.pt")
+    loaded = load_file(mnt / "m" / "run1" / "model.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert torch.load(mnt / "m" / "run1" / "ckpt.pt", weights_only=True)["step"] == 3
+    assert ct.load(mnt / "m" / "run1" / "ckpt.pt", weights_only=True)["step"] == 3

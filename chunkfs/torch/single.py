@@ -1,0 +1,85 @@
+"""``save`` / ``load`` and ``save_file`` / ``load_file``: single-process checkpoints written in-process.
+
+The drop-in counterparts of ``torch.save`` / ``torch.load`` and safetensors'
+``save_file`` / ``load_file`` for code that is not distributed: the same bytes as the
+originals (a ``torch.save`` zip, a safetensors file), written into the repository by the
+calling process (files.py) instead of through the mount — so they cost no FUSE round
+trips, and the file is a durable version when the call returns.
+
+``path`` is a file path inside a mounted chunkfs, or with ``repo=`` a path inside that
+repository (files.py, ``locate``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from chunkfs.repo import Repository
+from chunkfs.torch.files import ReadStream, WriteStream, locate
+
+
+@contextlib.contextmanager
+def _writing(path: str | os.PathLike, repo: str | os.PathLike | None) -> Iterator[WriteStream]:
+    repo_dir, repo_path = locate(path, repo)
+    with Repository.for_writing(repo_dir) as r:
+        r.ns.makedirs(repo_path.rpartition("/")[0], os.getuid(), os.getgid())
+        stream = WriteStream(r, repo_path)
+        try:
+            yield stream
+        except BaseException:
+            stream.abort()
+            raise
+        stream.close()
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike, repo: str | os.PathLike | None) -> Iterator[ReadStream]:
+    repo_dir, repo_path = locate(path, repo)
+    with Repository(repo_dir, writable=False) as r, ReadStream(r, repo_path) as stream:
+        yield stream
+
+
+def save(obj: Any, path: str | os.PathLike, *, repo: str | os.PathLike | None = None, **kwargs) -> None:
+    """``torch.save(obj, path, **kwargs)``, written into the repository by this process."""
+    with _writing(path, repo) as stream:
+        torch.save(obj, stream, **kwargs)
+
+
+def load(path: str | os.PathLike, *, repo: str | os.PathLike | None = None, **kwargs) -> Any:
+    """``torch.load(path, **kwargs)`` from the repository (``mmap=True`` needs a real file: read
+    through the mount for that)."""
+    with _reading(path, repo) as stream:
+        return torch.load(stream, **kwargs)
+
+
+def save_file(
+    tensors: dict[str, torch.Tensor],
+    filename: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    *,
+    repo: str | os.PathLike | None = None,
+) -> None:
+    """safetensors' ``save_file``, written into the repository by this process (the file is
+    built in memory first, as safetensors' ``save`` does)."""
+    from safetensors.torch import save as serialize
+
+    data = serialize(tensors, metadata=metadata)
+    with _writing(filename, repo) as stream:
+        stream.write(data)
+
+
+def load_file(
+    filename: str | os.PathLike, device: str | int = "cpu", *, repo: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
+    """safetensors' ``load_file`` from the repository."""
+    from safetensors.torch import load as deserialize
+
+    with _reading(filename, repo) as stream:
+        data = stream.pread(0, stream.size)
+    tensors = deserialize(data)
+    return tensors if device == "cpu" else {k: v.to(device) for k, v in tensors.items()}
