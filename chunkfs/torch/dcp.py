@@ -12,6 +12,7 @@ to use them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from typing import IO
@@ -86,8 +87,12 @@ class Reader(FileSystemReader):
             return super().read_metadata(*args, **kwargs)
 
     def read_data(self, plan, planner):
+        """DCP's read, with each file's items taken in file order: the chunks after each item
+        are then fetched while it is being loaded."""
+        where = {r.storage_index: self.storage_data[r.storage_index] for r in plan.items}
+        items = sorted(plan.items, key=lambda r: (where[r.storage_index].relative_path, where[r.storage_index].offset))
         with self.fs.opened():
-            return super().read_data(plan, planner)
+            return super().read_data(dataclasses.replace(plan, items=items), planner)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:

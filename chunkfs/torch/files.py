@@ -33,6 +33,8 @@ from pathlib import Path
 from torch.distributed.checkpoint.filesystem import FileSystemBase
 
 from chunkfs import mounts
+from chunkfs.engine import readahead
+from chunkfs.engine.readahead import ReadAhead
 from chunkfs.errors import IsADirectory, NotFound, UsageError
 from chunkfs.repo import Repository
 
@@ -226,7 +228,11 @@ class WriteStream(io.RawIOBase):
 
 
 class ReadStream(io.RawIOBase):
-    """A file's current content, read (and verified) from whatever tier holds its chunks."""
+    """A file's current content, read (and verified) from whatever tier holds its chunks.
+
+    Reads that move forward through the file (a rank loading its tensors in file order)
+    have the next chunks fetched ahead on the hot tier (engine/readahead.py, as the mount
+    does); warm and cold packs are read ahead along the pack by the remote reader."""
 
     def __init__(self, repo: Repository, path: str) -> None:
         super().__init__()
@@ -236,6 +242,14 @@ class ReadStream(io.RawIOBase):
         self.content = repo.content_of(repo.ns.extents(ino))
         self.size = self.content.size
         self._pos = 0
+        self._ahead = ReadAhead(repo.chunks)
+        self._stream = readahead.ReadStream()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._ahead.close()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -246,7 +260,7 @@ class ReadStream(io.RawIOBase):
     def pread(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` (fewer at the end of the file), without moving the position."""
         size = max(0, min(size, self.size - offset))
-        return self.content.read(offset, size) if size else b""
+        return self._ahead.read(self.content, self._stream, offset, size, self._lock) if size else b""
 
     def readinto(self, b) -> int:
         data = self.pread(self._pos, memoryview(b).nbytes)
