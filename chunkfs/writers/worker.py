@@ -60,37 +60,49 @@ class _File:
 
 
 def serve(repo: Repository, conn: Connection, ring: Ring) -> None:
-    """Answer the daemon's messages until it says stop or goes away."""
+    """Answer the daemon's messages until it says stop or goes away (its socket closes, even
+    while an answer is being sent: a daemon killed -9 mid-request)."""
     files: dict[int, _File] = {}
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        op = msg[0]
-        if op == "stop":
+        try:
+            if not _handle(repo, conn, ring, files, msg):
+                return
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("the mount daemon went away: sealing this worker's packs")
             return
-        if op == "write":
-            _, fid, offset, pos, n = msg
-            data = ring.take(pos, n)
-            conn.send(("freed", pos))
-            _apply(conn, files, fid, "write", offset, data)
-        elif op == "open":
-            _, fid, extents, group = msg
-            files[fid] = _File(FileContent(repo.chunks, extents, group, repo.settings.chunking, repo.spool_path))
-        elif op == "truncate":
-            _, fid, size = msg
-            _apply(conn, files, fid, "truncate", size)
-        elif op in ("read", "commit"):
-            _answer(conn, files, msg)
-        elif op == "end_window":
-            f = files.get(msg[1])
-            if f is not None:
-                repo.chunks.end_window(f.content)
-        elif op == "close":
-            f = files.pop(msg[1], None)
-            if f is not None:
-                f.content.close()
+
+
+def _handle(repo: Repository, conn: Connection, ring: Ring, files: dict[int, _File], msg: tuple) -> bool:
+    """Carry out one message; False once told to stop."""
+    op = msg[0]
+    if op == "stop":
+        return False
+    if op == "write":
+        _, fid, offset, pos, n = msg
+        data = ring.take(pos, n)
+        conn.send(("freed", pos))
+        _apply(conn, files, fid, "write", offset, data)
+    elif op == "open":
+        _, fid, extents, group = msg
+        files[fid] = _File(FileContent(repo.chunks, extents, group, repo.settings.chunking, repo.spool_path))
+    elif op == "truncate":
+        _, fid, size = msg
+        _apply(conn, files, fid, "truncate", size)
+    elif op in ("read", "commit"):
+        _answer(conn, files, msg)
+    elif op == "end_window":
+        f = files.get(msg[1])
+        if f is not None:
+            repo.chunks.end_window(f.content)
+    elif op == "close":
+        f = files.pop(msg[1], None)
+        if f is not None:
+            f.content.close()
+    return True
 
 
 def _apply(conn: Connection, files: dict[int, _File], fid: int, method: str, *args) -> None:
