@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from chunkfs.engine.chunker import Chunker, Piece
 from chunkfs.engine.formats import detect
 from chunkfs.engine.formats.base import INFINITE, MAX_LOOKAHEAD, BoundaryParser
+from chunkfs.engine.formats.torchzip import storage_sizes
 
 CS, MIN = 64 * 1024, 4 * 1024
 Region = tuple[str, int, int]
@@ -693,3 +694,35 @@ def test_archives_back_to_back_as_dcp_writes_them() -> None:
     storages = [(lo, hi) for name, lo, hi in parser.regions if name.endswith("/data/0")]
     assert [data[lo:hi] for lo, hi in storages] == [t.numpy().tobytes() for t in tensors]
     assert all(lo in parser.boundaries for lo, _ in storages)
+
+
+def test_storage_sizes_come_from_data_pkl_without_running_it() -> None:
+    obj = {"a": torch.ones(10, dtype=torch.bfloat16), "b": torch.arange(5), "nested": [torch.zeros(3, 3),
+           {"d": torch.ones(7, dtype=torch.float64)}], "big": torch.ones(300_000), "view": torch.ones(8)[2:5]}  # fmt: skip
+    archive = zipfile.ZipFile(io.BytesIO(torch_bytes(obj)))
+    truth = {i.filename: i.file_size for i in archive.infolist() if "/data/" in i.filename}
+    assert storage_sizes(archive.read("archive/data.pkl"), "archive/") == truth
+    assert storage_sizes(b"not a pickle", "archive/") == {}
+
+
+def test_a_storage_s_bytes_are_never_scanned_nor_kept() -> None:
+    """With its size from data.pkl, the parser waits for the descriptor at the storage's end:
+    the chunker need not keep the tensor's bytes for it (needed_from jumps past them)."""
+    data = torch_bytes({"w": torch.randn(1 << 20)})  # a 4 MiB storage
+    chunker, jumped = Chunker(CS, MIN), False
+    for pos in range(0, len(data), 64 << 10):
+        chunker.feed(data[pos : pos + (64 << 10)])
+        parser = chunker.parser
+        jumped |= parser is not None and parser.needed_from < INFINITE and parser.needed_from > pos + (64 << 10)
+    chunker.finish()
+    assert jumped
+    assert chunker.parser.regions == zip_regions(data)
+
+
+def test_a_size_data_pkl_gets_wrong_gives_up_and_loses_nothing() -> None:
+    data = bytearray(torch_bytes({"w": torch.ones(1000)}))
+    pid = data.index(b"X\x03\x00\x00\x00cpuq")  # the storage's location, then its element count
+    at = data.index(b"M\xe8\x03", pid)  # BININT2 1000
+    data[at : at + 3] = b"M\xe9\x03"  # 1001: 4 bytes beyond the real end
+    _, parser = chunk(bytes(data))
+    assert parser.gave_up and "where data.pkl says its 4004 bytes end" in parser.gave_up

@@ -24,13 +24,20 @@ header, which stays the same from save to save as long as the shapes do.
 
 Where the sizes are in the local header (bit 3 clear, e.g. Python's zipfile on
 a seekable file) they are used, whatever the compression. Otherwise only stored
-entries can be followed: the data ends at the first descriptor signature whose
-sizes both equal the distance from the data start, found with a zero-copy regex
-search of the view that resumes where the previous feed stopped.
+entries can be followed. A tensor storage's size is known before its entry:
+``data.pkl``, the archive's first entry, names each storage with its element type
+and count (``storage_sizes``, read from the pickle's opcodes, never executed), so
+the parser checks for the descriptor right where the storage ends and never looks
+at (nor has the chunker keep) the bytes in between; a descriptor that is not there
+is malformed input: the parser gives up (fixed-size chunks from the last cut). For
+any other entry, the data ends at the first descriptor signature whose sizes both
+equal the distance from the data start, found with a zero-copy regex search of the
+view that resumes where the previous feed stopped.
 """
 
 from __future__ import annotations
 
+import pickletools
 import re
 import struct
 
@@ -47,6 +54,15 @@ ZIP64_EXTRA = 0x0001
 FLAG_DESCRIPTOR = 0x0008
 STORED = 0
 U32_MAX = 0xFFFFFFFF
+PICKLE_KEEP = 16 << 20
+"""The largest ``data.pkl`` kept whole to read storage sizes from (a state dict with ~100k tensors)."""
+ELEMENT_SIZE = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+    "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8, "UntypedStorage": 1,
+}  # fmt: skip
+"""Bytes per element of the storage types ``torch.save`` names in ``data.pkl``; others get no hint."""
+MARK_CONSUMERS = {"SETITEMS", "APPENDS", "DICT", "LIST", "FROZENSET", "ADDITEMS", "OBJ", "INST", "POP_MARK"}
 
 
 class TorchZipParser(BoundaryParser):
@@ -61,7 +77,9 @@ class TorchZipParser(BoundaryParser):
         self.watermark = 0
         self.needed_from = 0
         self._pos = 0  # the next local header, while not inside an entry
-        self._entry: tuple[str, int, tuple[int, ...]] | None = None  # name, data start, descriptor lengths
+        self._entry: tuple[str, int, tuple[int, ...], int | None] | None = None
+        """The entry being read: name, data start, descriptor lengths, data size if data.pkl gave it."""
+        self._sizes: dict[str, int] = {}  # entry name → data size, from this archive's data.pkl
         self._scan = 0  # where the descriptor search resumes
         self._trailer = False  # walking a central directory (``_pos``: its next record)
         self._ended = False  # an archive's end record was passed: another may follow at ``_pos``
@@ -114,7 +132,7 @@ class TorchZipParser(BoundaryParser):
             if method != STORED:
                 self.give_up(f"entry {name!r} is compressed and its size is only given after the data")
                 return False
-            self._entry = (name, data_start, (24,) if zip64 is not None else (16, 24))
+            self._entry = (name, data_start, (24,) if zip64 is not None else (16, 24), self._sizes.get(name))
             self._scan = self.watermark = self.needed_from = data_start
             return True
         if U32_MAX in (csize, usize):
@@ -127,30 +145,64 @@ class TorchZipParser(BoundaryParser):
         return True
 
     def _descriptor(self, view: memoryview, start: int, eof: bool) -> bool:
-        """Search for the current entry's data descriptor; False while waiting or on failure."""
+        """Find the current entry's data descriptor; False while waiting or on failure."""
         assert self._entry is not None
-        name, data_start, forms = self._entry
+        name, data_start, forms, size = self._entry
+        if size is not None:
+            return self._descriptor_at(view, start, eof, data_start + size)
         end = start + len(view)
         lo = self._scan - start
         while (hit := DESCRIPTOR.search(view, lo)) is not None:
             lo = hit.start()
-            size = _descriptor_size(view, lo, start + lo - data_start, forms, eof)
-            if size is None:  # too few bytes yet to tell
-                self._scan = self.watermark = self.needed_from = start + lo
+            length = _descriptor_size(view, lo, start + lo - data_start, forms, eof)
+            if length is None:  # too few bytes yet to tell
+                self._scan_from(start + lo, end)
                 return False
-            if size:
-                self._cut(start + lo)
-                self.regions.append((name, data_start, start + lo))
-                self._entry = None
-                self._pos = self.watermark = self.needed_from = start + lo + size
+            if length:
+                if name.endswith("data.pkl"):  # a new archive: its storages' sizes
+                    pkl = data_start >= start and bytes(view[data_start - start : lo])
+                    self._sizes = storage_sizes(pkl, name[: -len("data.pkl")]) if pkl else {}
+                self._entry_ends(start + lo, length)
                 return True
             lo += 1
         if eof:
             self.give_up(f"no data descriptor for entry {name!r}")
             return False
         # keep the last 3 bytes: a signature may straddle this feed and the next
-        self._scan = self.watermark = self.needed_from = max(self._scan, end - 3)
+        self._scan_from(max(self._scan, end - 3), end)
         return False
+
+    def _scan_from(self, at: int, end: int) -> None:
+        """The search resumes at ``at``; a ``data.pkl`` is kept whole (while it is small enough) to
+        read the storage sizes from, other bytes before ``at`` are needed no more."""
+        assert self._entry is not None
+        name, data_start = self._entry[:2]
+        self._scan = self.watermark = at
+        keep = name.endswith("data.pkl") and end - data_start <= PICKLE_KEEP
+        self.needed_from = data_start if keep else at
+
+    def _descriptor_at(self, view: memoryview, start: int, eof: bool, at: int) -> bool:
+        """The descriptor of an entry whose size data.pkl gave: at ``at`` exactly, or malformed input."""
+        assert self._entry is not None
+        name, data_start, forms, _ = self._entry
+        length = _descriptor_size(view, at - start, at - data_start, forms, eof) if start <= at else None
+        if length is None and not eof:  # not there yet: nothing before it is needed
+            self._scan = self.watermark = self.needed_from = at
+            return False
+        if not length:
+            self.give_up(f"entry {name!r}: no data descriptor where data.pkl says its {at - data_start} bytes end")
+            return False
+        self._entry_ends(at, length)
+        return True
+
+    def _entry_ends(self, at: int, length: int) -> None:
+        """The current entry's data ends at ``at``; a descriptor of ``length`` bytes follows."""
+        assert self._entry is not None
+        name, data_start = self._entry[:2]
+        self._cut(at)
+        self.regions.append((name, data_start, at))
+        self._entry = None
+        self._pos = self.watermark = self.needed_from = at + length
 
     def _directory(self, view: memoryview, start: int, eof: bool) -> bool:
         """Step over one record of the central directory at ``_pos``; past the end record, the
@@ -189,6 +241,63 @@ class TorchZipParser(BoundaryParser):
     def _cut(self, offset: int) -> None:
         if offset > (self.boundaries[-1] if self.boundaries else 0):
             self.boundaries.append(offset)
+
+
+def storage_sizes(pkl: bytes, prefix: str) -> dict[str, int]:
+    """``{"<prefix>data/<key>": bytes}`` for each storage ``data.pkl`` names, read from the
+    pickle's opcodes (never executed): a persistent id ``('storage', torch.<Type>Storage, key,
+    location, element count)``. Anything unexpected yields no entry (its data is searched)."""
+    sizes: dict[str, int] = {}
+    memo: dict[int, object] = {}
+    frames: list[list] = [[]]  # the values since each open MARK
+    last: object = None
+    try:
+        for op, arg, _pos in pickletools.genops(pkl):
+            name = op.name
+            if name == "MARK":
+                frames.append([])
+                continue
+            if name in ("BINPUT", "LONG_BINPUT"):
+                memo[arg] = last
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = last
+                continue
+            if name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1", "BININT2",
+                        "LONG1", "INT", "LONG"):  # fmt: skip
+                last = arg
+            elif name == "GLOBAL":
+                last = tuple(arg.split(" ", 1))
+            elif name == "STACK_GLOBAL" and len(frames[-1]) >= 2:
+                last = (frames[-1].pop(-2), frames[-1].pop())
+            elif name in ("BINGET", "LONG_BINGET"):
+                last = memo.get(arg)
+            elif name == "TUPLE" and len(frames) > 1:
+                last = tuple(frames.pop())
+            elif name in MARK_CONSUMERS and len(frames) > 1:
+                frames.pop()
+                last = None
+            elif name == "BINPERSID":
+                _storage_size(last, prefix, sizes)
+                last = None
+                continue
+            else:  # anything else: its value is of no interest, but it stands in the frame
+                last = None
+                if name == "STOP":
+                    break
+            frames[-1].append(last)
+    except (ValueError, TypeError, IndexError, KeyError):  # not a pickle we can follow: no hints
+        return {}
+    return sizes
+
+
+def _storage_size(pid: object, prefix: str, sizes: dict[str, int]) -> None:
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        return
+    _, kind, key, _location, count = pid
+    if isinstance(kind, tuple) and len(kind) == 2 and kind[0] == "torch" and isinstance(key, str) \
+            and isinstance(count, int) and count >= 0 and kind[1] in ELEMENT_SIZE:
+        sizes[f"{prefix}data/{key}"] = count * ELEMENT_SIZE[kind[1]]
 
 
 def _zip64_extra(extra: bytes) -> bytes | None:
