@@ -56,23 +56,27 @@ def test_gc_while_training_writes_gives_the_space_back(make_tmpfs, make_mount):
         used_before = shutil.disk_usage(hot).used
         shutil.rmtree(old)
         written_before = written[0]
-        first = gc(mnt)
-        time.sleep(2)
-        second = gc(mnt)
-        freed = first["bytes_freed"] + second["bytes_freed"]
-        used_after = shutil.disk_usage(hot).used
-        recent = written[0] - written_before
+        runs = [gc(mnt)]
+        # What the run wrote since the first gc began may still be on disk (condemned by one gc,
+        # freed by the next: docs/gc.md; the open pack holds the newest), but the old tree must
+        # leave the disk within a few runs while the trainer keeps writing. Under load one more
+        # run can be needed: a pack sealed on the second run's request is swept by the third.
+        while True:
+            time.sleep(2)
+            runs.append(gc(mnt))
+            used_after = shutil.disk_usage(hot).used
+            recent = written[0] - written_before
+            if used_after < 16 * MiB + recent or len(runs) == 4:
+                break
     finally:
         stop.set()
         trainer.join()
     assert not errors, errors
-    assert freed >= 120 * MiB, (first, second)
-    # What the run wrote since the first gc began may still be on disk: condemned by the second
-    # gc it is freed by a third (docs/gc.md), and the open pack holds the newest. The old tree
-    # must be gone: 150 MiB on a 200 MiB disk.
+    first, second = runs[:2]
+    assert first["bytes_freed"] + second["bytes_freed"] >= 120 * MiB, (first, second)
     assert used_after < 16 * MiB + recent, (
-        f"hot disk: {used_before >> 20} MiB used before gc, {used_after >> 20} after; "
-        f"the run wrote {recent >> 20} MiB meanwhile"
+        f"hot disk: {used_before >> 20} MiB used before gc, {used_after >> 20} after {len(runs)} runs; "
+        f"the run wrote {recent >> 20} MiB meanwhile; gc said {runs}"
     )
     assert first["open_packs_sealed"] + second["open_packs_sealed"] >= 1, "the open pack was sealed on request"
     mnt.remount()
