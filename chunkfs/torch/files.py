@@ -114,13 +114,8 @@ class RepoFiles(FileSystemBase):
     def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[io.RawIOBase]:
         with self.opened() as repo:
             if "w" in mode:
-                stream = WriteStream(repo, str(path))
-                try:
+                with WriteStream(repo, str(path)) as stream:
                     yield stream
-                except BaseException:
-                    stream.abort()
-                    raise
-                stream.close()
             else:
                 with ReadStream(repo, str(path)) as stream:
                     yield stream
@@ -159,6 +154,16 @@ class RepoFiles(FileSystemBase):
         return mounts.split(Path(os.path.realpath(checkpoint_id))) is not None
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` would change it for a moment
+    under the other threads of a DCP writer, which create files too)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
 def _split(repo: Repository, path: str) -> tuple[int, bytes]:
     """(parent directory inode, name) of a repository path."""
     parent, _, name = path.rstrip("/").rpartition("/")
@@ -180,14 +185,19 @@ class WriteStream(io.RawIOBase):
                 raise IsADirectory(f"{path}: is a directory; a checkpoint file cannot replace it")
             self._created = None
         except NotFound:
-            umask = os.umask(0)
-            os.umask(umask)
-            self.ino, _ = repo.ns.mknod(parent, name, 0o666 & ~umask, os.getuid(), os.getgid(), versioned=False)
+            self.ino, _ = repo.ns.mknod(parent, name, 0o666 & ~_umask(), os.getuid(), os.getgid(), versioned=False)
             self._created = (parent, name)
         repo.ns.hold(self.ino)  # renamed or unlinked meanwhile, the inode stays until we are done
         self.content = repo.file_content(self.ino)
         self.content.truncate(0)
         self._offset = 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving a ``with`` block commits; leaving it by an exception commits nothing (``abort``)."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def writable(self) -> bool:
         return True

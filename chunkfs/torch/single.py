@@ -28,13 +28,8 @@ def _writing(path: str | os.PathLike, repo: str | os.PathLike | None) -> Iterato
     repo_dir, repo_path = locate(path, repo)
     with Repository.for_writing(repo_dir) as r:
         r.ns.makedirs(repo_path.rpartition("/")[0], os.getuid(), os.getgid())
-        stream = WriteStream(r, repo_path)
-        try:
+        with WriteStream(r, repo_path) as stream:
             yield stream
-        except BaseException:
-            stream.abort()
-            raise
-        stream.close()
 
 
 @contextlib.contextmanager
