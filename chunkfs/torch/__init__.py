@@ -14,6 +14,11 @@ safetensors' pair for single-process code, written and read by the calling proce
 Needs torch (``pip install chunkfs[torch]``). docs/torch.md says more.
 """
 
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # say what to install, not only which module is missing
+    raise ImportError("chunkfs.torch needs PyTorch: pip install 'chunkfs[torch]'") from e
+
 from chunkfs.torch.dcp import Reader, Writer
 from chunkfs.torch.single import load, load_file, save, save_file
 
