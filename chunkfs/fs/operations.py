@@ -94,6 +94,12 @@ class ChunkfsOperations(pyfuse3.Operations):
         self.files.on_failed = self._forget_failed
         self.virtual = Virtual(repo.snapshots)
         self._seen: dict[int, int] = {}  # inode → manifest the kernel last got from this mount
+        # file inode → the (parent, name) entries the kernel got for it: names another process
+        # renamed or removed since stay in the kernel's cache, and each holds the inode there
+        self._kernel_names: dict[int, set[tuple[int, bytes]]] = {}
+        # file inode → generation the kernel gets in entries: raised when another process
+        # changed a file nobody has open here (kept after FORGET: the kernel may hold either)
+        self._generation: dict[int, int] = {}
         self._limiter = trio.CapacityLimiter(WORKERS)
         self._dirs: dict[int, _Listing] = {}
         self._next_dir = 0
@@ -107,7 +113,25 @@ class ChunkfsOperations(pyfuse3.Operations):
     def _forget_failed(self, ino: int) -> None:
         """A write the kernel had taken into its page cache was not stored: have it drop those
         pages and the size they made, so that readers see what chunkfs holds."""
-        self.notifier.forget_file(ino, self.ns.names_of(ino))
+        self._forget_file(ino)
+
+    def _forget_file(self, ino: int) -> None:
+        """Have the kernel drop ``ino``'s pages, attributes and every entry it holds for it.
+
+        With the writeback cache the kernel keeps its own size of a cached file whatever a
+        reply says, so the inode must leave its cache altogether — and it stays while any
+        entry names it: not only the file's names now, but also one the kernel got before
+        another process renamed the file (a DCP rank's ``.metadata.tmp``, renamed to
+        ``.metadata``: a lookup of the new name would find the cached inode with its old,
+        empty size)."""
+        names = set(self.ns.names_of(ino)) | self._kernel_names.get(ino, set())
+        self.notifier.forget_file(ino, sorted(names))
+
+    def _named(self, parent: int, name: bytes, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        """``_entry`` for a reply that gives the kernel the entry ``(parent, name)``."""
+        if stat.S_ISREG(rec.mode):
+            self._kernel_names.setdefault(ino, set()).add((parent, name))
+        return self._entry(ino, rec)
 
     def _notice_changes(self, ino: int, manifest: int) -> None:
         """A file another process committed (``chunkfs import`` while mounted) since this mount
@@ -115,11 +139,18 @@ class ChunkfsOperations(pyfuse3.Operations):
         own size and pages over ours, so have it forget them (and the names, so that a lookup
         brings the inode back afresh once nobody holds it open)."""
         changed = self.files.changed_elsewhere(ino, manifest)
+        open_here = changed is not None
         if changed is None:
             changed = self._seen.get(ino, manifest) != manifest
         self._seen[ino] = manifest
         if changed:
-            self.notifier.forget_file(ino, self.ns.names_of(ino))
+            if not open_here:
+                # The invalidations below are sent after this reply, and the kernel may act on
+                # the reply first (a lookup by the reader that opens the file next). A new
+                # generation makes the kernel replace its cached inode, size and pages, while it
+                # takes this very reply — safe only with no I/O on it (it fails from then on).
+                self._generation[ino] = self._generation.get(ino, 0) + 1
+            self._forget_file(ino)
 
     async def _blocking(self, fn, *args):
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
@@ -129,7 +160,7 @@ class ChunkfsOperations(pyfuse3.Operations):
             self._notice_changes(ino, rec.manifest)
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
-        a.generation = 0
+        a.generation = self._generation.get(ino, 0)
         a.entry_timeout = a.attr_timeout = ATTR_TIMEOUT
         a.st_mode = rec.mode
         a.st_nlink = rec.nlink
@@ -202,7 +233,7 @@ class ChunkfsOperations(pyfuse3.Operations):
             if special is None:
                 raise
             return self._virtual_entry(*special)
-        return self._entry(ino, rec)
+        return self._named(parent_inode, name, ino, rec)
 
     @_errors
     async def getattr(self, inode, ctx=None):
@@ -242,7 +273,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._read_only(parent_inode, name=(parent_inode, name))
         ino, rec = await self._blocking(self.ns.mknod, parent_inode, name, mode, ctx.uid, ctx.gid, rdev)
-        return self._entry(ino, rec)
+        return self._named(parent_inode, name, ino, rec)
 
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -260,7 +291,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._read_only(inode, new_parent_inode, name=(new_parent_inode, new_name))
         rec = await self._blocking(self.ns.link, inode, new_parent_inode, new_name)
-        return self._entry(inode, rec)
+        return self._named(new_parent_inode, new_name, inode, rec)
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):
@@ -330,6 +361,8 @@ class ChunkfsOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), len(listing.names) + 1):
                     return
                 self.ns.hold(ino)  # readdirplus: the kernel counts each entry it took as a lookup
+                if stat.S_ISREG(rec.mode):
+                    self._kernel_names.setdefault(ino, set()).add((listing.ino, name))
                 listing.names.append(name)
             if len(entries) < READDIR_BATCH:
                 return
@@ -468,6 +501,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         refs = list(inode_list)
         for ino, _n in refs:  # the kernel evicted it: it caches nothing of it any more
             self._seen.pop(ino, None)
+            self._kernel_names.pop(ino, None)
         self.virtual.release([(ino, n) for ino, n in refs if Virtual.owns(ino)])
         try:
             await self._blocking(self.ns.release_many, [(ino, n) for ino, n in refs if not Virtual.owns(ino)])

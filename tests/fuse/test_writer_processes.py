@@ -204,6 +204,44 @@ def test_a_file_replaced_by_another_process_shows_its_new_size_and_bytes(mnt, tm
     assert (mnt / "model.bin").read_bytes() == new
 
 
+WRITE_AND_RENAME = """
+import os, sys
+from chunkfs.repo import Repository
+repo_dir, phase, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with Repository.for_writing(repo_dir) as r:
+    d = r.ns.resolve("/d")
+    if phase == "create":  # an empty file, as DCP's rank 0 creates .metadata.tmp
+        r.ns.mknod(d, b"x.tmp", 0o644, os.getuid(), os.getgid(), versioned=False)
+    else:  # its content, committed; then renamed over the final name
+        ino, _ = r.ns.lookup(d, b"x.tmp")
+        content = r.file_content(ino)
+        content.write(0, bytes(range(256)) * (size // 256))
+        r.commit_file(ino, content)
+        r.ns.rename(d, b"x.tmp", d, b"x")
+"""
+
+
+def test_a_file_seen_empty_then_filled_and_renamed_by_another_process_reads_whole(mnt):
+    """A lister through the mount stats ``x.tmp`` while another process has just created it
+    (empty); that process then writes it and renames it to ``x`` (DCP's ``.metadata``, any
+    write-then-rename writer). The kernel still holds the inode under the old name with size 0
+    (writeback cache: it trusts its own size) — the first reader of ``x`` got an empty file
+    (DCP: "Ran out of input"). The mount hands the changed inode out with a new generation,
+    so the kernel replaces its copy while it takes that very lookup."""
+    os.mkdir(mnt / "d")
+    size = 1 << 20
+    for phase in ("create", "fill"):
+        subprocess.run([sys.executable, "-c", WRITE_AND_RENAME, str(mnt.repo), phase, str(size)], check=True)
+        if phase == "create":
+            deadline = time.monotonic() + 2
+            while not os.path.exists(mnt / "d" / "x.tmp"):
+                assert time.monotonic() < deadline, "the mount did not show x.tmp"
+                time.sleep(0.05)
+            assert os.stat(mnt / "d" / "x.tmp").st_size == 0  # the kernel caches the inode, empty
+    assert (mnt / "d" / "x").read_bytes() == bytes(range(256)) * (size // 256), "read at once, whole"
+    assert os.stat(mnt / "d" / "x").st_size == size
+
+
 GC_LOOP = """
 import subprocess, sys, time
 end = time.monotonic() + float(sys.argv[2])
