@@ -19,8 +19,9 @@ writes, so the same bytes always give the same chunks. Memory is bounded: the
 chunker holds at most one chunk plus what the parser still needs to look at
 (itself bounded by ``formats.base.MAX_LOOKAHEAD``).
 
-The received blocks are kept as they came, in a list, and each chunk is built
-with one join: one copy per byte. Appending them to one growing buffer instead
+The received blocks are kept as they came, in a list; a chunk that lies inside one
+block is a view into it (no copy: the big tensors of a checkpoint writer), one
+that spans blocks is built with one join. Appending them to one growing buffer instead
 cost a copy on the way in, a reallocation as it grew and a memmove each time the
 cut bytes were dropped from its front (docs/performance.md, "The write path").
 """
@@ -42,7 +43,7 @@ class Piece:
     """One cut chunk: its offset in the file and its bytes."""
 
     offset: int
-    data: bytes
+    data: bytes | memoryview
 
 
 class Chunker:
@@ -58,6 +59,7 @@ class Chunker:
         self._base = 0  # file offset of the first byte of _blocks
         self._held = 0  # bytes in _blocks
         self._start = 0  # file offset where the next chunk starts
+        self._dropped = 0  # blocks let go of so far (a borrowed block's index stays known)
         self._parser = parser
         self._next_bound = 0  # index of the first parser boundary not yet passed
         self._eof = False
@@ -81,16 +83,24 @@ class Chunker:
     def feed(self, data: bytes | memoryview) -> list[Piece]:
         """Append ``data`` to the stream; return the chunks it completed.
 
-        ``bytes`` are kept without a copy; anything else (a buffer the caller may
-        reuse) is copied once.
+        Nothing is copied on the way in: ``bytes`` are kept as they are, and the chunks
+        cut from anything else (a buffer the caller may reuse: a tensor's memory that
+        torch.save hands over) are views into it, **valid only until the caller
+        reuses its buffer** — store them before. Only the part of such a buffer that
+        the chunker keeps past this call (the uncut tail) is copied.
         """
         if self._eof:
             raise ValueError("feed after finish")
+        borrowed = None
         if data:
-            block = data if type(data) is bytes else bytes(data)
+            block = data if type(data) is bytes else _byte_view(data)
+            borrowed = None if type(data) is bytes else self._dropped + len(self._blocks)
             self._blocks.append(block)
             self._held += len(block)
-        return self._advance()
+        pieces = self._advance()
+        if borrowed is not None and (i := borrowed - self._dropped) >= 0:
+            self._blocks[i] = bytes(self._blocks[i])  # what stays past this call is ours
+        return pieces
 
     def finish(self) -> list[Piece]:
         """End of stream: return every remaining chunk."""
@@ -124,7 +134,7 @@ class Chunker:
         self._feed_parser()
         out = []
         while (end := self._next_end()) is not None:
-            out.append(Piece(self._start, self._join(self._start, end)))
+            out.append(Piece(self._start, self._slice(self._start, end)))
             self._start = end
         self._trim()
         return out
@@ -143,6 +153,19 @@ class Chunker:
                 break
             pos = end
         return b"".join(parts)
+
+    def _slice(self, lo: int, hi: int) -> bytes | memoryview:
+        """``[lo, hi)`` without a copy when one received block holds it (a view into that
+        block), else joined (``_join``)."""
+        pos = self._base
+        for block in self._blocks:
+            end = pos + len(block)
+            if end > lo:
+                if end >= hi:
+                    return block if (lo, hi) == (pos, end) else memoryview(block)[lo - pos : hi - pos]
+                break
+            pos = end
+        return self._join(lo, hi)
 
     def _feed_parser(self) -> None:
         """Show the parser what it has not seen, at most MAX_LOOKAHEAD past its need at a time.
@@ -220,10 +243,19 @@ class Chunker:
             self._base += len(blocks[0])
             self._held -= len(blocks[0])
             del blocks[0]
+            self._dropped += 1
         if blocks and self._base < keep_from:  # a block cut in two: keep its second part, uncopied
             drop = keep_from - self._base
             blocks[0] = memoryview(blocks[0])[drop:]
             self._base, self._held = keep_from, self._held - drop
+
+
+def _byte_view(data) -> memoryview:
+    """``data`` as a flat view of unsigned bytes (copied only if it is not contiguous)."""
+    view = memoryview(data)
+    if view.format == "B" and view.ndim == 1:
+        return view
+    return view.cast("B") if view.c_contiguous else memoryview(bytes(view))
 
 
 def chunk_bytes(data: bytes, chunk_size: int, min_chunk: int) -> list[Piece]:

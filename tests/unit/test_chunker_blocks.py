@@ -86,3 +86,22 @@ def test_blocks_are_let_go_once_cut() -> None:
         chunker.feed(bytes(300))
         assert chunker.pending_size < 1000
         assert sum(len(b) for b in chunker._blocks) < 1300
+
+
+def test_chunks_inside_a_borrowed_buffer_are_views_and_only_the_tail_is_copied() -> None:
+    """A tensor's memory handed over by torch.save: its whole chunks are not copied (they are
+    stored before ``feed`` returns), the uncut tail is — the caller may reuse the buffer."""
+    buf = bytearray(b"x" * 2500)
+    chunker = Chunker(1000, 100, BoundaryParser())
+    pieces = chunker.feed(memoryview(buf))
+    assert [len(p.data) for p in pieces] == [1000, 1000]
+    assert all(isinstance(p.data, memoryview) and p.data.obj is buf for p in pieces)
+    buf[:] = b"y" * 2500  # the writer reuses its buffer
+    assert chunker.pending() == (2000, b"x" * 500)
+    assert chunker.finish() == [Piece(2000, b"x" * 500)]
+
+
+def test_a_non_byte_buffer_is_cut_by_its_bytes() -> None:
+    words = memoryview(bytearray(range(200)) * 10).cast("I")  # 500 four-byte items
+    pieces = feed_all(Chunker(1000, 100, BoundaryParser()), [words])
+    assert b"".join(p.data for p in pieces) == bytes(range(200)) * 10
