@@ -117,3 +117,33 @@ def stored(repo_dir) -> int:
     from helpers.cli import cli_json
 
     return cli_json("stats", "--repo", repo_dir)["unique_bytes"]
+
+
+def test_changes_torch_does_not_count_are_stored_and_unchanged_tensors_are_not(repo_dir):
+    """An incremental save decides by the bytes (every tensor hashed), never by torch's
+    ``_version`` counter or the storage: a write through a numpy view and a ``.data`` swap do
+    not bump the counter, an in-place op does; all three must reach the next save, and the
+    tensors nobody touched must cost no new bytes."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from chunkfs.torch import Reader, Writer
+
+    g = torch.Generator().manual_seed(1)
+    state = {f"t{i}": torch.randn(256, 1024, generator=g) for i in range(8)}  # 1 MiB each
+    dcp.save(state, storage_writer=Writer("/inc/step-1", repo=repo_dir), no_dist=True)
+    versions = {k: t._version for k, t in state.items()}
+
+    state["t1"].numpy()[7, :] = 42.0  # through a numpy view: _version unchanged
+    state["t2"].data = torch.randn(256, 1024, generator=g)  # a .data swap: _version unchanged
+    state["t3"].mul_(2)  # in place: _version bumped
+    assert state["t1"]._version == versions["t1"] and state["t2"]._version == versions["t2"]
+    before = stored(repo_dir)
+    dcp.save(state, storage_writer=Writer("/inc/step-2", repo=repo_dir), no_dist=True)
+    added = stored(repo_dir) - before
+
+    loaded = {k: torch.zeros_like(t) for k, t in state.items()}
+    dcp.load(loaded, storage_reader=Reader("/inc/step-2", repo=repo_dir), no_dist=True)
+    for k, t in state.items():
+        assert torch.equal(loaded[k], t), f"{k} as it was at the second save"
+    assert (1 << 20) * 2.5 < added < (1 << 20) * 3.5, f"{added} new bytes: three 1 MiB tensors changed, five did not"

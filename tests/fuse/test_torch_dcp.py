@@ -98,12 +98,14 @@ def test_frozen_layers_dedup_across_steps_and_ranks(mnt):
     assert added > changed * 0.9, f"{added} new bytes: the changed layers must be stored"
 
 
-def test_a_rank_killed_mid_save_leaves_no_complete_checkpoint(mnt):
-    """Rank 1 is killed (SIGKILL) half-way through its file: the save never gets a .metadata
-    (it is not a complete checkpoint), the previous checkpoint still loads, and the repository
-    is sound."""
+@pytest.mark.parametrize("action", ["die", "async_die"])
+def test_a_rank_killed_mid_save_leaves_no_complete_checkpoint(mnt, action):
+    """Rank 1 is killed (SIGKILL) half-way through its file — in ``dcp.save``, or in the
+    background writer of ``dcp.async_save`` while the training loop has moved on: the save
+    never gets a .metadata (it is not a complete checkpoint), the previous checkpoint still
+    loads, and the repository is sound."""
     run_ranks("save", 4, mnt / "k" / "step-1", 1)
-    procs = start_ranks("die", 4, mnt / "k" / "step-2", 2)
+    procs = start_ranks(action, 4, mnt / "k" / "step-2", 2)
     try:
         deadline = time.monotonic() + RANK_TIMEOUT
         while procs[1].poll() is None and time.monotonic() < deadline:
@@ -136,3 +138,67 @@ def test_single_process_save_into_the_mount_reads_through_it(mnt):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert torch.load(mnt / "m" / "run1" / "ckpt.pt", weights_only=True)["step"] == 3
     assert ct.load(mnt / "m" / "run1" / "ckpt.pt", weights_only=True)["step"] == 3
+
+
+def test_ranks_save_while_others_list_read_and_rename_in_the_directory(mnt):
+    """A training job's neighbours: while 4 ranks save into ``c/step-2``, other threads list
+    and stat the checkpoint directories through the mount, read the previous checkpoint's
+    shards, and replace a ``latest`` pointer by rename again and again (as trainers do). The
+    ranks' files and the pointer all come out right, the old checkpoint never reads
+    differently, and the repository is sound."""
+    import hashlib
+    import threading
+
+    root = mnt / "c"
+    run_ranks("save", 4, root / "step-1", 1)
+    shards = sorted(p for p in (root / "step-1").iterdir())
+    first = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+    done = threading.Event()
+    problems: list[str] = []
+    counts = {"list": 0, "read": 0, "rename": 0}
+
+    def keep_doing(what, step):
+        try:
+            while not done.is_set():
+                step()
+                counts[what] += 1
+        except Exception as e:  # noqa: BLE001 - reported by the test, not lost in a thread
+            problems.append(f"{what}: {e!r}")
+
+    def listing():
+        for d in (root, root / "step-1", root / "step-2"):
+            if d.exists():
+                for entry in os.scandir(d):
+                    try:
+                        entry.stat()
+                    except FileNotFoundError:  # latest.tmp, renamed meanwhile
+                        pass
+
+    def reading():
+        for p in shards:
+            got = hashlib.sha256(p.read_bytes()).hexdigest()
+            if got != first[p.name]:
+                problems.append(f"{p.name} of step-1 read differently while step-2 was saved")
+
+    def renaming():
+        n = counts["rename"]
+        (root / "latest.tmp").write_text(str(n))
+        os.replace(root / "latest.tmp", root / "latest")
+
+    threads = [threading.Thread(target=keep_doing, args=(w, f)) for w, f in
+               (("list", listing), ("read", reading), ("rename", renaming))]  # fmt: skip
+    for t in threads:
+        t.start()
+    try:
+        run_ranks("save", 4, root / "step-2", 2)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert not problems, problems
+    assert min(counts.values()) > 0, counts
+    assert (root / "latest").read_text() == str(counts["rename"] - 1)
+    assert sorted(os.listdir(root)) == ["latest", "step-1", "step-2"]
+    run_ranks("plain_load", 4, root / "step-2", 2)  # DCP's own reader, through the mount
+    mnt.umount()
+    chunkfs("fsck", "--repo", mnt.repo)

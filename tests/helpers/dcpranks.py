@@ -12,7 +12,8 @@ ACTION (``PATH``: the checkpoint directory; with ``REPO``, a path inside that re
   with ``chunkfs.torch.Writer``; ``plain_save STEP`` with DCP's ``FileSystemWriter``.
 * ``load STEP``, ``plain_load STEP``: load into zeroed tensors (``Reader`` /
   ``FileSystemReader``) and check every value against step STEP's state.
-* ``die STEP``: ``save``, but rank 1 kills itself (SIGKILL) half-way through writing its file.
+* ``die STEP``, ``async_die STEP``: ``save`` / ``async_save``, but rank 1 kills itself (SIGKILL)
+  half-way through writing its file (in ``async_save``, DCP's background writer thread).
 
 Prints ``ok`` and exits 0, or exits non-zero with the reason.
 """
@@ -98,11 +99,11 @@ def main(argv: list[str]) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))  # fmt: skip
     mesh = init_device_mesh("cpu", (world,))
-    if action in ("save", "async_save", "die"):
-        if action == "die" and rank == 1:
+    if action in ("save", "async_save", "die", "async_die"):
+        if action.endswith("die") and rank == 1:
             kill_half_way()
         writer = chunkfs.torch.Writer(path, repo=repo)
-        if action == "async_save":
+        if action.startswith("async"):
             dcp.async_save(sharded(step, mesh), storage_writer=writer).result()
         else:
             dcp.save(sharded(step, mesh), storage_writer=writer)
