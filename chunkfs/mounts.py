@@ -7,8 +7,11 @@ repository of a mountpoint, the daemon the device of its own mountpoint, and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
+
+from chunkfs.errors import UsageError
 
 FSTYPE = "fuse.chunkfs"
 """The filesystem type of a chunkfs mount (fs/mount.py names it so)."""
@@ -70,3 +73,17 @@ def split(path: Path) -> tuple[Mounted, str] | None:
         return None
     rel = path.relative_to(m.mountpoint)
     return m, "/" + ("" if rel == Path(".") else rel.as_posix())
+
+
+def repository_of(path: Path, repo: str | os.PathLike | None, named: str) -> tuple[Path, str] | None:
+    """(repository, repository path) of an absolute, resolved ``path`` inside a chunkfs mount,
+    or None outside every mount. A path inside a mount names the repository mounted there:
+    ``repo``, a repository the caller named as well (``named``: how, ``--repo `` or ``repo=``,
+    for the error), must be that one."""
+    inside = split(path)
+    if inside is None:
+        return None
+    mounted, repo_path = inside
+    if repo and Path(repo).resolve() != mounted.source.resolve():
+        raise UsageError(f"{path}: inside the mount of {mounted.source}, not of {named}{repo}; drop {named.strip()}")
+    return mounted.source, repo_path

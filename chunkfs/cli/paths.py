@@ -66,13 +66,9 @@ def resolve(path: str, flag: str | None) -> tuple[Path, str]:
     """(repository directory, repository path) for a PATH argument (see the module docstring)."""
     global _reading
     _reading = None
-    absolute = real_path(path)
-    inside = mounts.split(absolute)
+    inside = mounts.repository_of(real_path(path), flag, "--repo ")
     if inside is not None:
-        mounted, repo_path = inside
-        if flag and Path(flag).resolve() != mounted.source.resolve():
-            raise UsageError(f"{path}: inside the mount of {mounted.source}, not of --repo {flag}; drop --repo")
-        return mounted.source, repo_path
+        return inside
     source = "--repo" if flag else f"${ENV}"
     repo = flag or os.environ.get(ENV)
     if not repo:

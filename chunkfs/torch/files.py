@@ -42,13 +42,9 @@ from chunkfs.repo import Repository
 def locate(path: str | os.PathLike, repo: str | os.PathLike | None) -> tuple[Path, str]:
     """(repository directory, repository path) of a checkpoint path: a path inside a mounted
     chunkfs, or (with ``repo``) a path inside that repository."""
-    absolute = Path(os.path.abspath(path))
-    inside = mounts.split(Path(os.path.realpath(absolute)))
+    inside = mounts.repository_of(Path(os.path.realpath(path)), repo, "repo=")
     if inside is not None:
-        mounted, repo_path = inside
-        if repo is not None and Path(repo).resolve() != mounted.source.resolve():
-            raise UsageError(f"{path}: inside the mount of {mounted.source}, not of repo={repo}; drop repo=")
-        return mounted.source, repo_path
+        return inside
     if repo is None:
         raise UsageError(
             f"{path}: not inside a mounted chunkfs; give the repository too: "

@@ -16,6 +16,8 @@ import pytest
 from helpers.cli import chunkfs, cli_json
 from helpers.s3servers import free_port
 
+from chunkfs.errors import UsageError
+
 pytest.importorskip("torch", reason="chunkfs.torch needs torch (the test extra installs it)")
 dcpranks = pytest.importorskip("helpers.dcpranks")
 
@@ -123,9 +125,10 @@ def test_a_rank_killed_mid_save_leaves_no_complete_checkpoint(mnt, action):
     chunkfs("fsck", "--repo", mnt.repo)
 
 
-def test_single_process_save_into_the_mount_reads_through_it(mnt):
+def test_single_process_save_into_the_mount_reads_through_it(mnt, tmp_path):
     """chunkfs.torch.save / save_file with a path inside the mount: the process writes the
-    repository itself, and the mount shows the file (plain torch.load / load_file read it)."""
+    repository itself, and the mount shows the file (plain torch.load / load_file read it).
+    A path inside the mount names the mounted repository: another one named too is refused."""
     import torch
     from safetensors.torch import load_file
 
@@ -138,6 +141,9 @@ def test_single_process_save_into_the_mount_reads_through_it(mnt):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert torch.load(mnt / "m" / "run1" / "ckpt.pt", weights_only=True)["step"] == 3
     assert ct.load(mnt / "m" / "run1" / "ckpt.pt", weights_only=True)["step"] == 3
+    chunkfs("init", tmp_path / "other")
+    with pytest.raises(UsageError, match=r"inside the mount of .*; drop repo="):
+        ct.save(state, mnt / "m" / "run1" / "other.pt", repo=tmp_path / "other")
 
 
 def test_ranks_save_while_others_list_read_and_rename_in_the_directory(mnt):
