@@ -147,3 +147,22 @@ def test_changes_torch_does_not_count_are_stored_and_unchanged_tensors_are_not(r
     for k, t in state.items():
         assert torch.equal(loaded[k], t), f"{k} as it was at the second save"
     assert (1 << 20) * 2.5 < added < (1 << 20) * 3.5, f"{added} new bytes: three 1 MiB tensors changed, five did not"
+
+
+def test_a_writer_with_several_threads_writes_several_files_at_once(repo_dir):
+    """``thread_count=4``: DCP's writer splits a rank's items over four files written by four
+    threads at once, each its own stream into the one repository."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from chunkfs.torch import Reader, Writer
+
+    g = torch.Generator().manual_seed(2)
+    state = {f"t{i}": torch.randn(128, 1024, generator=g) for i in range(8)}
+    dcp.save(state, storage_writer=Writer("/mt/step-1", repo=repo_dir, thread_count=4), no_dist=True)
+    with Repository(repo_dir, writable=False) as repo:
+        names = sorted(name for name, _, _ in repo.ns.readdir(repo.ns.resolve("/mt/step-1")))
+    assert names == [b".metadata", b"__0_0.distcp", b"__0_1.distcp", b"__0_2.distcp", b"__0_3.distcp"]
+    loaded = {k: torch.zeros_like(t) for k, t in state.items()}
+    dcp.load(loaded, storage_reader=Reader("/mt/step-1", repo=repo_dir), no_dist=True)
+    assert all(torch.equal(loaded[k], t) for k, t in state.items())
