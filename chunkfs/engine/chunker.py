@@ -107,6 +107,31 @@ class Chunker:
         self._eof = True
         return self._advance()
 
+    def can_skip(self, n: int) -> bool:
+        """Whether the next ``n`` bytes are exactly the next whole ``chunk_size`` chunks the cut
+        rule would make here, so that ``skip`` may pass over them: nothing pending, a parser
+        boundary here (a tensor starts), none inside, and the parser neither gave up nor needs
+        these bytes (it skips tensor data anyway)."""
+        start, parser = self._start, self._parser
+        end = start + n
+        if (n <= 0 or n % self.chunk_size or self._eof or start != self.offset or parser is None
+                or parser.gave_up is not None or parser.needed_from < end or parser.watermark < end):  # fmt: skip
+            return False
+        i = bisect.bisect_left(parser.boundaries, start)
+        if i == len(parser.boundaries) or parser.boundaries[i] != start:
+            return False
+        return i + 1 == len(parser.boundaries) or parser.boundaries[i + 1] >= end
+
+    def skip(self, n: int) -> None:
+        """Pass over ``n`` bytes whose chunks the caller already has, without seeing them (an
+        incremental save splices an unchanged tensor's chunks); only where ``can_skip``."""
+        if not self.can_skip(n):
+            raise ValueError(f"cannot skip {n} bytes at offset {self._start}")
+        self._dropped += len(self._blocks)
+        self._blocks = []
+        self._base = self._start = self._start + n
+        self._held = 0
+
     @property
     def pending_size(self) -> int:
         """How many fed bytes are not yet cut into a chunk (no copy, unlike ``pending``)."""

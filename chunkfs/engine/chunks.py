@@ -21,7 +21,7 @@ from chunkfs.engine import codec
 from chunkfs.errors import CorruptData
 from chunkfs.store.pack.files import pack_name
 from chunkfs.store.pack.store import PackStore
-from chunkfs.types import HOLE, ChunkId, Compression, chunk_flags, flags_compression
+from chunkfs.types import HOLE, ChunkId, Compression, Extent, chunk_flags, flags_compression
 
 
 def is_zero(data: bytes) -> bool:
@@ -95,6 +95,17 @@ class ChunkIO:
             self.new_bytes += len(data)
             self.stored_bytes += len(stored)
         return chunk
+
+    def reuse(self, extents: list[Extent]) -> bool:
+        """Reference stored chunks known by their ids alone (no bytes to hash): True if every one is
+        still in the store — found inside a gc write window they then stay, like dedup hits of
+        ``put``; False (none counted) if one is gone."""
+        if not all(e.chunk == HOLE or self.packs.dedup_lookup(e.chunk) is not None for e in extents):
+            return False
+        with self._stats_lock:
+            self.reused_chunks += len(extents)
+            self.reused_bytes += sum(e.length for e in extents)
+        return True
 
     def open_window(self, owner: object) -> int:
         """A gc write window for ``owner`` (an open file's content; docs/gc.md): ended by

@@ -181,6 +181,30 @@ class FileContent:
         self._stream_write(data if len(view) == len(data) else view)
         self._pull()
 
+    def splice(self, offset: int, data, extents: list[Extent]) -> bool:
+        """Write ``data`` at ``offset`` as the already stored ``extents`` (an unchanged tensor of an
+        incremental save: its chunks are referenced, never hashed, copied or stored again);
+        False, with nothing written, unless that gives exactly the chunks ``write`` would: the
+        stream at ``offset`` with a tensor starting there (``Chunker.skip``), ``extents`` whole
+        chunk-size chunks of ``data`` — and every one of them still in the store. The caller
+        vouches that ``extents`` hold ``data``'s bytes; the whole-file hash still reads ``data``."""
+        n = memoryview(data).nbytes
+        if (self._stream is None or offset != self._end() or self._held or self._patched
+                or sum(e.length for e in extents) != n):  # fmt: skip
+            return False
+        if self.gc_window is None:
+            self.gc_window = self.chunks.open_window(self)
+        if not self._stream.can_skip(n) or not self.chunks.reuse(extents):
+            return False
+        self._stream.skip(n)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        for e in extents:
+            self._append_extent(e.length, e.chunk)
+        self.modified = True
+        self._size = max(self._size, offset + n)
+        return True
+
     def _repeats(self, offset: int, data: memoryview) -> bool:
         """Whether ``data`` at ``offset`` only repeats the bytes already there: the kernel writes a
         page back again when its writer appended to it after the first write-back, and that must

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chunkfs.engine.chunker import Chunker, Piece
-from chunkfs.engine.formats.base import BoundaryParser
+from chunkfs.engine.formats.base import INFINITE, BoundaryParser
 
 
 class Checking(BoundaryParser):
@@ -105,3 +106,46 @@ def test_a_non_byte_buffer_is_cut_by_its_bytes() -> None:
     words = memoryview(bytearray(range(200)) * 10).cast("I")  # 500 four-byte items
     pieces = feed_all(Chunker(1000, 100, BoundaryParser()), [words])
     assert b"".join(p.data for p in pieces) == bytes(range(200)) * 10
+
+
+class Tensors(BoundaryParser):
+    """Reports a tensor at 100 whose 3000 bytes it needs not see, as the torch-zip parser does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.boundaries = [100, 3100]
+        self.watermark = self.needed_from = 3100
+
+    def feed(self, view: memoryview, start: int, eof: bool) -> None:
+        if start + len(view) > 3100:
+            self.watermark = self.needed_from = INFINITE
+
+
+def test_skip_passes_over_whole_chunks_of_a_tensor_and_nothing_else() -> None:
+    """``skip`` is allowed only where the chunks it stands for are the ones feeding the bytes
+    would cut: at a tensor's start, with nothing pending, whole chunks, no boundary inside."""
+    tensor = bytes(range(256)) * 12
+    fed = Chunker(1000, 100, Tensors())
+    fed_pieces = fed.feed(b"h" * 100) + fed.feed(tensor[:3000]) + fed.feed(b"t" * 50) + fed.finish()
+
+    chunker = Chunker(1000, 100, Tensors())
+    assert not chunker.can_skip(1000), "not at the tensor's start: the header is still to come"
+    pieces = chunker.feed(b"h" * 100)
+    assert not chunker.can_skip(1500) and not chunker.can_skip(4000), "only whole chunks, only inside the tensor"
+    assert chunker.can_skip(2000)
+    chunker.skip(2000)
+    pieces += [Piece(100, tensor[:1000]), Piece(1100, tensor[1000:2000])]  # what the caller splices
+    pieces += chunker.feed(tensor[2000:3000]) + chunker.feed(b"t" * 50) + chunker.finish()
+    assert pieces == fed_pieces, "the same cuts as feeding every byte"
+
+
+def test_skip_is_refused_with_bytes_pending_or_a_parser_that_gave_up() -> None:
+    chunker = Chunker(1000, 100, Tensors())
+    chunker.feed(b"h" * 150)  # 50 bytes of the tensor are pending
+    assert not chunker.can_skip(1000)
+    gave_up = Chunker(1000, 100, Tensors())
+    gave_up.feed(b"h" * 100)
+    gave_up.parser.give_up("test")
+    assert not gave_up.can_skip(1000)
+    with pytest.raises(ValueError, match="cannot skip"):
+        gave_up.skip(1000)
