@@ -15,10 +15,21 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
-from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.filesystem import (
+    DEFAULT_SUFFIX,
+    FileSystemReader,
+    FileSystemWriter,
+    _split_by_size_and_type,
+    _StorageInfo,
+)
+from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
 
+from chunkfs.torch import incremental
 from chunkfs.torch.files import ReadStream, RepoFiles
 
 
@@ -53,9 +64,41 @@ class Writer(FileSystemWriter):
         with self.fs.opened():
             return super().prepare_local_plan(plan)
 
-    def write_data(self, plan, planner):
+    def write_data(self, plan, planner) -> Future[list[WriteResult]]:
+        """DCP's ``FileSystemWriter.write_data`` — the same files, items in the same order, the
+        same bytes — with each tensor written by ``incremental.save_tensor``: one unchanged
+        since this process last saved it is spliced from that save instead of serialized."""
+        buckets = _split_by_size_and_type(self.thread_count, plan.items)
+        names = [f"{plan.storage_data.prefix}{i}{DEFAULT_SUFFIX}" for i in range(len(buckets))]
         with self.fs.opened():  # one opening for every file of this rank
-            return super().write_data(plan, planner)
+            if len(buckets) == 1:
+                results = self._write_file(names[0], buckets[0], planner)
+            else:
+                with ThreadPoolExecutor(len(buckets), thread_name_prefix="chunkfs-dcp") as pool:
+                    results = [r for rs in pool.map(self._write_file, names, buckets, [planner] * len(buckets)) for r in rs]
+        done: Future[list[WriteResult]] = Future()
+        done.set_result(results)
+        return done
+
+    def _write_file(self, name: str, items: list[WriteItem], planner) -> list[WriteResult]:
+        """One file of the rank: its byte items, then its tensors, as DCP orders them."""
+        results = []
+        with self.fs.create_stream(self.fs.concat_path(self.path, name), "wb") as stream:
+            for item in [i for i in items if i.type == WriteItemType.BYTE_IO] + [i for i in items if i.type != WriteItemType.BYTE_IO]:
+                offset = stream.tell()
+                data = planner.resolve_data(item)
+                if item.type == WriteItemType.BYTE_IO:
+                    stream.write(data.getbuffer())
+                else:
+                    tensor = data.detach().cpu()
+                    if tensor.untyped_storage().size() != tensor.nbytes:  # a view: saved as its own tensor, as DCP does
+                        tensor = tensor.clone()
+                    key = (self.fs.repo_dir, name, item.index.fqn, tuple(item.index.offset or ()), item.index.index)
+                    incremental.save_tensor(stream, key, tensor)
+                length = stream.tell() - offset
+                results.append(WriteResult(index=item.index, size_in_bytes=length,
+                                           storage_data=_StorageInfo(name, offset, length)))  # fmt: skip
+        return results
 
     def finish(self, metadata, results) -> None:
         with self.fs.opened():

@@ -27,7 +27,7 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from torch.distributed.checkpoint.filesystem import FileSystemBase
@@ -37,6 +37,7 @@ from chunkfs.engine import readahead
 from chunkfs.engine.readahead import ReadAhead
 from chunkfs.errors import IsADirectory, NotFound, UsageError
 from chunkfs.repo import Repository
+from chunkfs.types import Extent
 
 
 def locate(path: str | os.PathLike, repo: str | os.PathLike | None) -> tuple[Path, str]:
@@ -187,6 +188,7 @@ class WriteStream(io.RawIOBase):
         self.content = repo.file_content(self.ino)
         self.content.truncate(0)
         self._offset = 0
+        self._on_commit: list[Callable[[list[Extent]], None]] = []
 
     def __exit__(self, exc_type, exc, tb) -> None:
         """Leaving a ``with`` block commits; leaving it by an exception commits nothing (``abort``)."""
@@ -207,12 +209,33 @@ class WriteStream(io.RawIOBase):
     def tell(self) -> int:
         return self._offset
 
+    @property
+    def chunk_size(self) -> int:
+        return self.repo.settings.chunking.chunk_size
+
+    def splice(self, data, extents: list[Extent]) -> bool:
+        """Write ``data`` as the stored chunks ``extents`` that hold its bytes (an unchanged tensor:
+        incremental.py); False, nothing written, where that would not give the chunks ``write``
+        gives (``FileContent.splice``) — then write the bytes."""
+        if not self.content.splice(self._offset, data, extents):
+            return False
+        self._offset += memoryview(data).nbytes
+        return True
+
+    def on_commit(self, callback: Callable[[list[Extent]], None]) -> None:
+        """Call ``callback(extents)`` with the file's extents once its content is committed."""
+        self._on_commit.append(callback)
+
     def close(self) -> None:
         """Commit the content as the file's new version (once)."""
         if self.closed:
             return
         try:
             self.repo.commit_file(self.ino, self.content)
+            if self._on_commit:
+                extents = self.repo.ns.extents(self.ino)
+                for callback in self._on_commit:
+                    callback(extents)
         finally:
             self._done()
 

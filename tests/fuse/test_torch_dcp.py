@@ -82,6 +82,21 @@ def test_async_save_and_a_path_given_with_its_repository(mnt):
     assert (mnt / "jobs" / "step-5" / ".metadata").exists(), "the mount shows what the ranks committed"
 
 
+def test_a_second_save_in_the_same_ranks_splices_what_did_not_change(mnt, tmp_path):
+    """Each rank saves twice in one process: the second save splices the frozen tensors of
+    whole chunks (the rank checks none of them went through torch.save), and the checkpoint
+    loads bit-identical with Reader and with DCP's own reader through the mount; its files
+    are byte for byte those FileSystemWriter writes."""
+    step = dcpranks.BIG_FROM + 1
+    run_ranks("save_twice", 4, mnt / "inc" / "step", step)
+    run_ranks("load", 4, mnt / "inc" / "step", step)
+    run_ranks("plain_load", 4, mnt / "inc" / "step", step)
+    run_ranks("plain_save", 4, tmp_path / "plain", step)
+    for rank in range(4):
+        name = f"__{rank}_0.distcp"
+        assert (mnt / "inc" / "step" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
 def test_resharded_load_reads_with_another_number_of_ranks(mnt):
     ckpt = mnt / "reshard" / "step-7"
     run_ranks("save", 4, ckpt, 7)

@@ -12,6 +12,9 @@ ACTION (``PATH``: the checkpoint directory; with ``REPO``, a path inside that re
   with ``chunkfs.torch.Writer``; ``plain_save STEP`` with DCP's ``FileSystemWriter``.
 * ``load STEP``, ``plain_load STEP``: load into zeroed tensors (``Reader`` /
   ``FileSystemReader``) and check every value against step STEP's state.
+* ``save_twice STEP``: ``save`` of step STEP - 1 into ``PATH-prev``, then of STEP into PATH, in
+  one process: the second save must splice the unchanged tensors that span whole chunks
+  (incremental.py), i.e. not ``torch.save`` them.
 * ``die STEP``, ``async_die STEP``: ``save`` / ``async_save``, but rank 1 kills itself (SIGKILL)
   half-way through writing its file (in ``async_save``, DCP's background writer thread).
 
@@ -38,6 +41,11 @@ LAYERS = 6
 ROWS, COLS = 512, 384  # 768 KiB a weight: with LAYERS, ~4.5 MiB a step plus the AdamW-like moments
 
 
+BIG_FROM, BIG_ROWS = 100, 4096
+"""Steps from BIG_FROM on also hold a frozen 16 MiB tensor: 4 MiB a rank with 4 ranks, whole
+chunks for an incremental save to splice (the other tensors are smaller than a chunk)."""
+
+
 def global_state(step: int) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state of training step ``step``: the first layers are frozen
     (the same at every step), the last two change."""
@@ -47,6 +55,8 @@ def global_state(step: int) -> dict[str, torch.Tensor]:
         out[f"layers.{i}.weight"] = torch.randn(ROWS, COLS, generator=g)
         out[f"optim.{i}.exp_avg"] = torch.randn(ROWS, COLS, generator=g) * 0.01
     out["embed"] = torch.arange(4096, dtype=torch.float32) + step
+    if step >= BIG_FROM:
+        out["frozen.big"] = torch.randn(BIG_ROWS, 1024, generator=torch.Generator().manual_seed(99))
     return out
 
 
@@ -92,6 +102,19 @@ def kill_half_way() -> None:
     chunkfs_files.WriteStream.write = dying
 
 
+def count_big_saves() -> list:
+    """From now on, the shapes of tensors of a whole chunk or more that go through torch.save."""
+    saved, real = [], torch.save
+
+    def counting(obj, f, *args, **kwargs):
+        if isinstance(obj, torch.Tensor) and obj.untyped_storage().nbytes() >= 4 << 20:
+            saved.append(tuple(obj.shape))
+        return real(obj, f, *args, **kwargs)
+
+    torch.save = counting
+    return saved
+
+
 def main(argv: list[str]) -> None:
     action, world, rank, port, path, step = argv[0], int(argv[1]), int(argv[2]), argv[3], argv[4], int(argv[5])
     repo = argv[6] if len(argv) > 6 else None
@@ -107,6 +130,12 @@ def main(argv: list[str]) -> None:
             dcp.async_save(sharded(step, mesh), storage_writer=writer).result()
         else:
             dcp.save(sharded(step, mesh), storage_writer=writer)
+    elif action == "save_twice":
+        dcp.save(sharded(step - 1, mesh), storage_writer=chunkfs.torch.Writer(f"{path}-prev", repo=repo))
+        saved = count_big_saves()
+        dcp.save(sharded(step, mesh), storage_writer=chunkfs.torch.Writer(path, repo=repo))
+        if saved:
+            raise SystemExit(f"unchanged tensors of whole chunks went through torch.save again: {saved}")
     elif action == "plain_save":
         dcp.save(sharded(step, mesh), storage_writer=dcp.FileSystemWriter(path))
     elif action in ("load", "plain_load"):

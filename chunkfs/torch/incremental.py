@@ -1,0 +1,149 @@
+"""Incremental saves: an unchanged tensor is not serialized, hashed chunk by chunk or stored again.
+
+DCP writes each tensor of a rank as one ``torch.save`` archive, back to back in the rank's
+file. For a tensor whose bytes did not change since this process last saved it, that costs
+torch's pickling and CRC-32 of every byte, the chunker's BLAKE3 of every chunk and the
+dedup lookups — only to find that every chunk is stored already. ``save_tensor`` instead
+hashes the tensor's memory once (BLAKE3) and, when the digest, dtype, shape and strides
+are those of the previous save of the same item, writes the archive as it was: the bytes
+``torch.save`` wrote before and after the tensor's data (kept from that save: a few
+hundred bytes), and between them the tensor's chunks by id (``FileContent.splice``). The
+result is byte for byte what ``torch.save`` would write: the archive depends only on the
+tensor's metadata and bytes, and its CRC is of those same bytes.
+
+The decision is by the bytes alone, never by torch's ``_version`` counter or the storage
+pointer: a write through a numpy view or a ``.data`` swap changes a tensor without
+bumping the counter. Whatever does not fit — a tensor never saved by this process, a
+changed one, chunks gc has taken since, a file whose cuts do not line up — goes the full
+way (``torch.save``), and that save is remembered for the next one. What is remembered
+(``Remembered``) is per process and per (repository, file name, item): a training process
+saving step after step into one repository.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import threading
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+import blake3
+import numpy as np
+import torch
+
+from chunkfs.torch.files import WriteStream
+from chunkfs.types import Extent
+
+@dataclass
+class Remembered:
+    """How one item was written last time: enough to write it again without ``torch.save``."""
+
+    digest: bytes  # BLAKE3 of the tensor's bytes
+    layout: tuple  # dtype, shape, strides, storage offset, bytes
+    head: bytes  # what torch.save wrote before the tensor's bytes
+    tail: bytes  # ... and after them
+    data_offset: int = 0  # where the tensor's bytes started in the file (until the file is committed)
+    chunks: list[Extent] = field(default_factory=list)  # the whole chunks of the tensor's bytes
+
+
+_remembered: dict[tuple, Remembered] = {}
+_lock = threading.Lock()
+
+
+def _storage_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of the tensor's storage — what ``torch.save`` writes — without a copy."""
+    storage = tensor.untyped_storage()
+    n = storage.nbytes()
+    if n == 0:
+        return memoryview(b"")
+    return memoryview((ctypes.c_ubyte * n).from_address(storage.data_ptr())).cast("B")
+
+
+def _layout(tensor: torch.Tensor) -> tuple:
+    return (tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset(),
+            tensor.untyped_storage().nbytes())  # fmt: skip
+
+
+class _Recorder:
+    """The stream ``torch.save`` writes into: passes every write on, and keeps the bytes written
+    before and after the one write that is the tensor's storage itself."""
+
+    def __init__(self, stream: WriteStream, data: memoryview) -> None:
+        self.stream = stream
+        self._data = data
+        self.head: list[bytes] = []
+        self.tail: list[bytes] = []
+        self.data_offset: int | None = None
+        self.ambiguous = False
+
+    def write(self, b) -> int:
+        view = memoryview(b)
+        is_data = view.nbytes == self._data.nbytes and _address(view) == _address(self._data)
+        if is_data:
+            self.ambiguous |= self.data_offset is not None
+            self.data_offset = self.stream.tell()
+        elif self.data_offset is None:
+            self.head.append(bytes(view))
+        else:
+            self.tail.append(bytes(view))
+        return self.stream.write(b)
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+def _address(view: memoryview) -> int:
+    """Where a buffer's bytes are in memory (read-only ones too: torch hands those over)."""
+    return np.frombuffer(view, dtype=np.uint8).ctypes.data if view.nbytes else 0
+
+
+def save_tensor(stream: WriteStream, key: tuple, tensor: torch.Tensor) -> None:
+    """``torch.save(tensor, stream)``, or the same bytes spliced from this process's last save of
+    ``key`` when the tensor's bytes and layout are unchanged (module docstring)."""
+    data = _storage_bytes(tensor)
+    if data.nbytes < stream.chunk_size:  # no whole chunk to splice: not worth a hash
+        torch.save(tensor, stream)
+        return
+    digest = blake3.blake3(data).digest()
+    layout = _layout(tensor)
+    with _lock:
+        last = _remembered.get(key)
+    if last is not None and last.digest == digest and last.layout == layout and last.chunks:
+        stream.write(last.head)
+        whole = sum(e.length for e in last.chunks)
+        if stream.splice(data[:whole], last.chunks):
+            stream.write(data[whole:])
+        else:  # the cuts do not line up here, or gc took a chunk: the bytes themselves
+            stream.write(data)
+        stream.write(last.tail)
+        return
+    recorder = _Recorder(stream, data)
+    torch.save(tensor, recorder)
+    if recorder.data_offset is not None and not recorder.ambiguous:
+        remembered = Remembered(digest, layout, b"".join(recorder.head), b"".join(recorder.tail), recorder.data_offset)
+        stream.on_commit(lambda extents: _remember(key, remembered, data.nbytes, extents, stream.chunk_size))
+
+
+def _remember(key: tuple, remembered: Remembered, nbytes: int, extents: list[Extent], chunk_size: int) -> None:
+    """Once the file is committed: keep the whole chunks the tensor's bytes were cut into, if
+    they start where its bytes start (they do wherever a tensor-aware parser cut the file)."""
+    starts = list(accumulate((e.length for e in extents), initial=0))
+    i = bisect.bisect_left(starts, remembered.data_offset)
+    if i == len(starts) or starts[i] != remembered.data_offset:
+        return
+    chunks = extents[i : i + nbytes // chunk_size]
+    if len(chunks) != nbytes // chunk_size or any(e.length != chunk_size for e in chunks):
+        return
+    remembered.chunks = chunks
+    with _lock:
+        _remembered[key] = remembered
+
+
+def forget_all() -> None:
+    """Forget every remembered save (tests; a process that wants every tensor saved the full way)."""
+    with _lock:
+        _remembered.clear()
