@@ -1,8 +1,9 @@
 """``Writer`` and ``Reader``: torch.distributed.checkpoint (DCP) straight into a repository.
 
 They are DCP's own ``FileSystemWriter`` and ``FileSystemReader`` with the repository as
-their filesystem (files.py): the same planning, the same file names and the same bytes
-(``__0_0.distcp``… and ``.metadata``), so a checkpoint written by ``Writer`` reads with
+their filesystem (files.py), and ``Writer`` writes a rank's files itself (``write_data``,
+so that unchanged tensors are spliced: incremental.py): the same planning, the same file
+names and the same bytes (``__0_0.distcp``… and ``.metadata``), so a checkpoint written by ``Writer`` reads with
 plain ``FileSystemReader`` through the mount, with ``cp`` or ``chunkfs export``, and one
 written through the mount reads with ``Reader``. What changes is where the bytes go:
 every rank chunks, hashes and stores its own file in its own process (dedup across
@@ -68,13 +69,16 @@ class Writer(FileSystemWriter):
         """DCP's ``FileSystemWriter.write_data`` — the same files, items in the same order, the
         same bytes — with each tensor written by ``incremental.save_tensor``: one unchanged
         since this process last saved it is spliced from that save instead of serialized."""
-        buckets = _split_by_size_and_type(self.thread_count, plan.items)
+        if self.single_file_per_rank:
+            buckets = _split_by_size_and_type(self.thread_count, plan.items)
+        else:
+            buckets = [[item] for item in plan.items]
         names = [f"{plan.storage_data.prefix}{i}{DEFAULT_SUFFIX}" for i in range(len(buckets))]
         with self.fs.opened():  # one opening for every file of this rank
-            if len(buckets) == 1:
-                results = self._write_file(names[0], buckets[0], planner)
+            if self.thread_count == 1:
+                results = [r for name, items in zip(names, buckets) for r in self._write_file(name, items, planner)]
             else:
-                with ThreadPoolExecutor(len(buckets), thread_name_prefix="chunkfs-dcp") as pool:
+                with ThreadPoolExecutor(self.thread_count, thread_name_prefix="chunkfs-dcp") as pool:
                     results = [r for rs in pool.map(self._write_file, names, buckets, [planner] * len(buckets)) for r in rs]
         done: Future[list[WriteResult]] = Future()
         done.set_result(results)

@@ -130,3 +130,21 @@ def test_a_remembered_chunk_that_is_gone_means_the_bytes_are_written(repo_dir, t
     loaded = load(state, repo_dir, "/g/step-2")
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))
     chunkfs("fsck", "--repo", repo_dir)
+
+
+@pytest.mark.parametrize("options", [{"single_file_per_rank": False}, {"thread_count": 3}])
+def test_the_files_are_dcps_with_one_file_per_item_or_several_threads(repo_dir, tmp_path, options):
+    from chunkfs.torch import Writer
+
+    state = state_of(4)
+    dcp.save(state, storage_writer=Writer("/f/step-1", repo=repo_dir, **options), no_dist=True)
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp_path / "plain", **options), no_dist=True)
+    plain = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    with Repository(repo_dir, writable=False) as repo:
+        mine = sorted(n.decode() for n, _, _ in repo.ns.readdir(repo.ns.resolve("/f/step-1")))
+    assert mine == plain and len(plain) > 2
+    for name in plain:
+        if name != ".metadata":
+            assert file_bytes(repo_dir, f"/f/step-1/{name}") == (tmp_path / "plain" / name).read_bytes(), name
+    loaded = load(state, repo_dir, "/f/step-1")
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))
