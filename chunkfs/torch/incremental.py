@@ -35,6 +35,7 @@ import torch
 from chunkfs.torch.files import WriteStream
 from chunkfs.types import Extent
 
+
 @dataclass
 class Remembered:
     """How one item was written last time: enough to write it again without ``torch.save``."""
@@ -114,18 +115,22 @@ def save_tensor(stream: WriteStream, key: tuple, tensor: torch.Tensor) -> None:
         last = _remembered.get(key)
     if last is not None and last.digest == digest and last.layout == layout and last.chunks:
         stream.write(last.head)
+        remembered = Remembered(digest, layout, last.head, last.tail, stream.tell())
         whole = sum(e.length for e in last.chunks)
         if stream.splice(data[:whole], last.chunks):
             stream.write(data[whole:])
-        else:  # the cuts do not line up here, or gc took a chunk: the bytes themselves
-            stream.write(data)
+            stream.write(last.tail)
+            return
+        stream.write(data)  # the cuts do not line up here, or gc took a chunk: the bytes themselves
         stream.write(last.tail)
-        return
-    recorder = _Recorder(stream, data)
-    torch.save(tensor, recorder)
-    if recorder.data_offset is not None and not recorder.ambiguous:
+    else:
+        recorder = _Recorder(stream, data)
+        torch.save(tensor, recorder)
+        if recorder.data_offset is None or recorder.ambiguous:
+            return  # torch wrote the storage in pieces or copied it: nothing to splice next time
         remembered = Remembered(digest, layout, b"".join(recorder.head), b"".join(recorder.tail), recorder.data_offset)
-        stream.on_commit(lambda extents: _remember(key, remembered, data.nbytes, extents, stream.chunk_size))
+    nbytes, chunk_size = data.nbytes, stream.chunk_size
+    stream.on_commit(lambda extents: _remember(key, remembered, nbytes, extents, chunk_size))
 
 
 def _remember(key: tuple, remembered: Remembered, nbytes: int, extents: list[Extent], chunk_size: int) -> None:

@@ -115,9 +115,10 @@ def test_changes_torch_does_not_count_go_the_full_way(repo_dir, saves):
             assert torch.equal(loaded[k], v), f"{k} as it was at the second save"
 
 
-def test_a_remembered_chunk_that_is_gone_means_the_bytes_are_written(repo_dir, tmp_path):
+def test_a_remembered_chunk_that_is_gone_means_the_bytes_are_written(repo_dir, tmp_path, saves):
     """If gc took a chunk a remembered save names (or the memory is wrong in any way the store
-    can tell), the splice is refused and the tensor's bytes are written: same file, loads."""
+    can tell), the splice is refused and the tensor's bytes are written: same file, loads;
+    and that write is remembered, so the save after it splices again."""
     from chunkfs.types import Extent
 
     state = state_of(3)
@@ -129,6 +130,10 @@ def test_a_remembered_chunk_that_is_gone_means_the_bytes_are_written(repo_dir, t
     assert file_bytes(repo_dir, "/g/step-2/__0_0.distcp") == file_bytes(repo_dir, "/g/step-1/__0_0.distcp")
     loaded = load(state, repo_dir, "/g/step-2")
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))
+    saves.clear()
+    save(state, repo_dir, "/g/step-3")
+    assert saves == [(COLS,)], "only the small bias the full way: the big ones spliced again"
+    assert file_bytes(repo_dir, "/g/step-3/__0_0.distcp") == file_bytes(repo_dir, "/g/step-1/__0_0.distcp")
     chunkfs("fsck", "--repo", repo_dir)
 
 
