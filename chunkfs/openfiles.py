@@ -105,6 +105,7 @@ class OpenFiles:
         )
         self._by_ino: dict[int, _Open] = {}
         self._by_fh: dict[int, _Handle | _Version] = {}
+        self._committed: dict[int, int] = {}  # inode → manifest of this mount's last commit of it
         self._fhs = itertools.count(1)
         self._lock = threading.Lock()
         self.read_ahead = ReadAhead(repo.chunks)
@@ -225,6 +226,16 @@ class OpenFiles:
             return None
         return not entry.content.modified and entry.manifest != manifest
 
+    def committed_here(self, ino: int) -> int | None:
+        """The manifest of this mount's last commit of ``ino`` (None: none since ``forget``). Set
+        before the file leaves the table, so a reply racing a close never takes the mount's own
+        commit for another process's."""
+        return self._committed.get(ino)
+
+    def forget(self, ino: int) -> None:
+        """The kernel forgot ``ino``: nothing of this mount's commits of it matters any more."""
+        self._committed.pop(ino, None)
+
     def size(self, ino: int) -> int | None:
         """The current size of an open file with writes of this mount not yet committed
         (None otherwise: the index's size is the file's, whoever committed it last)."""
@@ -306,7 +317,7 @@ class OpenFiles:
             if content.size == size:
                 return  # nothing changes: no version (``chunkfs restore`` truncates to tell the kernel a size)
             content.truncate(size)
-            self.repo.commit_file(ino, content)
+            self._committed[ino] = self.repo.commit_file(ino, content).manifest
             return
         with entry.lock:
             if entry.error is not None:
@@ -336,7 +347,7 @@ class OpenFiles:
                 rec = self.repo.commit_file(
                     entry.ino, entry.content, final=final, mtime_ns=entry.mtime_ns, writer_uid=entry.writer_uid
                 )
-                entry.manifest = rec.manifest
+                entry.manifest = self._committed[entry.ino] = rec.manifest
             except ChunkfsError as e:
                 self._fail(entry, e, "commit of")
                 raise

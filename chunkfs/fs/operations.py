@@ -141,7 +141,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         changed = self.files.changed_elsewhere(ino, manifest)
         open_here = changed is not None
         if changed is None:
-            changed = self._seen.get(ino, manifest) != manifest
+            changed = self._seen.get(ino, manifest) != manifest and self.files.committed_here(ino) != manifest
         self._seen[ino] = manifest
         if changed:
             if not open_here:
@@ -502,6 +502,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         for ino, _n in refs:  # the kernel evicted it: it caches nothing of it any more
             self._seen.pop(ino, None)
             self._kernel_names.pop(ino, None)
+            self.files.forget(ino)
         self.virtual.release([(ino, n) for ino, n in refs if Virtual.owns(ino)])
         try:
             await self._blocking(self.ns.release_many, [(ino, n) for ino, n in refs if not Virtual.owns(ino)])
