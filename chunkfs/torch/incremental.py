@@ -6,8 +6,8 @@ torch's pickling and CRC-32 of every byte, the chunker's BLAKE3 of every chunk a
 dedup lookups — only to find that every chunk is stored already. ``save_tensor`` instead
 hashes the tensor's memory once (BLAKE3) and, when the digest, dtype, shape and strides
 are those of the previous save of the same item, writes the archive as it was: the bytes
-``torch.save`` wrote before and after the tensor's data (kept from that save: a few
-hundred bytes), and between them the tensor's chunks by id (``FileContent.splice``). The
+``torch.save`` wrote before and after the tensor's data (kept from that save: about a
+kilobyte), and between them the tensor's chunks by id (``FileContent.splice``). The
 result is byte for byte what ``torch.save`` would write: the archive depends only on the
 tensor's metadata and bytes, and its CRC is of those same bytes.
 
@@ -61,6 +61,15 @@ def _storage_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview((ctypes.c_ubyte * n).from_address(storage.data_ptr())).cast("B")
 
 
+def _plain(tensor: torch.Tensor) -> bool:
+    """A plain dense tensor, whose archive is a function of its bytes and ``_layout`` alone. A
+    subclass (quantized, float8 with a scale, …) or a tensor with attributes or lazy
+    conjugation pickles more than that: it always goes the full way."""
+    return (type(tensor) is torch.Tensor and tensor.layout == torch.strided and not tensor.is_quantized
+            and not tensor.__dict__ and not tensor.is_conj() and not tensor.is_neg()
+            and not tensor.requires_grad)  # fmt: skip
+
+
 def _layout(tensor: torch.Tensor) -> tuple:
     return (tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset(),
             tensor.untyped_storage().nbytes())  # fmt: skip
@@ -106,7 +115,7 @@ def save_tensor(stream: WriteStream, key: tuple, tensor: torch.Tensor) -> None:
     """``torch.save(tensor, stream)``, or the same bytes spliced from this process's last save of
     ``key`` when the tensor's bytes and layout are unchanged (module docstring)."""
     data = _storage_bytes(tensor)
-    if data.nbytes < stream.chunk_size:  # no whole chunk to splice: not worth a hash
+    if data.nbytes < stream.chunk_size or not _plain(tensor):  # no whole chunk to splice, or more than bytes
         torch.save(tensor, stream)
         return
     digest = blake3.blake3(data).digest()

@@ -17,6 +17,10 @@ dcp = pytest.importorskip("torch.distributed.checkpoint")
 ROWS, COLS = 1024, 1280  # 5 MiB of fp32: one whole 4 MiB chunk and a remainder
 
 
+class Scaled(torch.Tensor):
+    """A tensor subclass (picklable: defined at module level)."""
+
+
 @pytest.fixture
 def repo_dir(tmp_path):
     chunkfs("init", tmp_path / "repo")
@@ -153,3 +157,14 @@ def test_the_files_are_dcps_with_one_file_per_item_or_several_threads(repo_dir, 
             assert file_bytes(repo_dir, f"/f/step-1/{name}") == (tmp_path / "plain" / name).read_bytes(), name
     loaded = load(state, repo_dir, "/f/step-1")
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))
+
+
+def test_a_tensor_that_pickles_more_than_its_bytes_always_goes_the_full_way(repo_dir, saves):
+    """A tensor subclass, or one with Python attributes, carries more than its bytes into the
+    archive (a float8 scale, a quantization's parameters): never spliced."""
+    state = state_of(5)
+    state["layer1.weight"] = state["layer1.weight"].as_subclass(Scaled)
+    save(state, repo_dir, "/s/step-1")
+    saves.clear()
+    save(state, repo_dir, "/s/step-2")
+    assert len(saves) == 2, f"the subclass and the small bias the full way, the rest spliced: {saves}"
