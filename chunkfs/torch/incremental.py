@@ -52,7 +52,7 @@ _remembered: dict[tuple, Remembered] = {}
 _lock = threading.Lock()
 
 
-def _storage_bytes(tensor: torch.Tensor) -> memoryview:
+def storage_bytes(tensor: torch.Tensor) -> memoryview:
     """The bytes of the tensor's storage — what ``torch.save`` writes — without a copy."""
     storage = tensor.untyped_storage()
     n = storage.nbytes()
@@ -114,7 +114,7 @@ def _address(view: memoryview) -> int:
 def save_tensor(stream: WriteStream, key: tuple, tensor: torch.Tensor) -> None:
     """``torch.save(tensor, stream)``, or the same bytes spliced from this process's last save of
     ``key`` when the tensor's bytes and layout are unchanged (module docstring)."""
-    data = _storage_bytes(tensor)
+    data = storage_bytes(tensor)
     if data.nbytes < stream.chunk_size or not _plain(tensor):  # no whole chunk to splice, or more than bytes
         torch.save(tensor, stream)
         return

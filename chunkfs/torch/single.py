@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from chunkfs.repo import Repository
+from chunkfs.torch import safetensors_stream
 from chunkfs.torch.files import ReadStream, WriteStream, locate
 
 
@@ -59,13 +60,18 @@ def save_file(
     *,
     repo: str | os.PathLike | None = None,
 ) -> None:
-    """safetensors' ``save_file``, written into the repository by this process (the file is
-    built in memory first, as safetensors' ``save`` does)."""
-    from safetensors.torch import save as serialize
+    """safetensors' ``save_file``, written into the repository by this process: the same bytes,
+    streamed from the tensors' memory (safetensors_stream.py) rather than built in memory first."""
+    planned = safetensors_stream.layout(tensors, metadata)
+    if planned is None:
+        from safetensors.torch import save as serialize
 
-    data = serialize(tensors, metadata=metadata)
+        planned = serialize(tensors, metadata=metadata), []
+    head, views = planned
     with _writing(filename, repo) as stream:
-        stream.write(data)
+        stream.write(head)
+        for view in views:
+            stream.write(view)
 
 
 def load_file(

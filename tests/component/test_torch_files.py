@@ -166,3 +166,26 @@ def test_a_writer_with_several_threads_writes_several_files_at_once(repo_dir):
     loaded = {k: torch.zeros_like(t) for k, t in state.items()}
     dcp.load(loaded, storage_reader=Reader("/mt/step-1", repo=repo_dir), no_dist=True)
     assert all(torch.equal(loaded[k], t) for k, t in state.items())
+
+
+def test_save_file_streams_safetensors_bytes_and_keeps_its_rules(repo_dir, tmp_path):
+    """save_file writes the header and then each tensor from its memory (no file-sized buffer):
+    the bytes safetensors writes, for every dtype it orders, slices of one storage and empty
+    tensors; and safetensors' refusals (non-contiguous, shared memory) stay."""
+    import torch
+    from safetensors.torch import save as plain_save
+
+    import chunkfs.torch as ct
+
+    big = torch.randn(64, 64)
+    tensors = {"b.weight": torch.randn(3, 2), "a.bias": torch.zeros(3, dtype=torch.float16), "c": torch.arange(5),
+               "aa": torch.ones(1, dtype=torch.bfloat16), "z8": torch.ones(3, dtype=torch.uint8), "e": torch.zeros(0, 4),
+               "s1": big[:16], "s2": big[16:32], "f8": torch.ones(4, dtype=torch.float8_e4m3fn),
+               "flag": torch.tensor([True, False]), "d": torch.randn(3, dtype=torch.float64)}  # fmt: skip
+    for i, meta in enumerate(({"step": "1"}, {}, None)):  # one key: safetensors orders several at random
+        ct.save_file(tensors, f"/st/m{i}.safetensors", meta, repo=repo_dir)
+        assert read(repo_dir, f"/st/m{i}.safetensors") == plain_save(tensors, metadata=meta), meta
+    with pytest.raises(ValueError, match="non contiguous"):
+        ct.save_file({"t": torch.zeros(3, 4).t()}, "/st/bad.safetensors", repo=repo_dir)
+    with pytest.raises(RuntimeError, match="share memory"):
+        ct.save_file({"a": big, "b": big[2:5]}, "/st/bad.safetensors", repo=repo_dir)
