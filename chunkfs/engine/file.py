@@ -142,10 +142,15 @@ class FileContent:
     def format(self) -> str | None:
         return self._stream.format if self._stream else None
 
-    def _put(self, data, group: str) -> bytes:
-        """Store a chunk (or find it by dedup) inside this content's gc write window."""
+    def _in_window(self) -> None:
+        """Open this content's gc write window, if not yet: every chunk it stores or references
+        from now on is protected from gc until the commit (docs/gc.md)."""
         if self.gc_window is None:
             self.gc_window = self.chunks.open_window(self)
+
+    def _put(self, data, group: str) -> bytes:
+        """Store a chunk (or find it by dedup) inside this content's gc write window."""
+        self._in_window()
         return self.chunks.put(data, group)
 
     def _append_extent(self, length: int, chunk: bytes) -> None:
@@ -190,11 +195,10 @@ class FileContent:
         vouches that ``extents`` hold ``data``'s bytes; the whole-file hash still reads ``data``."""
         n = memoryview(data).nbytes
         if (self._stream is None or offset != self._end() or self._held or self._patched
-                or sum(e.length for e in extents) != n):  # fmt: skip
+                or sum(e.length for e in extents) != n or not self._stream.can_skip(n)):  # fmt: skip
             return False
-        if self.gc_window is None:
-            self.gc_window = self.chunks.open_window(self)
-        if not self._stream.can_skip(n) or not self.chunks.reuse(extents):
+        self._in_window()
+        if not self.chunks.reuse(extents):
             return False
         self._stream.skip(n)
         if self._hasher is not None:

@@ -127,10 +127,14 @@ class ChunkfsOperations(pyfuse3.Operations):
         names = set(self.ns.names_of(ino)) | self._kernel_names.get(ino, set())
         self.notifier.forget_file(ino, sorted(names))
 
-    def _named(self, parent: int, name: bytes, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
-        """``_entry`` for a reply that gives the kernel the entry ``(parent, name)``."""
+    def _note_name(self, parent: int, name: bytes, ino: int, rec: InodeRecord) -> None:
+        """The kernel gets the entry ``(parent, name)`` of ``ino`` (``_forget_file`` drops it)."""
         if stat.S_ISREG(rec.mode):
             self._kernel_names.setdefault(ino, set()).add((parent, name))
+
+    def _named(self, parent: int, name: bytes, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        """``_entry`` for a reply that gives the kernel the entry ``(parent, name)``."""
+        self._note_name(parent, name, ino, rec)
         return self._entry(ino, rec)
 
     def _notice_changes(self, ino: int, manifest: int) -> None:
@@ -361,8 +365,7 @@ class ChunkfsOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._attrs(ino, rec), len(listing.names) + 1):
                     return
                 self.ns.hold(ino)  # readdirplus: the kernel counts each entry it took as a lookup
-                if stat.S_ISREG(rec.mode):
-                    self._kernel_names.setdefault(ino, set()).add((listing.ino, name))
+                self._note_name(listing.ino, name, ino, rec)
                 listing.names.append(name)
             if len(entries) < READDIR_BATCH:
                 return
