@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Self
 
 from chunkfs import clock, config
+from chunkfs.cluster.node import Cluster
 from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
@@ -145,6 +146,10 @@ class Repository:
         self.ns = Namespace(self.index, self.registry, keep_nameless=shared)
         self.history = History(self.index)
         self.snapshots = Snapshots(self.history, self.registry)
+        self.cluster = self._join_cluster()
+        self.backs_up_index = self.cluster is None or self.cluster.origin
+        """Whether this node uploads metadata backups: in a shared repository only the node that
+        created it does (the others' backups would prune each other's; docs/multinode.md)."""
         if self.writable and not shared:
             self.registry.ensure_built()
             self.packs.recover()
@@ -182,6 +187,35 @@ class Repository:
         self._saved: dict[str, int] = {}
         self._complete_seen = 0  # the newest `run complete` mark whose open packs were sealed
         self._counters_lock = threading.Lock()
+
+    def _join_cluster(self) -> Cluster | None:
+        """A shared repository (docs/multinode.md): every change is journaled, in every process;
+        the maintainer publishes and applies them (``start_background``)."""
+        with self.index.read() as t:
+            doc = t.cluster_get()
+        if doc is None:
+            return None
+        if not self.tiers.configured(Tier.WARM):
+            raise CorruptData(f"{self.path}: a shared repository without a warm tier in {config.CONFIG_NAME}; set tiers.warm to {doc.get('url')}")
+        self.ns.journal.enabled = True
+        wake = self.uploader.wake if self.uploader is not None else lambda: None
+        return Cluster(doc, self.index, self.ns, self.tiers.backend(Tier.WARM), wake, self._sidecar)
+
+    def _sidecar(self, ino: int, extents: list[Extent]) -> bytes | None:
+        """The content of file ``ino`` if the registry reads it at commit (trainer_state.json, …)."""
+        size = sum(e.length for e in extents)
+        if size > MAX_SIDECAR or self.ns.sidecar_name(ino) is None:
+            return None
+        return self.content_of(extents).read(0, size)
+
+    def require_one_node(self, what: str) -> None:
+        """Refuse ``what`` in a shared repository: it deletes objects that other nodes' packs and
+        changes not yet published may need, and does not yet coordinate with them."""
+        if self.cluster is not None:
+            raise Conflict(
+                f"{self.path}: {what} is not available in a repository shared by several nodes yet (it would "
+                "delete objects other nodes may still need; docs/multinode.md, 'What is not built')"
+            )
 
     @staticmethod
     def _verify_stored(chunk: bytes, stored: bytes, raw_len: int, flags: int) -> bytes | None:
@@ -236,7 +270,10 @@ class Repository:
                 self.uploader.start()
             if self.replicator is not None:
                 self.replicator.start()
-            self.backupper.start()
+            if self.backs_up_index:
+                self.backupper.start()
+            if self.cluster is not None:
+                self.cluster.start()
         self._stop.clear()
         self._background = threading.Thread(
             target=self._periodic, args=(policies,), name="chunkfs-lifecycle", daemon=True
@@ -246,6 +283,8 @@ class Repository:
     def stop_background(self, timeout: float = 10.0) -> None:
         """Stop the background threads (an upload in progress is redone later) and save the counters."""
         thread, self._background = self._background, None
+        if self.cluster is not None:
+            self.cluster.stop(timeout)
         if self.uploader is not None:
             self.uploader.stop(timeout)
         if self.replicator is not None:
@@ -377,8 +416,20 @@ class Repository:
             index.close()
 
     @classmethod
-    def create(cls, path: Path, *, hot: Path | None = None, settings: config.Settings | None = None) -> Repository:
-        """Make a new repository at ``path`` (which must not be one already)."""
+    def create(
+        cls,
+        path: Path,
+        *,
+        hot: Path | None = None,
+        settings: config.Settings | None = None,
+        repo_id: bytes | None = None,
+        cluster: dict | None = None,
+    ) -> Repository:
+        """Make a new repository at ``path`` (which must not be one already).
+
+        ``repo_id`` and ``cluster``: a node joining a shared repository — the id is the
+        shared one (its tier locations are claimed by it already), ``cluster`` this node's
+        ``meta/cluster`` record (``chunkfs.cluster``), set before anything is written."""
         path = Path(path)
         if (path / config.CONFIG_NAME).exists() or (path / "index").exists():
             raise AlreadyExists(f"{path}: a chunkfs repository already exists here; refusing to overwrite it")
@@ -393,12 +444,20 @@ class Repository:
         tiers = Tiers(path, settings, None, LocalBackend(path / settings.tiers.hot))
         if settings.tiers.warm or settings.tiers.cold:  # a wrong bucket or credentials: fail before creating
             tiers.check_reachable()
-            tiers.check_unclaimed()  # a location belongs to one repository (store/backends/ownership.py)
+            if repo_id is None:
+                tiers.check_unclaimed()  # a location belongs to one repository (store/backends/ownership.py)
         path.mkdir(parents=True, exist_ok=True)
         index = Index(path / "index", create=True)
         (path / settings.tiers.hot).mkdir(parents=True, exist_ok=True)
         try:
-            tiers.claim(index.repo_id)
+            if repo_id is not None or cluster is not None:
+                with index.write() as t:
+                    if repo_id is not None:
+                        t.repo_id_put(repo_id)
+                    if cluster is not None:
+                        t.cluster_put(cluster)
+            if repo_id is None:
+                tiers.claim(index.repo_id)
         finally:
             index.close()
             tiers.close()

@@ -1,4 +1,4 @@
-"""Repository commands: init, import, export, stats, du, index rebuild."""
+"""Repository commands: init, join, import, export, stats, du, index rebuild."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from chunkfs import config
 from chunkfs.cli import output, paths
 from chunkfs.errors import CorruptData
+from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import rebuild, stats, transfer
 from chunkfs.ops import status as statusop
 from chunkfs.repo import Repository
@@ -24,8 +25,29 @@ def register(sub, repo_argument) -> None:
     p.add_argument(
         "--cold-archive", action="store_true", help="the cold tier is an archive: reads need `chunkfs thaw`"
     )
+    p.add_argument(
+        "--shared", action="store_true",
+        help="other nodes may join it (`chunkfs join`): the warm tier (an S3 store with conditional writes) "
+        "also holds the shared log of changes (docs/multinode.md)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser(
+        "join",
+        help="make this node a member of a shared repository",
+        description="Create REPO on this node as a member of the shared repository whose warm tier is URL "
+        "(made with `chunkfs init --shared`): same repository id and settings, a hot tier and index of its "
+        "own. The shared log is applied at once; afterwards the mount (or `chunkfs sync`) publishes this "
+        "node's changes and applies the other nodes' (docs/multinode.md).",
+    )
+    p.add_argument("repo_dir", metavar="REPO", help="directory to create (must be new or empty)")
+    p.add_argument("url", metavar="URL", help="the shared repository's warm tier: s3://bucket/prefix")
+    p.add_argument("--hot", metavar="DIR", help="directory of the hot tier (default: REPO/hot)")
+    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (MinIO, Ceph): https://host:port")
+    p.add_argument("--region", metavar="NAME", help="S3 region")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_join)
 
     p = sub.add_parser(
         "import",
@@ -102,8 +124,15 @@ def cmd_init(args) -> int:
         tiers["cold_archive"] = True
     if tiers:
         settings = dataclasses.replace(settings, tiers=dataclasses.replace(settings.tiers, **tiers))
-    repo = Repository.create(Path(args.repo_dir), hot=Path(args.hot) if args.hot else None, settings=settings)
+    hot = Path(args.hot) if args.hot else None
+    if args.shared:
+        repo = clusterop.init_shared(Path(args.repo_dir), settings, hot)
+    else:
+        repo = Repository.create(Path(args.repo_dir), hot=hot, settings=settings)
     result = {"repository": str(repo.path), "hot": str(repo.hot_path)}
+    if repo.cluster is not None:
+        result["shared"] = True
+        result["node"] = repo.cluster.node
     for tier in ("warm", "cold"):
         if getattr(args, tier):
             result[tier] = getattr(args, tier)
@@ -112,7 +141,27 @@ def cmd_init(args) -> int:
         output.print_json(result)
     else:
         more = "".join(f", {t} tier: {result[t]}" for t in ("warm", "cold") if t in result)
-        output.out.print(f"created repository {result['repository']} (hot tier: {result['hot']}{more})")
+        shared = f"; shared, this node is {result['node']}" if "node" in result else ""
+        output.out.print(f"created repository {result['repository']} (hot tier: {result['hot']}{more}){shared}")
+    return 0
+
+
+def cmd_join(args) -> int:
+    with output.progress("replay the shared log", None):
+        repo, position = clusterop.join(
+            Path(args.repo_dir), args.url, endpoint_url=args.endpoint_url or "", region=args.region or "",
+            hot=Path(args.hot) if args.hot else None,
+        )  # fmt: skip
+    with repo:
+        result = {"repository": str(repo.path), "hot": str(repo.hot_path), "warm": args.url,
+                  "node": repo.cluster.node, "log_position": position}  # fmt: skip
+    if args.json:
+        output.print_json(result)
+    else:
+        output.out.print(
+            f"joined {args.url} as node {result['node']}: repository {result['repository']}, "
+            f"{position} log entries applied"
+        )
     return 0
 
 

@@ -256,6 +256,20 @@ def cmd_status(args) -> int:
         rows.append(("upload error", s.upload_error))
     if s.moves_in_flight:
         rows.append(("unfinished moves", f"{s.moves_in_flight} (run `chunkfs tier`)"))
+    if s.cluster:
+        k = s.cluster
+        rows.append(("shared", f"node {k['node']} of {k['url']}, log applied to entry {k['applied']}"))
+        rows.append(("not published", f"{k['pending_changes']} changes, oldest {k['oldest_pending_s']:.0f}s"))
+        for node, m in sorted(k["members"].items()):
+            if "error" in m:
+                rows.append((f"  node {node}", m["error"]))
+                continue
+            lag = f", waiting: {m['waiting']}" if m.get("waiting") else ""
+            text = (
+                f"{m.get('host')}: applied {m.get('applied')}, {m.get('pending_changes')} unpublished "
+                f"(oldest {m.get('oldest_pending_s', 0):.0f}s), heartbeat {m.get('heartbeat_age_s', 0):.0f}s ago{lag}"
+            )
+            rows.append((f"  node {node}", text))
     c = s.read_cache
     rows.append(("read cache", f"{h(c['bytes'])} of {h(c['limit'])} ({c['chunks']} chunks, {s.pins} pins)"))
     rows.append(("written", f"{h(a.get('written_bytes', 0))} (deduplicated {h(a.get('dedup_bytes', 0))})"))

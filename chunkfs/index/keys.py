@@ -186,6 +186,21 @@ Operations (docs/operations.md): replication, restore drills, metadata backups.
     Stored outside the backup's own snapshot semantics: the backup written as
     generation N contains generation N-1 here.
 
+Cluster (docs/multinode.md): a repository shared by several nodes through its warm tier.
+
+``meta/cluster`` → compact JSON ``{"node": hex id, "url": warm tier URL, "joined_ns": …}``:
+    present only in a shared repository (``chunkfs init --shared``, ``chunkfs join``);
+    its namespace changes are journaled into ``outbox`` and published to the log.
+
+``meta/cluster_applied`` → u64: the last log entry this node has applied (its own
+    entries included); absent: none.
+
+``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
+    Written in the transaction of the change itself (``namespace/journal.py``), so a
+    change is never committed without its journal entry; removed in the transaction
+    that records its log entry as applied. Oldest first; paths are UTF-8 with
+    surrogateescape, as JSON strings.
+
 Long keys. LMDB keys are at most 511 bytes (``MAX_KEY``), but paths reach PATH_MAX
 (4096) and a checkpoint key holds several path components. Two encodings keep every
 key short and still ordered by its leading bytes; the full value goes to ``long_keys``:
@@ -258,6 +273,7 @@ DATABASES = (
     "uploads", "copies", "moves", "runs", "pins", "counters",  # "Tiers"
     "replicas", "drills",  # "Operations"
     "condemned", "gc_leases",  # "Garbage collection"
+    "outbox",  # "Cluster"
     "long_keys",  # "Long keys"
 )  # fmt: skip
 """Every named database of the environment, in the order of the sections above."""
@@ -267,6 +283,8 @@ META_REPO_ID = b"repo_id"
 META_NEXT_INODE = b"next_inode"
 META_NEXT_MANIFEST = b"next_manifest"
 META_NEXT_COMMIT = b"next_commit"
+META_CLUSTER = b"cluster"
+META_CLUSTER_APPLIED = b"cluster_applied"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -747,3 +765,30 @@ def encode_lease(pid: int, floor: int, heartbeat_ns: int, host: str) -> bytes:
 def decode_lease(b: bytes) -> tuple[int, int, int, str]:
     pid, floor, beat = _LEASE.unpack_from(b)
     return pid, floor, beat, bytes(b[_LEASE.size :]).decode("utf-8", "replace")
+
+
+# -- cluster --------------------------------------------------------------------------
+
+_OUTBOX_TIME = struct.Struct(">q")
+
+
+def encode_outbox(time_ns: int, op: dict) -> bytes:
+    return _OUTBOX_TIME.pack(time_ns) + _json.dumps(op, separators=(",", ":")).encode()
+
+
+def decode_outbox(b: bytes) -> tuple[int, dict]:
+    try:
+        return _OUTBOX_TIME.unpack_from(b)[0], _json.loads(bytes(b[_OUTBOX_TIME.size :]))
+    except (struct.error, ValueError) as e:
+        raise CorruptData(f"damaged outbox record: {e}") from None
+
+
+def encode_cluster(doc: dict) -> bytes:
+    return _json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_cluster(b: bytes) -> dict:
+    try:
+        return _json.loads(bytes(b))
+    except ValueError as e:
+        raise CorruptData(f"damaged meta/cluster record: {e}") from None

@@ -35,6 +35,7 @@ from chunkfs.errors import (
     NotFound,
 )
 from chunkfs.index import Index, Txn
+from chunkfs.namespace import journal
 from chunkfs.namespace.registry import Registry
 from chunkfs.namespace.registry.keypath import run_of
 from chunkfs.types import NAME_MAX, ROOT_INODE, Extent, InodeRecord
@@ -63,6 +64,7 @@ class Namespace:
         self.index = index
         self.registry = registry
         self.keep_nameless = keep_nameless
+        self.journal = journal.Journal()  # enabled in a shared repository (docs/multinode.md)
         self._refs = Counter()  # inode → references (open handles, kernel lookups)
         self._lock = threading.Lock()
         with index.read() as t:
@@ -152,15 +154,9 @@ class Namespace:
 
     def path_of(self, ino: int) -> str:
         """One path of ``ino`` (the first of its names), '/' for the root."""
-        parts = []
         with self.index.read() as t:
-            while ino != ROOT_INODE:
-                links = t.parents(ino)
-                if not links:
-                    return "/<unlinked>/" + "/".join(reversed(parts))
-                ino, name = links[0]
-                parts.append(name.decode(errors="surrogateescape"))
-        return "/" + "/".join(reversed(parts))
+            path = journal.path_in(t, ino)
+        return "/<unlinked>" if path is None else path
 
     def group_of(self, ino: int) -> str:
         """The pack group of a file: its run directory (the parent of its checkpoint directory,
@@ -186,6 +182,10 @@ class Namespace:
             ino = t.next_inode()
             t.inode_put(ino, rec)
             t.dirent_put(parent, name, ino)
+            self.journal.record(
+                t, "create", journal.child_path(t, parent, name), mode=rec.mode, uid=rec.uid, gid=rec.gid,
+                rdev=rec.rdev, target=os.fsdecode(rec.target), versioned=versioned,
+            )  # fmt: skip
             if versioned:
                 t.version_put(ino, t.commit, rec, NO_HASH, rec.uid)
             if self.registry is not None and stat.S_ISDIR(rec.mode):
@@ -240,6 +240,7 @@ class Namespace:
             prec = self._dir(t, parent)
             if t.dirent_get(parent, name) is not None:
                 raise AlreadyExists(f"{name.decode(errors='replace')}: already exists")
+            self.journal.record(t, "link", journal.path_in(t, ino), to=journal.child_path(t, parent, name))
             t.dirent_put(parent, name, ino)
             now = clock.now_ns()
             rec.nlink += 1
@@ -272,7 +273,10 @@ class Namespace:
                 raise NotEmpty(f"{name.decode(errors='replace')}: directory not empty")
             self._unlink_entry(t, parent, name, child, rec)
 
-    def _unlink_entry(self, t: Txn, parent: int, name: bytes, child: int, rec: InodeRecord) -> None:
+    def _unlink_entry(self, t: Txn, parent: int, name: bytes, child: int, rec: InodeRecord, *, replaced=False) -> None:
+        """``replaced``: the entry goes because a rename puts another over it (journaled as that rename)."""
+        if not replaced:
+            self.journal.record(t, "remove", journal.child_path(t, parent, name))
         t.dirent_delete(parent, name)
         if self.registry is not None:
             if stat.S_ISDIR(rec.mode):
@@ -317,6 +321,10 @@ class Namespace:
             target = t.dirent_get(new_parent, new)
             if target == child:
                 return
+            self.journal.record(
+                t, "rename", journal.child_path(t, old_parent, old), to=journal.child_path(t, new_parent, new),
+                exchange=exchange,
+            )  # fmt: skip
             if exchange:
                 if target is None:
                     raise NotFound(f"{new.decode(errors='replace')}: no such file or directory")
@@ -338,7 +346,7 @@ class Namespace:
                         raise NotEmpty(f"{new.decode(errors='replace')}: directory not empty")
                 elif stat.S_ISDIR(rec.mode):
                     raise NotADirectory(f"{new.decode(errors='replace')}: not a directory")
-                self._unlink_entry(t, new_parent, new, target, trec)
+                self._unlink_entry(t, new_parent, new, target, trec, replaced=True)
             t.dirent_delete(old_parent, old)
             t.dirent_put(new_parent, new, child)
             now = clock.now_ns()
@@ -439,6 +447,9 @@ class Namespace:
                 rec.mtime_ns = mtime_ns
             rec.ctime_ns = clock.now_ns()
             t.inode_put(ino, rec)
+            self.journal.record(
+                t, "setattr", journal.path_in(t, ino), mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns
+            )
         return rec
 
     def set_content(
@@ -465,6 +476,10 @@ class Namespace:
             rec.mtime_ns = rec.ctime_ns = mtime_ns if mtime_ns is not None else clock.now_ns()
             t.inode_put(ino, rec)
             t.version_put(ino, t.commit, rec, blake3 or NO_HASH, rec.uid if writer_uid is None else writer_uid)
+            self.journal.record(
+                t, "content", journal.path_in(t, ino), extents=journal.encode_extents(extents),
+                mtime_ns=rec.mtime_ns, blake3=(blake3 or NO_HASH).hex(), writer_uid=writer_uid,
+            )  # fmt: skip
             if self.registry is not None:
                 for parent, name in t.parents(ino):
                     self.registry.on_file_committed(parent, name, sidecar, txn=t)
@@ -492,6 +507,7 @@ class Namespace:
         with self.index.write() as t:
             rec = self._get(t, ino)
             t.xattr_put(ino, name, value)
+            self.journal.record(t, "setxattr", journal.path_in(t, ino), name=os.fsdecode(name), value=bytes(value).hex())
             if self.registry is not None:
                 self.registry.on_xattr(t, ino, name, value)
             rec.ctime_ns = clock.now_ns()
@@ -507,6 +523,7 @@ class Namespace:
             self._get(t, ino)
             if not t.xattr_delete(ino, name):
                 raise NoAttribute(f"{name.decode(errors='replace')}: no such attribute")
+            self.journal.record(t, "removexattr", journal.path_in(t, ino), name=os.fsdecode(name))
             if self.registry is not None:
                 self.registry.on_xattr(t, ino, name, None)
 

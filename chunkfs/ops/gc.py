@@ -136,6 +136,8 @@ def run(
     threshold = settings.repack_below if repack_below is None else repack_below
     now = clock.now_ns() if now_ns is None else now_ns
     result = GcResult(dry_run=dry_run, rules=None if rules is None else [r.describe() for r in rules])
+    if not dry_run:
+        repo.require_one_node("gc")
     with _gc_lock(repo):
         if not dry_run:
             repo.tiers.resume()  # finish or undo what a killed gc (or tier move) left

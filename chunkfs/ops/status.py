@@ -63,6 +63,7 @@ class Status:
     replication: dict = field(default_factory=dict)  # lag: packs, bytes, oldest age, last error
     open_packs: dict = field(default_factory=dict)  # data not sealed yet (ops/tier.py OpenPacks), and why
     last_backup: dict = field(default_factory=dict)  # generation and time of the last metadata backup
+    cluster: dict = field(default_factory=dict)  # a shared repository: this node, its backlog, every member
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -98,7 +99,20 @@ def status(repo: Repository) -> Status:
         replication=asdict(repo.replicas.lag()) if repo.replicas.configured else {},
         last_backup={"generation": backup[0], "age_s": round((now - backup[1]) / 1e9, 1)} if backup else {},
         open_packs=asdict(waiting) | {"why": waiting.describe()},
+        cluster=_cluster(repo, now),
     )
+
+
+def _cluster(repo: Repository, now: int) -> dict:
+    """This node's log position and unpublished changes, and every member's last heartbeat with
+    its age (a member silent for long is down, or cut off from the store)."""
+    if repo.cluster is None:
+        return {}
+    out = repo.cluster.status().as_dict()
+    for doc in out["members"].values():
+        if "time_ns" in doc:
+            doc["heartbeat_age_s"] = round((now - doc["time_ns"]) / 1e9, 1)
+    return out
 
 
 @dataclass

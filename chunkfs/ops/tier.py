@@ -250,6 +250,7 @@ class SyncResult:
     open_packs: int = 0  # data not sealed yet, so not uploaded (``OpenPacks``)
     open_bytes: int = 0
     waiting: str = ""  # why, in words ('' when nothing waits)
+    published: int = 0  # a shared repository: changes this process published to the log
 
 
 def _note_waiting(repo: Repository, result: SyncResult) -> None:
@@ -263,7 +264,8 @@ def _replicate_and_back_up(repo: Repository) -> None:
     `sync` reports done survives the loss of this node (docs/operations.md)."""
     if repo.replicas.configured:
         repo.replicas.run_once()
-    repo.metabackup.run()
+    if repo.backs_up_index:
+        repo.metabackup.run()
 
 
 def sync(
@@ -274,7 +276,8 @@ def sync(
     notice: Callable[[str], None] = lambda message: None,
     poll: float = 0.2,
 ) -> SyncResult:
-    """Wait until the write-back queue is empty.
+    """Wait until the write-back queue is empty (and, in a shared repository, every change is
+    published to the log and every other node's is applied here).
 
     Without a process holding the repository (no mount), this process takes the lock and
     uploads. With one, its uploader does the work and this watches the queue (``notice``
@@ -292,6 +295,8 @@ def sync(
                 if repo.uploader is None:
                     raise UsageError(f"{repo.path}: no warm tier configured (tiers.warm): nothing to upload")
                 result.uploaded_bytes += repo.uploader.drain(progress)
+                if repo.cluster is not None:
+                    result.published = repo.cluster.sync()[0]
                 _replicate_and_back_up(repo)
                 _note_waiting(repo, result)
             return result
@@ -303,7 +308,7 @@ def sync(
             told = None
             while lock_holder(repo.path) is not None:
                 b = backlog(repo.index)
-                if b.packs == 0:
+                if b.packs == 0 and (repo.cluster is None or repo.cluster.pending()[0] == 0):
                     _replicate_and_back_up(repo)
                     _note_waiting(repo, result)
                     return result

@@ -51,8 +51,10 @@ def mount_root():
 
 @pytest.fixture
 def make_mount(request, tmp_path, mount_root):
-    """``make_mount(options=[], hot=None, name="repo", settings=None, args=[])`` → a new repository,
-    mounted by the CLI (``args``: more arguments of ``chunkfs mount``)."""
+    """``make_mount(options=[], hot=None, name="repo", settings=None, args=[], create=None)`` → a new
+    repository, mounted by the CLI (``args``: more arguments of ``chunkfs mount``; ``create``: the
+    command that makes it instead of a plain ``init``, e.g. ``["join", URL, "--endpoint-url", E]``,
+    run as ``chunkfs CMD REPO ARGS…``)."""
     _require_fuse()
     mounts: list[Mount] = []
     request.node._chunkfs_mounts = mounts
@@ -64,10 +66,12 @@ def make_mount(request, tmp_path, mount_root):
         name: str = "repo",
         settings: dict | None = None,
         args: list[str] | None = None,
+        create: list[str] | None = None,
     ) -> Mount:
         """``settings``: {section: {key: value}} written to chunkfs.toml before mounting."""
         repo = tmp_path / name
-        chunkfs("init", repo, *(["--hot", hot] if hot is not None else []))
+        command, *more = create or ["init"]
+        chunkfs(command, repo, *more, *(["--hot", hot] if hot is not None else []))
         if settings:
             configure(repo, settings)
         path = mount_root / name

@@ -22,7 +22,7 @@ LAYERS = {
     "index": 1,
     "store": 2,
     "engine": 3,
-    "namespace": 4,
+    "namespace": 4, "cluster": 4,
     "repo": 5, "mounts": 5,
     "openfiles": 6, "writers": 6, "ops": 6, "metrics": 6,
     "fs": 7, "torch": 7,

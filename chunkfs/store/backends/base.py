@@ -14,7 +14,7 @@ from pathlib import Path
 
 import blake3
 
-from chunkfs.errors import BackendUnavailable, CorruptData, NoSpace, NotFound
+from chunkfs.errors import BackendUnavailable, ConfigError, CorruptData, NoSpace, NotFound
 
 ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 """S3 storage classes whose objects must be restored before a GET (GLACIER_IR is read directly)."""
@@ -40,6 +40,12 @@ class Backend(ABC):
         pack to verify the copy), so that a backend that records it (S3, in the object metadata)
         does not read the whole file once more to compute it.
         """
+
+    def put_new(self, name: str, data: bytes) -> bool:
+        """Create ``name`` only if no object has that name (a conditional write): True when
+        this call created it, False when it existed. The shared log of a repository used by
+        several nodes rests on it (docs/multinode.md); a store that cannot do it refuses."""
+        raise ConfigError(f"{self.url}: conditional writes need an S3 store; a shared repository needs an S3 warm tier")
 
     @abstractmethod
     def get(self, name: str) -> bytes: ...

@@ -87,6 +87,8 @@ _DENIED = {
     "TokenRefreshRequired",
 }
 _RESTORE_STATE = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
+CONDITIONAL_RETRIES = 20
+"""Tries of a conditional PUT that AWS answers 409 (another conditional write of the key in flight)."""
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
 
 
@@ -199,6 +201,26 @@ class S3Backend(Backend):
 
         with self._errors(name):
             self._retrying(upload)
+
+    def put_new(self, name: str, data: bytes) -> bool:
+        """``PUT`` with ``If-None-Match: *``: 412 means another writer created ``name`` first.
+        A 409 (AWS: a conditional write racing another on the same key) is retried."""
+
+        def put() -> bool:
+            for _ in range(CONDITIONAL_RETRIES):
+                try:
+                    self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, IfNoneMatch="*")
+                    return True
+                except ClientError as e:
+                    if _status(e) == 412 or _code(e) == "PreconditionFailed":
+                        return False
+                    if _status(e) != 409:
+                        raise
+                    time.sleep(0.05)
+            raise BackendUnavailable(f"{self._where(name)}: conditional writes keep conflicting; try again later")
+
+        with self._errors(name):
+            return self._retrying(put)
 
     def get(self, name: str) -> bytes:
         with self._errors(name):

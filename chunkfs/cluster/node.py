@@ -1,0 +1,156 @@
+"""This node's part in a shared repository: its identity, the sync thread, its status.
+
+A repository is shared when its index holds ``meta/cluster`` (keys.py, "Cluster"): then
+every process that writes it journals its namespace changes (``Namespace.journal``), and
+the process that holds the repository (the mount daemon, or ``chunkfs sync``) runs the
+sync thread: every ``POLL`` seconds it publishes what is ready (``publish.py``) and
+applies what other nodes published (``replay.py``), and every ``HEARTBEAT`` seconds it
+writes this node's heartbeat for ``chunkfs status`` on any node. When the store is down,
+the thread logs it once, says so in ``status`` and retries with backoff; writes go on
+locally meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chunkfs import clock
+from chunkfs.cluster.log import SharedLog
+from chunkfs.cluster.publish import Publisher
+from chunkfs.cluster.replay import Replayer
+from chunkfs.errors import ChunkfsError
+from chunkfs.index import Index
+from chunkfs.namespace.tree import Namespace
+from chunkfs.store.backends.base import Backend
+from chunkfs.types import Extent
+
+log = logging.getLogger(__name__)
+
+POLL = 1.0
+"""Seconds between two rounds of publishing and applying (the visibility lag's main part)."""
+HEARTBEAT = 5.0
+MAX_BACKOFF = 30.0
+
+
+def new_node_id() -> str:
+    return secrets.token_hex(8)
+
+
+def record(node: str, url: str, *, origin: bool) -> dict:
+    """The ``meta/cluster`` record of a node that creates (``origin``) or joins a shared repository."""
+    return {"node": node, "url": url, "origin": origin, "host": socket.gethostname(), "joined_ns": clock.now_ns()}
+
+
+@dataclass
+class ClusterStatus:
+    node: str
+    url: str
+    applied: int
+    pending_changes: int
+    oldest_pending_s: float
+    waiting: str
+    error: str | None
+    members: dict[str, dict] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+class Cluster:
+    """Publishing and applying for one open repository that is shared."""
+
+    def __init__(
+        self,
+        doc: dict,
+        index: Index,
+        ns: Namespace,
+        warm: Backend,
+        wake_uploader: Callable[[], None],
+        sidecar: Callable[[int, list[Extent]], bytes | None],
+    ) -> None:
+        self.node = doc["node"]
+        self.url = doc["url"]
+        self.origin = bool(doc.get("origin"))
+        self.index = index
+        self.shared = SharedLog(warm)
+        self.replayer = Replayer(index, ns, self.shared, self.node, sidecar)
+        self.publisher = Publisher(index, self.shared, self.node, self.replayer, wake_uploader)
+        self.error: str | None = None
+        self._lock = threading.Lock()  # one round at a time (the thread, `chunkfs sync`)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sync(self) -> tuple[int, int]:
+        """One round: publish what is ready, apply what others published; (changes sent, position)."""
+        with self._lock:
+            sent = self.publisher.publish()
+            return sent, self.replayer.catch_up()
+
+    def pending(self) -> tuple[int, float]:
+        """(changes not published yet, age of the oldest in seconds)."""
+        with self.index.read() as t:
+            count = t.outbox_count()
+            oldest = t.outbox(1)
+        age = (clock.now_ns() - oldest[0][1]) / 1e9 if oldest else 0.0
+        return count, max(0.0, age)
+
+    def heartbeat(self) -> None:
+        count, age = self.pending()
+        with self.index.read() as t:
+            applied = t.applied_get()
+        self.shared.heartbeat(
+            self.node,
+            {"host": socket.gethostname(), "time_ns": clock.now_ns(), "applied": applied,
+             "pending_changes": count, "oldest_pending_s": round(age, 1), "waiting": self.publisher.waiting},
+        )  # fmt: skip
+
+    def status(self, *, members: bool = True) -> ClusterStatus:
+        count, age = self.pending()
+        with self.index.read() as t:
+            applied = t.applied_get()
+        found = {}
+        if members:
+            try:
+                found = self.shared.members()
+            except ChunkfsError as e:
+                found = {"?": {"error": str(e)}}
+        return ClusterStatus(self.node, self.url, applied, count, round(age, 1), self.publisher.waiting, self.error, found)
+
+    # -- the sync thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="chunkfs-cluster", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        delay, next_beat = POLL, 0.0
+        while not self._stop.wait(delay):
+            try:
+                self.sync()
+                if time.monotonic() >= next_beat:
+                    self.heartbeat()
+                    next_beat = time.monotonic() + HEARTBEAT
+                if self.error is not None:
+                    log.warning("shared log at %s reachable again", self.url)
+                self.error, delay = None, POLL
+            except ChunkfsError as e:
+                if self.error is None:
+                    log.warning("shared log at %s: %s; changes stay local and are published later", self.url, e)
+                self.error, delay = str(e), min(MAX_BACKOFF, 2 * delay)
+            except Exception as e:  # a bug: keep running and say so
+                log.exception("shared log: unexpected error")
+                self.error, delay = f"unexpected error: {e!r}", min(MAX_BACKOFF, 2 * delay)

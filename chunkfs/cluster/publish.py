@@ -1,0 +1,127 @@
+"""Publishing this node's journaled changes to the shared log, once their bytes are on warm.
+
+A change is published only when every chunk its content names is in a pack that is sealed
+and has a verified copy on the warm tier (or lives there): another node can then read
+everything an entry names even if this node dies the moment after (docs/multinode.md,
+"Writing: local first, published after"). Until then the change is visible on this node
+only. Changes go out in journal order; the first one whose bytes are not on warm yet holds
+back the ones after it (an entry never reorders a node's own changes).
+
+The entry goes to position *applied + 1* with a conditional write: when another node took
+that position first, the publisher catches up on the log and tries again at the next one.
+An open pack that holds back a change for ``SEAL_AFTER`` seconds is sealed (through the
+writers' seal request, the one gc uses) so that the write-back can upload it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from chunkfs import clock
+from chunkfs.cluster import entries
+from chunkfs.cluster.log import SharedLog
+from chunkfs.cluster.replay import Replayer
+from chunkfs.index import Index, Txn
+from chunkfs.namespace.journal import decode_extents
+from chunkfs.types import ChunkLocation, PackInfo, PackState, Tier
+
+log = logging.getLogger(__name__)
+
+MAX_OPS = 4096
+"""Changes in one entry at most (an entry is one object; a few MB at most)."""
+SEAL_AFTER = 1.0
+"""Seconds a change may wait on an open pack before the publisher asks the writers to seal."""
+HOLE = bytes(32)
+
+
+class Publisher:
+    """Writes this node's outbox to the log in entries, after the packs they need are on warm."""
+
+    def __init__(self, index: Index, shared: SharedLog, node: str, replayer: Replayer, wake_uploader: Callable[[], None]):
+        self.index = index
+        self.shared = shared
+        self.node = node
+        self.replayer = replayer
+        self.wake_uploader = wake_uploader
+        self._sealed_at = 0.0
+        self.waiting = ""  # why the oldest change is not published yet ("" when nothing waits)
+
+    def publish(self, attempts: int = 5) -> int:
+        """Publish what is ready; returns how many changes went out."""
+        sent = 0
+        for _ in range(attempts):
+            applied = self.replayer.catch_up()
+            entry, seqs = self._ready()
+            if entry is None:
+                return sent
+            data = entries.encode(entry)
+            if not self.shared.append(applied + 1, data):
+                continue  # another node wrote that position first: catch up, try the next
+            with self.index.write() as t:
+                t.outbox_delete(seqs)
+                t.applied_put(applied + 1)
+            sent += len(seqs)
+            log.debug("published %d changes as log entry %d", len(seqs), applied + 1)
+        return sent
+
+    def _ready(self) -> tuple[entries.Entry | None, list[int]]:
+        """The longest prefix of the outbox whose chunks are all on warm, as an entry."""
+        packs: dict[bytes, PackInfo] = {}
+        chunks: dict[bytes, ChunkLocation] = {}
+        ops, seqs, first_ns = [], [], 0
+        self.waiting = ""
+        with self.index.read() as t:
+            for seq, time_ns, op in t.outbox(MAX_OPS):
+                held = self._locate(t, op, packs, chunks) if op["op"] == "content" else None
+                if held is not None:
+                    self._unblock(held, time_ns)
+                    break
+                ops.append(op)
+                seqs.append(seq)
+                first_ns = first_ns or time_ns
+        if not ops:
+            return None, []
+        used = {bytes(loc.pack) for loc in chunks.values()}
+        entry = entries.Entry(
+            self.node, clock.now_ns(), (seqs[0], seqs[-1]), ops, {p: packs[p] for p in used}, chunks
+        )
+        return entry, seqs
+
+    def _locate(self, t: Txn, op: dict, packs: dict, chunks: dict) -> tuple[str, PackInfo | None] | None:
+        """Add the locations of a content's chunks; None when all are on warm, else what holds it back."""
+        found = {}
+        for extent in decode_extents(op["extents"]):
+            chunk = bytes(extent.chunk)
+            if chunk == HOLE or chunk in chunks or chunk in found:
+                continue
+            loc = t.chunk_get(chunk)
+            if loc is None:
+                return (f"chunk {chunk.hex()[:16]} of {op['path']} is not in the index", None)
+            info = packs.get(bytes(loc.pack)) or t.pack_get(loc.pack)
+            if info is None:
+                return (f"pack {bytes(loc.pack).hex()} of {op['path']} is not in the index", None)
+            if info.state != PackState.SEALED:
+                return (f"{op['path']}: pack {bytes(loc.pack).hex()} is still open", info)
+            if info.tier == Tier.HOT and t.copy_get(loc.pack, Tier.WARM) is None:
+                return (f"{op['path']}: pack {bytes(loc.pack).hex()} is not on the warm tier yet", info)
+            packs[bytes(loc.pack)] = info
+            found[chunk] = loc
+        chunks.update(found)
+        return None
+
+    def _unblock(self, held: tuple[str, PackInfo | None], time_ns: int) -> None:
+        """Have the pack that holds a change back sealed (after ``SEAL_AFTER``) or uploaded."""
+        why, info = held
+        self.waiting = why
+        if info is None:
+            log.warning("cannot publish: %s", why)
+        elif info.state != PackState.SEALED:
+            waited = (clock.now_ns() - time_ns) / 1e9
+            if waited >= SEAL_AFTER and time.monotonic() - self._sealed_at >= SEAL_AFTER:
+                self._sealed_at = time.monotonic()
+                with self.index.write() as t:
+                    t.seal_request_put(clock.now_ns())
+        else:
+            self.wake_uploader()

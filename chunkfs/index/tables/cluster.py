@@ -1,0 +1,49 @@
+"""Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``outbox`` (keys.py, "Cluster")."""
+
+from __future__ import annotations
+
+from chunkfs.index import keys
+from chunkfs.index.tables.base import BaseTables
+
+
+class ClusterTables(BaseTables):
+    """A shared repository's membership record, its log position and its journal of changes."""
+
+    def cluster_get(self) -> dict | None:
+        """This node's record (``{"node", "url", …}``), or None: the repository is not shared."""
+        raw = self._get("meta", keys.META_CLUSTER)
+        return keys.decode_cluster(raw) if raw is not None else None
+
+    def cluster_put(self, doc: dict) -> None:
+        self._put("meta", keys.META_CLUSTER, keys.encode_cluster(doc))
+
+    def applied_get(self) -> int:
+        """The last log entry applied here (0: none)."""
+        raw = self._get("meta", keys.META_CLUSTER_APPLIED)
+        return keys.decode_u64(raw) if raw is not None else 0
+
+    def applied_put(self, position: int) -> None:
+        self._put("meta", keys.META_CLUSTER_APPLIED, keys.u64(position))
+
+    def outbox_put(self, time_ns: int, op: dict) -> int:
+        """Journal one change; returns its sequence number (one more than the newest)."""
+        cursor = self._txn.cursor(db=self._dbs["outbox"])
+        seq = keys.decode_u64(cursor.key()) + 1 if cursor.last() else 1
+        self._put("outbox", keys.u64(seq), keys.encode_outbox(time_ns, op))
+        return seq
+
+    def outbox(self, limit: int = 1 << 30) -> list[tuple[int, int, dict]]:
+        """(sequence, time ns, change) of the oldest ``limit`` journaled changes."""
+        out = []
+        for key, value in self._prefix("outbox", b""):
+            if len(out) >= limit:
+                break
+            out.append((keys.decode_u64(key), *keys.decode_outbox(value)))
+        return out
+
+    def outbox_count(self) -> int:
+        return self._txn.stat(self._dbs["outbox"])["entries"]
+
+    def outbox_delete(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self._delete("outbox", keys.u64(seq))

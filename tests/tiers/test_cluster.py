@@ -1,0 +1,160 @@
+"""A repository shared by several nodes through its warm tier (docs/multinode.md), driven
+through the library: each "node" is a repository directory of its own on this machine (its
+own hot tier and LMDB index), all on one moto S3 server; ``chunkfs sync``'s library call is
+what moves changes between them. The mount-level tests (daemons publishing and applying by
+themselves) are in tests/fuse/test_cluster_mounts.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+from helpers.repos import same_tree
+from helpers.s3servers import BUCKET
+from helpers.tiers import s3_url, tiered_settings, write_run
+
+from chunkfs.errors import ConfigError, Conflict, NotFound, UsageError
+from chunkfs.ops import cluster as clusterop
+from chunkfs.ops import gc, tier, transfer
+from chunkfs.repo import Repository
+
+
+def _nodes(tmp_path: Path, endpoint: str, n: int = 2) -> tuple[str, list[Path]]:
+    url = s3_url("cluster")
+    settings = tiered_settings(endpoint, warm=url)
+    clusterop.init_shared(tmp_path / "node0", settings).close()
+    paths = [tmp_path / "node0"]
+    for i in range(1, n):
+        repo, _ = clusterop.join(tmp_path / f"node{i}", url, endpoint_url=endpoint)
+        repo.close()
+        paths.append(tmp_path / f"node{i}")
+    return url, paths
+
+
+def _sync(path: Path) -> tier.SyncResult:
+    return tier.sync(path)
+
+
+def _export(path: Path, src: str, out: Path) -> Path:
+    with Repository(path, writable=False) as repo:
+        transfer.export_tree(repo, src, out)
+    return out
+
+
+def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_server):
+    _, (a, b, c) = _nodes(tmp_path, moto_server.endpoint, 3)
+    run = write_run(tmp_path / "src", steps=2)
+    with Repository(a) as repo:
+        transfer.import_tree(repo, run, "/llama/run1")
+    assert _sync(a).published > 0
+    for node in (b, c):
+        _sync(node)
+        same_tree(run, _export(node, "/llama/run1", tmp_path / f"out-{node.name}"))
+
+    # b renames, removes and writes; a and c follow
+    with Repository(b) as repo:
+        ns = repo.ns
+        run_dir = ns.resolve("/llama/run1")
+        first = min(name for name, _, _ in ns.readdir(run_dir))
+        ns.rename(run_dir, first, run_dir, b"renamed")
+        transfer.import_tree(repo, run / min(os.listdir(run)), "/llama/run1/copied")
+    _sync(b)
+    for node in (a, c):
+        _sync(node)
+        with Repository(node, writable=False) as repo:
+            names = {n for n, _, _ in repo.ns.readdir(repo.ns.resolve("/llama/run1"))}
+        assert b"renamed" in names and first not in names and b"copied" in names
+        same_tree(run / min(os.listdir(run)), _export(node, "/llama/run1/copied", tmp_path / f"c-{node.name}"))
+
+
+def test_two_nodes_writing_one_path_converge_and_keep_both_versions(tmp_path, moto_server):
+    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    for node, text in ((a, b"from a\n" * 1000), (b, b"from b\n" * 1000)):
+        src = tmp_path / f"{node.name}.txt"
+        src.write_bytes(text)
+        with Repository(node) as repo:
+            transfer.import_tree(repo, src, "/same.txt")
+    _sync(a)  # a's change is entry 1 ...
+    _sync(b)  # ... b applies it under its own, not yet published one, then publishes: b's is later
+    _sync(a)
+    for node in (a, b):
+        out = _export(node, "/same.txt", tmp_path / f"same-{node.name}")
+        assert out.read_bytes() == b"from b\n" * 1000, f"{node.name} shows the log's loser"
+        with Repository(node, writable=False) as repo:
+            contents = {e.blake3 for e in repo.history.log("/same.txt") if e.blake3}
+        assert len(contents) == 2, f"{node.name}: both contents are in the history"
+
+
+def test_an_unpublished_change_is_published_after_a_restart(tmp_path, moto_server):
+    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(300_000))
+    with Repository(a) as repo:
+        transfer.import_tree(repo, src, "/f.bin")
+        assert repo.cluster.pending()[0] > 0  # journaled with the commit, nothing published yet
+    _sync(b)
+    with Repository(b, writable=False) as repo, pytest.raises(NotFound):
+        repo.ns.resolve("/f.bin")
+    _sync(a)  # a new process: the journal survived in the index
+    _sync(b)
+    assert _export(b, "/f.bin", tmp_path / "out.bin").read_bytes() == src.read_bytes()
+
+
+def test_maintenance_that_deletes_is_refused_in_a_shared_repository(tmp_path, moto_server):
+    _, (a, _) = _nodes(tmp_path, moto_server.endpoint)
+    with Repository(a) as repo:
+        with pytest.raises(Conflict, match="shared by several nodes"):
+            gc.run(repo, None)
+        assert gc.run(repo, None, dry_run=True).dry_run
+
+
+def test_a_store_without_conditional_writes_is_refused(tmp_path, own_rclone):
+    rclone = own_rclone
+    settings = tiered_settings(rclone.endpoint, warm=f"s3://{BUCKET}/shared")
+    with pytest.raises(ConfigError, match="conditional writes"):
+        clusterop.init_shared(tmp_path / "node0", settings)
+    assert not (tmp_path / "node0").exists()
+
+
+def test_shared_needs_an_s3_warm_tier_and_no_cold_tier(tmp_path, moto_server):
+    with pytest.raises(UsageError, match="S3 warm tier"):
+        clusterop.init_shared(tmp_path / "x", tiered_settings(None, warm=str(tmp_path / "warm")))
+    settings = tiered_settings(moto_server.endpoint, cold=s3_url("cold"))
+    with pytest.raises(UsageError, match="no cold tier"):
+        clusterop.init_shared(tmp_path / "y", settings)
+    assert dataclasses.is_dataclass(settings)
+
+
+def test_links_attributes_and_removals_replay_like_the_tree_they_came_from(tmp_path, moto_server):
+    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(100_000))
+    with Repository(a) as repo:
+        ns = repo.ns
+        transfer.import_tree(repo, src, "/m/w.bin")
+        m = ns.resolve("/m")
+        f = ns.resolve("/m/w.bin")
+        ns.symlink(m, b"latest", b"w.bin", 0, 0)
+        ns.link(f, m, b"hard.bin")
+        ns.setxattr(f, b"user.note", b"\x00binary\xff")
+        ns.setattr(f, mode=0o600, mtime_ns=1_234_567_890)
+        gone, _ = ns.mkdir(m, b"empty", 0o700, 0, 0)
+        ns.rmdir(m, b"empty")
+        ns.mkdir(m, "ünïcode-\udcff".encode(errors="surrogateescape"), 0o750, 1000, 1000)
+    _sync(a)
+    _sync(b)
+    with Repository(b, writable=False) as repo:
+        ns = repo.ns
+        m = ns.resolve("/m")
+        names = {n: r for n, _, r in ns.readdir(m)}
+        assert set(names) == {b"w.bin", b"latest", b"hard.bin", "ünïcode-\udcff".encode(errors="surrogateescape")}
+        f, rec = ns.lookup(m, b"w.bin")
+        assert ns.lookup(m, b"hard.bin")[0] == f and rec.nlink == 2, "a hard link is one inode"
+        assert ns.readlink(ns.resolve("/m/latest")) == b"w.bin"
+        assert ns.getxattr(f, b"user.note") == b"\x00binary\xff"
+        assert rec.mode & 0o7777 == 0o600 and rec.mtime_ns == 1_234_567_890
+        unicode = names["ünïcode-\udcff".encode(errors="surrogateescape")]
+        assert (unicode.mode & 0o7777, unicode.uid, unicode.gid) == (0o750, 1000, 1000)
+    assert _export(b, "/m/hard.bin", tmp_path / "hard").read_bytes() == src.read_bytes()
