@@ -18,6 +18,9 @@ For the loss of a node (its LMDB index and its hot tier). The steps:
    on replicas, copied to warm): its footer gives its chunks. Versions
    committed after the backup are lost (their namespace entries are not in
    it), but their chunks are indexed, so a later re-import deduplicates.
+   A shared repository's location (docs/multinode.md) is refused: `chunkfs join` rebuilds
+   a node from the shared log, and a private copy working on the same location could
+   delete what the other nodes need.
 5. Packs that are nowhere are dropped from the index; the versions needing
    their chunks are reported (``chunkfs fsck`` names them). Optionally
    (``verify``) a full fsck runs on the result.
@@ -40,7 +43,8 @@ from pathlib import Path
 import blake3
 
 from chunkfs import clock, config
-from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound
+from chunkfs.cluster.log import CONFIG
+from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound, UsageError
 from chunkfs.index import Index
 from chunkfs.store.backends.url import open_backend
 from chunkfs.store.maintenance.metabackup import fetch_latest
@@ -76,6 +80,11 @@ def recover(from_url: str, new_repo: Path, *, endpoint_url: str | None = None, v
     result = RecoverResult(str(new_repo))
     source_settings = config.TierSettings(endpoint_url=endpoint_url or "")
     source = open_backend(from_url, source_settings, "", new_repo)
+    if source.exists(CONFIG):
+        raise UsageError(
+            f"{from_url}: holds a repository shared by several nodes; a node is rebuilt by joining it again: "
+            f"`chunkfs join {new_repo} {from_url}` (a private copy here could delete what the others still need)"
+        )
     new_repo.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="chunkfs-recover-", dir=new_repo) as d:

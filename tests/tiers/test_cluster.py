@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from helpers.tiers import s3_url, tiered_settings, write_run
 
 from chunkfs.errors import ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
-from chunkfs.ops import gc, tier, transfer
+from chunkfs.ops import gc, recover, tier, transfer
 from chunkfs.repo import Repository
 
 
@@ -140,7 +141,7 @@ def test_links_attributes_and_removals_replay_like_the_tree_they_came_from(tmp_p
         ns.link(f, m, b"hard.bin")
         ns.setxattr(f, b"user.note", b"\x00binary\xff")
         ns.setattr(f, mode=0o600, mtime_ns=1_234_567_890)
-        gone, _ = ns.mkdir(m, b"empty", 0o700, 0, 0)
+        ns.mkdir(m, b"empty", 0o700, 0, 0)
         ns.rmdir(m, b"empty")
         ns.mkdir(m, "ünïcode-\udcff".encode(errors="surrogateescape"), 0o750, 1000, 1000)
     _sync(a)
@@ -158,3 +159,19 @@ def test_links_attributes_and_removals_replay_like_the_tree_they_came_from(tmp_p
         unicode = names["ünïcode-\udcff".encode(errors="surrogateescape")]
         assert (unicode.mode & 0o7777, unicode.uid, unicode.gid) == (0o750, 1000, 1000)
     assert _export(b, "/m/hard.bin", tmp_path / "hard").read_bytes() == src.read_bytes()
+
+
+def test_recover_refuses_a_shared_location_and_join_rebuilds_a_lost_node(tmp_path, moto_server):
+    url, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(200_000))
+    with Repository(a) as repo:
+        transfer.import_tree(repo, src, "/f.bin")
+    _sync(a)
+    with pytest.raises(UsageError, match="chunkfs join"):
+        recover.recover(url, tmp_path / "copy", endpoint_url=moto_server.endpoint)
+    shutil.rmtree(b)  # node1 lost its disk: it joins again, from the log alone
+    repo, position = clusterop.join(tmp_path / "again", url, endpoint_url=moto_server.endpoint)
+    repo.close()
+    assert position >= 1
+    assert _export(tmp_path / "again", "/f.bin", tmp_path / "out").read_bytes() == src.read_bytes()
