@@ -143,18 +143,18 @@ class ChunkfsOperations(pyfuse3.Operations):
         own size and pages over ours, so have it forget them (and the names, so that a lookup
         brings the inode back afresh once nobody holds it open)."""
         changed = self.files.changed_elsewhere(ino, manifest)
-        open_here = changed is not None
-        if changed is None:
-            changed = self._seen.get(ino, manifest) != manifest and self.files.committed_here(ino) != manifest
-        self._seen[ino] = manifest
-        if changed:
-            if not open_here:
-                # The invalidations below are sent after this reply, and the kernel may act on
-                # the reply first (a lookup by the reader that opens the file next). A new
-                # generation makes the kernel replace its cached inode, size and pages, while it
-                # takes this very reply — safe only with no I/O on it (it fails from then on).
-                self._generation[ino] = self._generation.get(ino, 0) + 1
+        if changed is not None:  # open here: the kernel's inode is in use and keeps its old size
+            if changed:
+                self._forget_file(ino)  # its pages; `_seen` stays, for the first reply after it closes
+            return
+        if self._seen.get(ino, manifest) != manifest and self.files.committed_here(ino) != manifest:
+            # The invalidations below are sent after this reply, and the kernel may act on
+            # the reply first (a lookup by the reader that opens the file next). A new
+            # generation makes the kernel replace its cached inode, size and pages, while it
+            # takes this very reply — safe only with no I/O on it (it fails from then on).
+            self._generation[ino] = self._generation.get(ino, 0) + 1
             self._forget_file(ino)
+        self._seen[ino] = manifest
 
     async def _blocking(self, fn, *args):
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
@@ -391,11 +391,11 @@ class ChunkfsOperations(pyfuse3.Operations):
     def _file_info(self, fh: int, ino: int) -> pyfuse3.FileInfo:
         """The kernel may keep a file's cached pages across opens unless its content
         changed behind the mount's back since this mount last saw it (``chunkfs
-        restore`` from another process): then they are dropped."""
+        restore`` from another process, another node's commit): then they are dropped.
+        ``_seen`` stays as it is: the kernel still has the old size (an open hands it no
+        attributes), and the next reply with attributes must replace its inode."""
         manifest = self.ns.getattr(ino).manifest
-        keep = self._seen.get(ino) == manifest
-        self._seen[ino] = manifest
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self._seen.get(ino) == manifest)
 
     @_errors
     async def open(self, inode, flags, ctx):
@@ -443,7 +443,9 @@ class ChunkfsOperations(pyfuse3.Operations):
         if ino is None:  # a snapshot file: nothing was committed
             return
         with contextlib.suppress(ChunkfsError):
-            self._seen[ino] = self.ns.getattr(ino).manifest  # our own commits keep the cache valid
+            manifest = self.ns.getattr(ino).manifest
+            if self.files.committed_here(ino) == manifest:  # our own commits keep the cache valid;
+                self._seen[ino] = manifest  # another process's must still reach `_notice_changes`
 
     # -- extended attributes ----------------------------------------------------------------------
 
