@@ -53,7 +53,7 @@ from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
 from chunkfs.engine.memory import tame_malloc
-from chunkfs.errors import AlreadyExists, ChunkfsError, Conflict, CorruptData, NotFound
+from chunkfs.errors import AlreadyExists, ChunkfsError, ConfigError, Conflict, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace import Namespace
 from chunkfs.namespace.history import History
@@ -146,7 +146,12 @@ class Repository:
         self.ns = Namespace(self.index, self.registry, keep_nameless=shared)
         self.history = History(self.index)
         self.snapshots = Snapshots(self.history, self.registry)
-        self.cluster = self._join_cluster()
+        self.cluster = None
+        try:
+            self.cluster = self._join_cluster()
+        except BaseException:  # a shared repository this node cannot take part in: let go of it
+            self.close()
+            raise
         self.backs_up_index = self.cluster is None or self.cluster.origin
         """Whether this node uploads metadata backups: in a shared repository only the node that
         created it does (the others' backups would prune each other's; docs/multinode.md)."""
@@ -189,22 +194,29 @@ class Repository:
         self._counters_lock = threading.Lock()
 
     def _join_cluster(self) -> Cluster | None:
-        """A shared repository (docs/multinode.md): every change is journaled, in every process;
-        the maintainer publishes and applies them (``start_background``)."""
+        """A shared repository (docs/multinode.md): every change is journaled, in every process
+        (``Namespace.journal``); the maintainer publishes and applies them (``start_background``)."""
         with self.index.read() as t:
             doc = t.cluster_get()
         if doc is None:
             return None
         if not self.tiers.configured(Tier.WARM):
-            raise CorruptData(f"{self.path}: a shared repository without a warm tier in {config.CONFIG_NAME}; set tiers.warm to {doc.get('url')}")
-        self.ns.journal.enabled = True
+            raise ConfigError(
+                f"{self.path}: a shared repository without a warm tier in {config.CONFIG_NAME}; "
+                f"set tiers.warm to {doc.get('url')}"
+            )
+        if self.tiers.configured(Tier.COLD):
+            raise ConfigError(
+                f"{self.path}: a shared repository has no cold tier yet (moves to it are not coordinated "
+                f"between nodes, docs/multinode.md); remove tiers.cold from {config.CONFIG_NAME}"
+            )
         wake = self.uploader.wake if self.uploader is not None else lambda: None
         return Cluster(doc, self.index, self.ns, self.tiers.backend(Tier.WARM), wake, self._sidecar)
 
-    def _sidecar(self, ino: int, extents: list[Extent]) -> bytes | None:
-        """The content of file ``ino`` if the registry reads it at commit (trainer_state.json, …)."""
+    def _sidecar(self, name: bytes, extents: list[Extent]) -> bytes | None:
+        """The content of a file named ``name`` if the registry reads it at commit (trainer_state.json, …)."""
         size = sum(e.length for e in extents)
-        if size > MAX_SIDECAR or self.ns.sidecar_name(ino) is None:
+        if size > MAX_SIDECAR or not self.registry.wants(name):
             return None
         return self.content_of(extents).read(0, size)
 

@@ -260,6 +260,8 @@ def cmd_status(args) -> int:
         k = s.cluster
         rows.append(("shared", f"node {k['node']} of {k['url']}, log applied to entry {k['applied']}"))
         rows.append(("not published", f"{k['pending_changes']} changes, oldest {k['oldest_pending_s']:.0f}s"))
+        if k["error"]:
+            rows.append(("shared log error", k["error"]))
         for node, m in sorted(k["members"].items()):
             if "error" in m:
                 rows.append((f"  node {node}", m["error"]))

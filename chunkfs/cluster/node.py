@@ -72,7 +72,7 @@ class Cluster:
         ns: Namespace,
         warm: Backend,
         wake_uploader: Callable[[], None],
-        sidecar: Callable[[int, list[Extent]], bytes | None],
+        sidecar: Callable[[bytes, list[Extent]], bytes | None],
     ) -> None:
         self.node = doc["node"]
         self.url = doc["url"]
@@ -114,13 +114,16 @@ class Cluster:
         count, age = self.pending()
         with self.index.read() as t:
             applied = t.applied_get()
+            error = t.cluster_error()
         found = {}
         if members:
             try:
                 found = self.shared.members()
             except ChunkfsError as e:
                 found = {"?": {"error": str(e)}}
-        return ClusterStatus(self.node, self.url, applied, count, round(age, 1), self.publisher.waiting, self.error, found)
+        return ClusterStatus(
+            self.node, self.url, applied, count, round(age, 1), self.publisher.waiting, error[1] if error else None, found
+        )
 
     # -- the sync thread -------------------------------------------------------------------
 
@@ -146,11 +149,20 @@ class Cluster:
                     next_beat = time.monotonic() + HEARTBEAT
                 if self.error is not None:
                     log.warning("shared log at %s reachable again", self.url)
-                self.error, delay = None, POLL
+                    self._record(None)
+                delay = POLL
             except ChunkfsError as e:
                 if self.error is None:
                     log.warning("shared log at %s: %s; changes stay local and are published later", self.url, e)
-                self.error, delay = str(e), min(MAX_BACKOFF, 2 * delay)
+                    self._record(str(e))
+                delay = min(MAX_BACKOFF, 2 * delay)
             except Exception as e:  # a bug: keep running and say so
                 log.exception("shared log: unexpected error")
-                self.error, delay = f"unexpected error: {e!r}", min(MAX_BACKOFF, 2 * delay)
+                self._record(f"unexpected error: {e!r}")
+                delay = min(MAX_BACKOFF, 2 * delay)
+
+    def _record(self, error: str | None) -> None:
+        """Note (or clear) the failure for ``chunkfs status``, which runs in another process."""
+        self.error = error
+        with self.index.write() as t:
+            t.cluster_error_put(clock.now_ns(), error)

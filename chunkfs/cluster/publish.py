@@ -5,7 +5,8 @@ and has a verified copy on the warm tier (or lives there): another node can then
 everything an entry names even if this node dies the moment after (docs/multinode.md,
 "Writing: local first, published after"). Until then the change is visible on this node
 only. Changes go out in journal order; the first one whose bytes are not on warm yet holds
-back the ones after it (an entry never reorders a node's own changes).
+back the ones after it (an entry never reorders a node's own changes), and the creation of
+its file too when that is still unpublished: a file shows up elsewhere with its content.
 
 The entry goes to position *applied + 1* with a conditional write: when another node took
 that position first, the publisher catches up on the log and tries again at the next one.
@@ -70,17 +71,18 @@ class Publisher:
         """The longest prefix of the outbox whose chunks are all on warm, as an entry."""
         packs: dict[bytes, PackInfo] = {}
         chunks: dict[bytes, ChunkLocation] = {}
-        ops, seqs, first_ns = [], [], 0
+        ops, seqs = [], []
         self.waiting = ""
         with self.index.read() as t:
             for seq, time_ns, op in t.outbox(MAX_OPS):
                 held = self._locate(t, op, packs, chunks) if op["op"] == "content" else None
                 if held is not None:
                     self._unblock(held, time_ns)
+                    keep = _before_creation(ops, op["path"])
+                    del ops[keep:], seqs[keep:]
                     break
                 ops.append(op)
                 seqs.append(seq)
-                first_ns = first_ns or time_ns
         if not ops:
             return None, []
         used = {bytes(loc.pack) for loc in chunks.values()}
@@ -125,3 +127,16 @@ class Publisher:
                     t.seal_request_put(clock.now_ns())
         else:
             self.wake_uploader()
+
+
+def _before_creation(ops: list[dict], path: str) -> int:
+    """Where to end an entry whose next change, the content of ``path``, must wait: before the
+    file's creation when that is in the entry (followed through renames: safetensors creates
+    a temporary name, renames it, then writes), so that no node sees the file empty first."""
+    for i in range(len(ops) - 1, -1, -1):
+        op = ops[i]
+        if op["op"] == "rename" and op["to"] == path:
+            path = op["path"]
+        elif op["op"] == "create" and op["path"] == path:
+            return i if not op["versioned"] else len(ops)
+    return len(ops)

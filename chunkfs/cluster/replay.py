@@ -2,7 +2,7 @@
 
 Each entry's pack and chunk locations are recorded first (home: the warm tier, where the
 publisher put them before it wrote the entry), then its changes go through this node's
-``Namespace`` like local ones — so history, the registry and the mount's view of "changed
+``Namespace`` like local ones, all in one transaction with the new log position — so history, the registry and the mount's view of "changed
 elsewhere" (docs/concurrency.md) follow — but are not journaled again.
 
 Replay never fails on what the tree looks like here; it follows the rules of
@@ -23,6 +23,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from chunkfs.cluster import entries
 from chunkfs.cluster.log import SharedLog, entry_name
@@ -56,9 +57,10 @@ class Replayer:
         ns: Namespace,
         shared: SharedLog,
         node: str,
-        sidecar: Callable[[int, list[Extent]], bytes | None],
+        sidecar: Callable[[bytes, list[Extent]], bytes | None],
     ) -> None:
-        """``sidecar(ino, extents)``: the content the registry wants at commit for that file, or None."""
+        """``sidecar(name, extents)``: the content the registry wants at commit for a file of that
+        name, or None."""
         self.index = index
         self.ns = ns
         self.shared = shared
@@ -71,18 +73,22 @@ class Replayer:
         with self.index.read() as t:
             applied = t.applied_get()
         while (data := self.shared.read(applied + 1)) is not None:
-            entry = entries.decode(data, f"{self.shared.backend.url}/{entry_name(applied + 1)}")
-            if entry.node != self.node:
-                self._apply(entry)
-            first, last = entry.seqs
-            with self.index.write() as t:
-                if entry.node == self.node:
-                    t.outbox_delete(list(range(first, last + 1)))
-                t.applied_put(applied + 1)
             applied += 1
+            entry = entries.decode(data, f"{self.shared.backend.url}/{entry_name(applied)}")
+            if entry.node == self.node:  # published, then this node died before noting it
+                first, last = entry.seqs
+                with self.index.write() as t:
+                    t.outbox_delete(list(range(first, last + 1)))
+                    t.applied_put(applied)
+            else:
+                self._apply(entry, applied)
         return applied
 
-    def _apply(self, entry: entries.Entry) -> None:
+    def _apply(self, entry: entries.Entry, position: int) -> None:
+        """Record the entry's chunk locations, then apply its changes and note the position in
+        one transaction (``Index.batch``): the mount never shows half an entry, and a crash
+        leaves all of it or none. What needs reading chunks (registry sidecars; for a
+        conflict, the local content) is read before, not while the index is held."""
         with self.index.write() as t:
             for pack, info in entry.packs.items():
                 if t.pack_get(pack) is None:
@@ -90,22 +96,44 @@ class Replayer:
             for chunk, loc in entry.chunks.items():
                 if t.chunk_get(chunk) is None:
                     t.chunk_put(chunk, loc)
-        with self.index.read() as t:
             pending = _pending_paths([op for _, _, op in t.outbox()])
-        with self.ns.journal.replaying():
-            for op in entry.ops:
+        ready = [self._prepare(op, pending) for op in entry.ops]
+        with self.index.batch(), self.ns.journal.replaying():
+            for op, prepared in zip(entry.ops, ready, strict=True):
                 try:
-                    self._op(op, pending)
+                    self._op(op, pending, prepared)
                 except SKIPPED as e:
                     self.skipped += 1
                     log.info("log entry of node %s: %s of %s skipped here: %s", entry.node, op.get("op"), op.get("path"), e)
+            with self.index.write() as t:
+                t.applied_put(position)
 
     # -- one change ----------------------------------------------------------------------
 
-    def _op(self, op: dict, pending: set[str]) -> None:
+    def _prepare(self, op: dict, pending: set[str]) -> _Content | None:
+        """For a content: its sidecar, and in a conflict the local content to keep (read now)."""
+        if op["op"] != "content":
+            return None
+        path = op["path"]
+        extents = decode_extents(op["extents"])
+        name = os.fsencode(posixpath.basename(path))
+        local = None
+        if path in pending:
+            try:
+                ino = self.ns.resolve(path)
+                rec = self.ns.getattr(ino)
+                with self.index.read() as t:
+                    version = t.version_at(ino, t.last_commit())
+                mine = self.ns.extents(ino)
+                local = (rec, version, mine, self.sidecar(name, mine))
+            except SKIPPED:
+                local = None
+        return _Content(extents, self.sidecar(name, extents), local)
+
+    def _op(self, op: dict, pending: set[str], prepared: _Content | None) -> None:
         kind, path = op["op"], op["path"]
         if kind == "content":
-            self._content(op, path, path in pending)
+            self._content(op, path, prepared)
             return
         if path in pending or op.get("to") in pending:
             log.info("%s of %s: a local change not yet published comes later and wins", kind, path)
@@ -141,26 +169,23 @@ class Replayer:
         else:
             raise InvalidArgument(f"unknown change {kind!r} (written by a newer chunkfs?)")
 
-    def _content(self, op: dict, path: str, conflict: bool) -> None:
+    def _content(self, op: dict, path: str, prepared: _Content) -> None:
         ns = self.ns
         ino = ns.resolve(path)
-        if stat.S_ISDIR(ns.getattr(ino).mode):
+        rec = ns.getattr(ino)
+        if stat.S_ISDIR(rec.mode):
             raise IsADirectory(f"{path}: is a directory here")
-        mine = None
-        if conflict:  # keep the local content current; the remote one goes into history only
-            with self.index.read() as t:
-                version = t.version_at(ino, t.last_commit())
-            mine = (ns.extents(ino), version, ns.getattr(ino))
-        extents = decode_extents(op["extents"])
+        if prepared.local is not None and rec.manifest != prepared.local[0].manifest:
+            return  # changed here again since: that newer local content is published later
         ns.set_content(
-            ino, extents, op["mtime_ns"], blake3=bytes.fromhex(op["blake3"]), writer_uid=op["writer_uid"],
-            sidecar=self.sidecar(ino, extents),
+            ino, prepared.extents, op["mtime_ns"], blake3=bytes.fromhex(op["blake3"]), writer_uid=op["writer_uid"],
+            sidecar=prepared.sidecar,
         )  # fmt: skip
-        if mine is not None:
-            extents, version, rec = mine
+        if prepared.local is not None:  # keep the local content current; the remote one is in history
+            rec, version, extents, sidecar = prepared.local
             ns.set_content(
                 ino, extents, rec.mtime_ns, blake3=version.blake3 if version else None,
-                writer_uid=version.writer_uid if version else None, sidecar=self.sidecar(ino, extents),
+                writer_uid=version.writer_uid if version else None, sidecar=sidecar,
             )  # fmt: skip
             log.info("%s: content from another node kept in history; the local one, not yet published, stays", path)
 
@@ -168,6 +193,15 @@ class Replayer:
         head, name = posixpath.split(path)
         parent = self.ns.makedirs(head, 0, 0) if create else self.ns.resolve(head)
         return parent, os.fsencode(name)
+
+
+@dataclass
+class _Content:
+    """What replaying one content change needs read before the index is held."""
+
+    extents: list[Extent]
+    sidecar: bytes | None  # the content itself, when the registry reads it (trainer_state.json, …)
+    local: tuple | None  # a conflict: this node's (record, version, extents, sidecar) to keep current
 
 
 def _pending_paths(ops: list[dict]) -> set[str]:

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Index:
 
     def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
+        self._local = threading.local()  # this thread's open write transactions (``batch``)
         if not create:
             check.check_file(self.path)  # a truncated file would be a SIGBUS inside LMDB
         self.path.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,12 @@ class Index:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Txn]:
-        """A read-only snapshot; cheap, may run on any thread (including trio's)."""
+        """A read-only snapshot; cheap, may run on any thread (including trio's). Inside this
+        thread's ``batch`` it is the batch's transaction, which sees the batch's changes."""
+        batch = self._batch()
+        if batch:
+            yield Txn(batch[-1], self._dbs)
+            return
         try:
             with self.env.begin(buffers=False) as txn:
                 yield Txn(txn, self._dbs)
@@ -117,10 +124,46 @@ class Index:
         LMDB allows one writer at a time per environment; a second thread
         blocks here until the first commits. The commit is an fdatasync, so
         callers on the trio thread should batch or move to a worker thread.
+        Inside this thread's ``batch`` it is a transaction nested in the batch's: a block
+        that raises is undone alone, the rest is committed with the batch.
         """
-        try:
-            with self.env.begin(write=True, buffers=False) as txn:
+        batch = self._batch()
+        parent = batch[-1] if batch else None
+        with self._errors(), self.env.begin(write=True, buffers=False, parent=parent) as txn:
+            if batch is None:
                 yield Txn(txn, self._dbs)
+                return
+            batch.append(txn)
+            try:
+                yield Txn(txn, self._dbs)
+            finally:
+                batch.pop()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One write transaction for every ``write`` (and ``read``) of this thread inside the
+        block, committed at its end: other processes see all of it at once, a crash leaves
+        all or none of it, and it costs one fdatasync (the replay of a log entry of a shared
+        repository, cluster/replay.py). Other threads' writes wait for it: keep it short and
+        do no I/O but the index's inside."""
+        if self._batch() is not None:  # already inside one: the outer block commits
+            yield
+            return
+        self._local.txns = []
+        try:
+            with self.write():
+                yield
+        finally:
+            self._local.txns = None
+
+    def _batch(self) -> list | None:
+        """This thread's open write transactions in its ``batch``, outermost first (None: no batch)."""
+        return getattr(self._local, "txns", None)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
         except lmdb.MapFullError:
             size = self.env.info()["map_size"]
             raise NoSpace(

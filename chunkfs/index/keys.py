@@ -195,6 +195,9 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
 ``meta/cluster_applied`` → u64: the last log entry this node has applied (its own
     entries included); absent: none.
 
+``meta/cluster_error`` → time ns i64 | message (UTF-8): the last failure to reach the shared
+    log, cleared by the next success (absent: none) — like ``meta/upload_error``.
+
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
     Written in the transaction of the change itself (``namespace/journal.py``), so a
     change is never committed without its journal entry; removed in the transaction
@@ -285,6 +288,7 @@ META_NEXT_MANIFEST = b"next_manifest"
 META_NEXT_COMMIT = b"next_commit"
 META_CLUSTER = b"cluster"
 META_CLUSTER_APPLIED = b"cluster_applied"
+META_CLUSTER_ERROR = b"cluster_error"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -688,11 +692,12 @@ def decode_pin(b: bytes) -> tuple[int, list[bytes]]:
     return _I64.unpack_from(b)[0], [body[i : i + CHUNK_ID_LEN] for i in range(0, len(body), CHUNK_ID_LEN)]
 
 
-def encode_upload_error(time_ns: int, message: str) -> bytes:
+def encode_failure(time_ns: int, message: str) -> bytes:
+    """``meta/upload_error`` and ``meta/cluster_error``: when, and what went wrong."""
     return _I64.pack(time_ns) + message.encode("utf-8", "replace")
 
 
-def decode_upload_error(b: bytes) -> tuple[int, str]:
+def decode_failure(b: bytes) -> tuple[int, str]:
     return _I64.unpack_from(b)[0], bytes(b[8:]).decode("utf-8", "replace")
 
 

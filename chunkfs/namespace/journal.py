@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from chunkfs import clock
-from chunkfs.index import Txn
+from chunkfs.index import Index, Txn
 from chunkfs.types import ROOT_INODE, Extent
 
 
@@ -31,7 +31,7 @@ def path_in(t: Txn, ino: int) -> str | None:
         if not links:
             return None
         ino, name = links[0]
-        parts.append(os.fsdecode(name))
+        parts.append(name.decode(errors="surrogateescape"))
     return "/" + "/".join(reversed(parts))
 
 
@@ -51,10 +51,12 @@ def decode_extents(rows: list[list]) -> list[Extent]:
 
 
 class Journal:
-    """Writes change records into the outbox when the repository is shared (``enabled``)."""
+    """Writes change records into the outbox when the repository is shared (``enabled``: its
+    index holds ``meta/cluster``; a repository becomes shared only when it is created)."""
 
-    def __init__(self) -> None:
-        self.enabled = False
+    def __init__(self, index: Index) -> None:
+        with index.read() as t:
+            self.enabled = t.cluster_get() is not None
         self._local = threading.local()
 
     @contextlib.contextmanager

@@ -64,7 +64,8 @@ class Namespace:
         self.index = index
         self.registry = registry
         self.keep_nameless = keep_nameless
-        self.journal = journal.Journal()  # enabled in a shared repository (docs/multinode.md)
+        # a shared repository's journal of changes (docs/multinode.md); the registry writes it too
+        self.journal = registry.journal if registry is not None else journal.Journal(index)
         self._refs = Counter()  # inode → references (open handles, kernel lookups)
         self._lock = threading.Lock()
         with index.read() as t:

@@ -14,15 +14,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers.cli import chunkfs
 from helpers.repos import same_tree
 from helpers.s3fixtures import aws_env, moto_server  # noqa: F401 (fixtures)
+from helpers.s3servers import BUCKET, admin_client
 from helpers.tiers import s3_url, write_run
+from moto.server import ThreadedMotoServer
 
 SETTINGS = {
     "chunking": {"chunk_size": 256 << 10, "min_chunk": 16 << 10},
     "packs": {"target_size": 1 << 20},
     "lifecycle": {"run_idle": 0, "seal_quiet": 0, "interval": 0, "hot_min_free": 0},
+    "writers": {"processes": 1},  # three daemons on two cores
 }
 VISIBLE_WITHIN = 60.0
 """How long a test waits for a file to show up on another node before it fails (generous: the
@@ -89,7 +93,7 @@ def test_checkpoints_written_on_one_node_read_on_every_other(make_mount, moto_se
 def test_published_files_survive_their_node_killed_and_it_catches_up(
     make_mount, moto_server, tmp_path  # noqa: F811 — an imported fixture, requested by name
 ):
-    a, b, c = _cluster(make_mount, moto_server.endpoint)
+    a, b = _cluster(make_mount, moto_server.endpoint, 2)
     src = tmp_path / "model.bin"
     src.write_bytes(os.urandom(3 << 20))
     with open(a.path / "model.bin", "wb") as f:
@@ -97,9 +101,8 @@ def test_published_files_survive_their_node_killed_and_it_catches_up(
         f.flush()
         os.fsync(f.fileno())
     _wait_same(src, b.path / "model.bin", "node1")
-    a.kill()  # published: node1 and node2 read it from the warm tier, node0's disk is not needed
-    for m in (b, c):
-        _wait_same(src, m.path / "model.bin", m.repo.name)
+    a.kill()  # published: node1 reads it from the warm tier, node0's disk is not needed
+    assert (b.path / "model.bin").read_bytes() == src.read_bytes()
     (b.path / "later.txt").write_text("written while node0 was down\n")
     (b.path / "model.bin").rename(b.path / "model-renamed.bin")
     a.mount()
@@ -109,6 +112,109 @@ def test_published_files_survive_their_node_killed_and_it_catches_up(
         assert time.monotonic() < deadline, "node0 did not apply the rename made while it was down"
         time.sleep(0.2)
     assert (a.path / "model-renamed.bin").read_bytes() == src.read_bytes()
-    status = json.loads(chunkfs("status", "--repo", c.repo, "--json").stdout)["cluster"]
-    assert len(status["members"]) == 3, status
+    status = json.loads(chunkfs("status", "--repo", b.repo, "--json").stdout)["cluster"]
+    assert len(status["members"]) == 2, status
 
+
+
+class RestartableS3:
+    """A moto server of the test's own that it stops and starts again on the same port: moto keeps
+    its buckets in this process, so what was stored is there again after the restart."""
+
+    def __init__(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, self.port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{self.port}"
+        client = admin_client(self.endpoint)
+        if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+            client.create_bucket(Bucket=BUCKET)
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+
+@pytest.fixture
+def own_s3():
+    server = RestartableS3()
+    yield server
+    server.stop()
+
+
+def test_a_node_cut_off_from_the_store_keeps_writing_and_publishes_later(make_mount, own_s3, tmp_path):
+    a, b = _cluster(make_mount, own_s3.endpoint, 2)
+    first = tmp_path / "first.bin"
+    first.write_bytes(os.urandom(1 << 20))
+    (a.path / "first.bin").write_bytes(first.read_bytes())
+    _wait_same(first, b.path / "first.bin", "node1")
+
+    own_s3.stop()
+    for m in (a, b):
+        m.expect_log(r"unreachable|shared log|upload|metadata backup")
+    data = tmp_path / "while-down.bin"
+    data.write_bytes(os.urandom(2 << 20))
+    with open(a.path / "while-down.bin", "wb") as f:  # fsync'd on node0 while the store is down
+        f.write(data.read_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    assert (a.path / "while-down.bin").read_bytes() == data.read_bytes()
+    time.sleep(10)
+    assert not (b.path / "while-down.bin").exists(), "published without a store?"
+    status = json.loads(chunkfs("status", "--repo", a.repo, "--json", timeout=120).stdout)["cluster"]
+    assert status["pending_changes"] > 0 and status["error"], status
+
+    own_s3.start()
+    _wait_same(data, b.path / "while-down.bin", "node1 after the store came back")
+    deadline = time.monotonic() + VISIBLE_WITHIN
+    while (status := json.loads(chunkfs("status", "--repo", a.repo, "--json").stdout)["cluster"])["error"]:
+        assert time.monotonic() < deadline, f"node0 still reports the store down: {status}"
+        time.sleep(0.5)
+    assert status["pending_changes"] == 0, status
+
+
+def test_a_file_another_node_rewrites_reads_its_new_content(make_mount, moto_server, tmp_path):  # noqa: F811
+    a, b = _cluster(make_mount, moto_server.endpoint, 2)
+    (a.path / "f.bin").write_bytes(b"")
+    (tmp_path / "empty").write_bytes(b"")
+    _wait_same(tmp_path / "empty", b.path / "f.bin", "the empty file")
+    assert os.stat(b.path / "f.bin").st_size == 0  # node1's kernel now caches it, empty
+    for i in range(3):
+        data = tmp_path / f"v{i}"
+        data.write_bytes(os.urandom(300_000 + i))
+        (a.path / "f.bin").write_bytes(data.read_bytes())
+        lag = _wait_same(data, b.path / "f.bin", f"version {i}")
+        print(f"version {i} visible on node1 after {lag:.1f}s")
+
+
+def test_one_dcp_checkpoint_written_by_ranks_on_two_nodes_loads_on_a_third(make_mount, moto_server):  # noqa: F811
+    """Ranks 0–1 write through node0's mount, ranks 2–3 through node1's (``chunkfs.torch.Writer``,
+    each rank a writer of its node's repository): one checkpoint directory, loaded bit-identical
+    on node2 — with chunkfs.torch.Reader and with DCP's own FileSystemReader through the mount."""
+    pytest.importorskip("torch", reason="the DCP ranks need torch (the test extra installs it)")
+    from helpers.dcpjob import run_ranks
+
+    a, b, c = _cluster(make_mount, moto_server.endpoint)
+    (a.path / "llama").mkdir()
+    _wait_exists(c.path / "llama")
+    ckpts = [m.path / "llama" / "step-1" for m in (a, a, b, b)]
+    run_ranks("save", 4, ckpts, 1)
+    start = time.monotonic()
+    names = [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__3_0.distcp"]
+    for m in (c, a, b):
+        for name in names:
+            _wait_exists(m.path / "llama" / "step-1" / name)
+        print(f"the checkpoint was complete on {m.repo.name} {time.monotonic() - start:.1f}s after the save returned")
+        assert sorted(os.listdir(m.path / "llama" / "step-1")) == names, m.repo.name
+    run_ranks("load", 2, c.path / "llama" / "step-1", 1)
+    run_ranks("plain_load", 4, c.path / "llama" / "step-1", 1)
+
+
+def _wait_exists(path: Path) -> None:
+    deadline = time.monotonic() + VISIBLE_WITHIN
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not show up within {VISIBLE_WITHIN:.0f}s"
+        time.sleep(0.2)

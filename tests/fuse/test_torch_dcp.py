@@ -8,42 +8,16 @@ ranks write into the repository in their own processes, and the mount shows the 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 from helpers.cli import chunkfs, cli_json
-from helpers.s3servers import free_port
+from helpers.dcpjob import RANK_TIMEOUT, run_ranks, start_ranks
 
 from chunkfs.errors import UsageError
 
 pytest.importorskip("torch", reason="chunkfs.torch needs torch (the test extra installs it)")
 dcpranks = pytest.importorskip("helpers.dcpranks")
-
-RANK_TIMEOUT = 300
-
-
-def start_ranks(action: str, world: int, path, step: int, repo=None) -> list[subprocess.Popen]:
-    port = str(free_port())
-    extra = [str(repo)] if repo is not None else []
-    argv = [sys.executable, dcpranks.__file__, action, str(world), "RANK", port, str(path), str(step), *extra]
-    return [
-        subprocess.Popen([str(rank) if a == "RANK" else a for a in argv],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for rank in range(world)
-    ]
-
-
-def run_ranks(action: str, world: int, path, step: int, repo=None) -> None:
-    """Run a DCP job of ``world`` ranks to the end; every rank must say ok."""
-    procs = start_ranks(action, world, path, step, repo)
-    problems = []
-    for rank, p in enumerate(procs):
-        out, err = p.communicate(timeout=RANK_TIMEOUT)
-        if p.returncode != 0 or out.strip() != "ok":
-            problems.append(f"rank {rank} of {action}: exit {p.returncode}\n{out}\n{err[-3000:]}")
-    assert not problems, "\n".join(problems)
 
 
 def test_four_ranks_save_and_load_bit_identical_every_way(mnt):

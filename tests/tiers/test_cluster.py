@@ -16,10 +16,12 @@ from helpers.repos import same_tree
 from helpers.s3servers import BUCKET
 from helpers.tiers import s3_url, tiered_settings, write_run
 
+from chunkfs import config
 from chunkfs.errors import ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, recover, tier, transfer
 from chunkfs.repo import Repository
+from chunkfs.types import ROOT_INODE
 
 
 def _nodes(tmp_path: Path, endpoint: str, n: int = 2) -> tuple[str, list[Path]]:
@@ -175,3 +177,48 @@ def test_recover_refuses_a_shared_location_and_join_rebuilds_a_lost_node(tmp_pat
     repo.close()
     assert position >= 1
     assert _export(tmp_path / "again", "/f.bin", tmp_path / "out").read_bytes() == src.read_bytes()
+
+
+def test_a_file_whose_pack_is_not_on_warm_yet_is_not_published_even_empty(tmp_path, moto_server):
+    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    data = os.urandom(200_000)
+    with Repository(a) as repo:
+        ino, _ = repo.ns.mknod(ROOT_INODE, b"open.bin", 0o644, 0, 0, versioned=False)
+        content = repo.file_content(ino)
+        content.write(0, data)
+        repo.commit_file(ino, content)  # durable here, its pack still open in this process
+        assert repo.cluster.sync()[0] == 0
+        assert "still open" in repo.cluster.publisher.waiting
+    _sync(b)
+    with Repository(b, writable=False) as repo, pytest.raises(NotFound):
+        repo.ns.resolve("/open.bin")  # not even its name: it would read empty
+    _sync(a)  # closing sealed the pack; now it is uploaded, then published
+    _sync(b)
+    assert _export(b, "/open.bin", tmp_path / "out").read_bytes() == data
+
+
+def test_a_cold_tier_added_to_a_shared_repository_is_refused_at_open(tmp_path, moto_server):
+    _, (a, _) = _nodes(tmp_path, moto_server.endpoint)
+    text = (a / config.CONFIG_NAME).read_text()
+    (a / config.CONFIG_NAME).write_text(text.replace('cold = ""', f'cold = "{s3_url("cold")}"', 1))
+    with pytest.raises(ConfigError, match="no cold tier"):
+        Repository(a)
+    (a / config.CONFIG_NAME).write_text(text)  # the lock was let go: it opens again once fixed
+    Repository(a).close()
+
+
+def test_metadata_set_on_one_node_is_found_on_the_others(tmp_path, moto_server):
+    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    run = write_run(tmp_path / "src", steps=1)
+    with Repository(a) as repo:
+        transfer.import_tree(repo, run, "/llama/run1")
+    with Repository.metadata(a) as registry:  # `chunkfs meta set`: beside a mount, without the lock
+        registry.set_meta("/llama/run1/checkpoint-100", {"eval_loss": "0.25", "note": "good"})
+        registry.set_meta("/llama/run1/checkpoint-100", {"note": None})
+    _sync(a)
+    _sync(b)
+    with Repository(b, writable=False) as repo:
+        meta = repo.registry.get_meta("/llama/run1/checkpoint-100").meta
+        found = repo.registry.find(where="eval_loss<0.3")
+    assert meta["eval_loss"] == 0.25 and "note" not in meta
+    assert [c.path for c in found] == ["/llama/run1/checkpoint-100"]

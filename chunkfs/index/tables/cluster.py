@@ -1,4 +1,4 @@
-"""Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``outbox`` (keys.py, "Cluster")."""
+"""Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ class ClusterTables(BaseTables):
 
     def applied_put(self, position: int) -> None:
         self._put("meta", keys.META_CLUSTER_APPLIED, keys.u64(position))
+
+    def cluster_error(self) -> tuple[int, str] | None:
+        """(time ns, message) of the last failure to reach the shared log, or None."""
+        raw = self._get("meta", keys.META_CLUSTER_ERROR)
+        return keys.decode_failure(raw) if raw is not None else None
+
+    def cluster_error_put(self, time_ns: int, message: str | None) -> None:
+        if message is None:
+            self._delete("meta", keys.META_CLUSTER_ERROR)
+        else:
+            self._put("meta", keys.META_CLUSTER_ERROR, keys.encode_failure(time_ns, message))
 
     def outbox_put(self, time_ns: int, op: dict) -> int:
         """Journal one change; returns its sequence number (one more than the newest)."""

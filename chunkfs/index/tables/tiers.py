@@ -125,10 +125,10 @@ class TierTables(BaseTables):
 
     def upload_error(self) -> tuple[int, str] | None:
         raw = self._get("meta", keys.META_UPLOAD_ERROR)
-        return keys.decode_upload_error(raw) if raw is not None else None
+        return keys.decode_failure(raw) if raw is not None else None
 
     def upload_error_put(self, time_ns: int, message: str | None) -> None:
         if message is None:
             self._delete("meta", keys.META_UPLOAD_ERROR)
         else:
-            self._put("meta", keys.META_UPLOAD_ERROR, keys.encode_upload_error(time_ns, message))
+            self._put("meta", keys.META_UPLOAD_ERROR, keys.encode_failure(time_ns, message))

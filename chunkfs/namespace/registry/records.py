@@ -13,6 +13,7 @@ that already holds files is part of it (DeepSpeed's
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import re
 import stat
@@ -26,6 +27,7 @@ from chunkfs.config import RegistrySettings
 from chunkfs.errors import InvalidArgument, NotFound, UsageError
 from chunkfs.index import Index, Txn
 from chunkfs.index.txn import CkptRow
+from chunkfs.namespace.journal import Journal
 from chunkfs.namespace.registry import scans
 from chunkfs.namespace.registry.checkpoint import (
     Checkpoint,
@@ -84,6 +86,7 @@ class Registry:
         self._pattern = re.compile(self.settings.step_pattern)
         self.metric = self.settings.best_metric
         self._largest = self.settings.best_mode == "max"
+        self.journal = Journal(index)  # `chunkfs meta set` is a change other nodes replay
         self._read_built()
 
     @contextmanager
@@ -373,9 +376,12 @@ class Registry:
             set_user_value(doc, key, v)
             xname = (XATTR_PREFIX + key).encode()
             if v is None:
-                t.xattr_delete(ino, xname)
+                if t.xattr_delete(ino, xname):
+                    self.journal.record(t, "removexattr", path_in(t, ino), name=os.fsdecode(xname))
             else:
-                t.xattr_put(ino, xname, value_text(v).encode(errors="surrogateescape"))
+                value = value_text(v).encode(errors="surrogateescape")
+                t.xattr_put(ino, xname, value)
+                self.journal.record(t, "setxattr", path_in(t, ino), name=os.fsdecode(xname), value=value.hex())
         self._store(t, ino, fields, step, doc, stamp=(commit, time_ns))
         return Checkpoint.from_record(self.levels, ino, fields, step, commit, time_ns, doc)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from chunkfs.errors import NotFound
 from chunkfs.index import Txn
+from chunkfs.namespace import journal
 from chunkfs.namespace.registry.keypath import components
 from chunkfs.types import ROOT_INODE
 
@@ -24,14 +25,10 @@ def file_name(name: str | bytes) -> str:
 
 def path_in(t: Txn, ino: int) -> str:
     """The path of ``ino`` as the transaction ``t`` sees it."""
-    parts = []
-    while ino != ROOT_INODE:
-        links = t.parents(ino)
-        if not links:
-            raise NotFound(f"inode {ino}: has no parent (unlinked)")
-        ino, name = links[0]
-        parts.append(file_name(name))
-    return "/" + "/".join(reversed(parts))
+    path = journal.path_in(t, ino)
+    if path is None:
+        raise NotFound(f"inode {ino}: has no parent (unlinked)")
+    return path
 
 
 def resolve(t: Txn, path: str) -> int:

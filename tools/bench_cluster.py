@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""A repository shared by several nodes, measured on loopback S3: log size, publish, replay, join.
+
+    python tools/bench_cluster.py [--nodes 4] [--checkpoints 8] [--size 64M] [--changed 0.1]
+                                  [--chunk-size 4M] [--endpoint URL] [--work DIR] [--json FILE]
+
+NODES repositories on this machine share one repository through one S3 server (moto's, in
+this process, unless ``--endpoint`` names another; credentials from the environment then).
+Each checkpoint is one safetensors shard per node (SIZE bytes each, bf16, a fraction
+CHANGED of the tensors new from the previous step: a fine-tune with a frozen part), written
+into ``/bench/run/checkpoint-<k>/shard-<node>.safetensors`` of that node's repository. Per
+checkpoint: every node publishes (``chunkfs sync``: its packs to warm, then its log entry),
+then every node applies the others' entries. At the end a new node joins and replays the
+whole log. The figures per checkpoint are log bytes and entries, publish and replay times;
+the log's size is extrapolated to docs/multinode.md's 70B-parameter case (1 TB a
+checkpoint, 16 nodes, 1,000 checkpoints) by bytes of log per chunk. Figures go in
+docs/multinode.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import benchlib as bl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chunkfs import config
+from chunkfs.cluster.log import LOG
+from chunkfs.ops import cluster as clusterop
+from chunkfs.ops import tier, transfer
+from chunkfs.repo import Repository
+
+BUCKET = "chunkfs-bench"
+BIG = {"checkpoint_bytes": 10**12, "nodes": 16, "checkpoints": 1000}
+
+
+def _server(endpoint: str | None):
+    """(endpoint, stop): moto's server in this process unless an endpoint is given."""
+    if endpoint:
+        return endpoint, lambda: None
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return f"http://{host}:{port}", server.stop
+
+
+def _bucket(endpoint: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+
+
+def _log_bytes(repo: Repository) -> tuple[int, int]:
+    """(entries, bytes) of the shared log."""
+    backend = repo.cluster.shared.backend
+    names = list(backend.list(LOG))
+    return len(names), sum(backend.size(n) for n in names)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--checkpoints", type=int, default=8)
+    p.add_argument("--size", default="64M", help="bytes of one node's shard of a checkpoint")
+    p.add_argument("--changed", type=float, default=0.1, help="fraction of the tensors new at each step")
+    p.add_argument("--chunk-size", default="4M")
+    p.add_argument("--endpoint", help="an S3 endpoint with conditional writes (default: moto in this process)")
+    p.add_argument("--work", type=Path, help="directory for the repositories (default: a temporary one)")
+    p.add_argument("--json", type=Path, help="write the figures here too")
+    args = p.parse_args()
+    size, chunk = bl.parse_size(args.size), bl.parse_size(args.chunk_size)
+    work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=args.work))
+    endpoint, stop = _server(args.endpoint)
+    try:
+        _bucket(endpoint)
+        url = f"s3://{BUCKET}/cluster-{int(time.time())}"
+        settings = config.Settings(
+            chunking=config.ChunkingSettings(chunk_size=chunk),
+            tiers=config.TierSettings(warm=url, endpoint_url=endpoint),
+        )
+        clusterop.init_shared(work / "node0", settings).close()
+        nodes = [work / "node0"]
+        for i in range(1, args.nodes):
+            clusterop.join(work / f"node{i}", url, endpoint_url=endpoint)[0].close()
+            nodes.append(work / f"node{i}")
+        layout = bl.random_layout(size, __import__("numpy").random.default_rng(0))
+        _, spans = bl.safetensors_header(layout)
+        rows, before = [], (0, 0)
+        src = work / "src"
+        src.mkdir()
+        for k in range(args.checkpoints):
+            publish, apply = [], []
+            for i, node in enumerate(nodes):
+                shard = src / f"shard-{i}-{k}.safetensors"
+                base = src / f"shard-{i}-{k - 1}.safetensors" if k else None
+                change = bl.pick_fraction(spans, args.changed, seed=1000 * k + i) if k else frozenset()
+                bl.write_safetensors(shard, layout, seed=1000 * k + i, base=base, change=change)
+                with Repository(node) as repo:
+                    transfer.import_tree(repo, shard, f"/bench/run/checkpoint-{k}/shard-{i}.safetensors")
+                if base is not None:
+                    base.unlink()
+                publish.append(bl.timed(tier.sync, node)[0])
+            for node in nodes:
+                apply.append(bl.timed(tier.sync, node)[0])
+            with Repository(nodes[0], writable=False) as repo:
+                entries, nbytes = _log_bytes(repo)
+            rows.append({"checkpoint": k, "log_entries": entries - before[0], "log_bytes": nbytes - before[1],
+                         "publish_s": bl.median(publish), "apply_s": bl.median(apply)})  # fmt: skip
+            before = (entries, nbytes)
+            bl.log(f"checkpoint {k}: {rows[-1]}")
+        t0 = time.monotonic()
+        joined, position = clusterop.join(work / "late", url, endpoint_url=endpoint)
+        join_s = time.monotonic() - t0
+        joined.close()
+        index_bytes = [(n / "index" / "data.mdb").stat().st_size for n in [*nodes, work / "late"]]
+    finally:
+        stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    checkpoint_bytes = size * args.nodes
+    chunks = checkpoint_bytes / chunk
+    log_per_ckpt = bl.median(r["log_bytes"] for r in rows)
+    per_chunk = log_per_ckpt / chunks
+    big_chunks = BIG["checkpoint_bytes"] / chunk
+    result = {
+        "version": bl.code_version(), "nodes": args.nodes, "checkpoints": args.checkpoints, "shard_bytes": size,
+        "changed": args.changed, "chunk_size": chunk, "rows": rows, "join_s": join_s, "join_position": position,
+        "index_bytes": index_bytes, "log_bytes_per_chunk": per_chunk,
+        "extrapolated_70b": {"log_bytes_per_checkpoint": per_chunk * big_chunks,
+                             "log_bytes_1000_checkpoints": per_chunk * big_chunks * BIG["checkpoints"]},
+    }  # fmt: skip
+    bl.print_table(
+        f"shared repository: {args.nodes} nodes, {bl.fmt(size / 2**20)} MiB a node and checkpoint, "
+        f"{args.changed:.0%} changed, {chunk >> 20} MiB chunks",
+        ["checkpoint", "log entries", "log KiB", "publish s (median node)", "apply s (median node)"],
+        [[r["checkpoint"], r["log_entries"], r["log_bytes"] / 1024, r["publish_s"], r["apply_s"]] for r in rows],
+        note=f"a new node joined (replayed {position} entries) in {join_s:.2f} s; index per node "
+        f"{bl.fmt(bl.median(index_bytes) / 2**20)} MiB; {per_chunk:.0f} log bytes per chunk of a checkpoint",
+    )
+    big = result["extrapolated_70b"]
+    print(f"70B case ({BIG['nodes']} nodes, 1 TB a checkpoint, {chunk >> 20} MiB chunks): "
+          f"~{big['log_bytes_per_checkpoint'] / 1e6:.0f} MB of log a checkpoint, "
+          f"~{big['log_bytes_1000_checkpoints'] / 1e9:.0f} GB for 1,000 checkpoints without index checkpoints "
+          "(log bytes scale with chunks; fixed costs make small runs over-estimate them)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
