@@ -210,6 +210,8 @@ class Repository:
                 f"{self.path}: a shared repository has no cold tier yet (moves to it are not coordinated "
                 f"between nodes, docs/multinode.md); remove tiers.cold from {config.CONFIG_NAME}"
             )
+        if self.shared:  # a writer beside the maintainer only journals (Namespace.journal)
+            return None
         wake = self.uploader.wake if self.uploader is not None else lambda: None
         return Cluster(doc, self.index, self.ns, self.tiers.backend(Tier.WARM), wake, self._sidecar)
 
@@ -223,7 +225,7 @@ class Repository:
     def require_one_node(self, what: str) -> None:
         """Refuse ``what`` in a shared repository: it deletes objects that other nodes' packs and
         changes not yet published may need, and does not yet coordinate with them."""
-        if self.cluster is not None:
+        if self.ns.journal.enabled:
             raise Conflict(
                 f"{self.path}: {what} is not available in a repository shared by several nodes yet (it would "
                 "delete objects other nodes may still need; docs/multinode.md, 'What is not built')"

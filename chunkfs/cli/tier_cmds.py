@@ -73,7 +73,9 @@ def register(sub, repo_argument) -> None:
         "sync",
         help="wait until every sealed pack is on the warm tier",
         description="Upload the write-back queue to the warm tier and return once it is empty. With the "
-        "repository mounted, the mount's uploader does it and this waits.",
+        "repository mounted, the mount's uploader does it and this waits. In a repository shared by several "
+        "nodes it also waits until this node's changes are published to the shared log, and applies the "
+        "other nodes' (docs/multinode.md).",
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", help="a path in a mount (instead of --repo)")
@@ -230,6 +232,8 @@ def cmd_sync(args) -> int:
     else:
         who = "by the mount" if result.by_daemon else f"{output.human_bytes(result.uploaded_bytes)} uploaded"
         output.out.print(f"every sealed pack is on the warm tier ({who})")
+        if result.published:
+            output.out.print(f"{result.published} changes published to the shared log")
         if result.waiting:
             output.out.print(f"but {result.waiting}", markup=False)
     return 0

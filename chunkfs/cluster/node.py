@@ -164,5 +164,8 @@ class Cluster:
     def _record(self, error: str | None) -> None:
         """Note (or clear) the failure for ``chunkfs status``, which runs in another process."""
         self.error = error
-        with self.index.write() as t:
-            t.cluster_error_put(clock.now_ns(), error)
+        try:
+            with self.index.write() as t:
+                t.cluster_error_put(clock.now_ns(), error)
+        except ChunkfsError as e:
+            log.warning("cannot record the shared log's state for `chunkfs status`: %s", e)
