@@ -326,6 +326,18 @@ class BackupSettings:
     keep: int = _setting(10, _int(1, 10000), "metadata backups kept on each location (older are deleted)")
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    publish_on_fsync: bool = _setting(
+        False, _bool,
+        "a repository shared by several nodes: fsync of a file through the mount returns once its change is "
+        "published to the shared log, so it survives the loss of this node (docs/multinode.md)",
+    )
+    publish_timeout: int = _setting(
+        60, _duration, "how long such an fsync waits for the publish before it fails with EIO (store unreachable)"
+    )
+
+
 def positive_count(name: str, text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{name}: expected a whole number ≥ 1, got {text!r}")
@@ -409,6 +421,7 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def parse(document: dict[str, Any], source: str = CONFIG_NAME) -> Settings:

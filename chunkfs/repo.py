@@ -222,6 +222,12 @@ class Repository:
             return None
         return self.content_of(extents).read(0, size)
 
+    def published(self) -> None:
+        """With ``cluster.publish_on_fsync`` in a shared repository, wait until every change made
+        so far is in the shared log (the mount's ``fsync``); else return at once."""
+        if self.cluster is not None and self.settings.cluster.publish_on_fsync:
+            self.cluster.wait_published(clock.now_ns(), self.settings.cluster.publish_timeout)
+
     def require_one_node(self, what: str) -> None:
         """Refuse ``what`` in a shared repository: it deletes objects that other nodes' packs and
         changes not yet published may need, and does not yet coordinate with them."""

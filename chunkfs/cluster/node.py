@@ -24,7 +24,7 @@ from chunkfs import clock
 from chunkfs.cluster.log import SharedLog
 from chunkfs.cluster.publish import Publisher
 from chunkfs.cluster.replay import Replayer
-from chunkfs.errors import ChunkfsError
+from chunkfs.errors import BackendUnavailable, ChunkfsError
 from chunkfs.index import Index
 from chunkfs.namespace.tree import Namespace
 from chunkfs.store.backends.base import Backend
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 POLL = 1.0
 """Seconds between two rounds of publishing and applying (the visibility lag's main part)."""
 HEARTBEAT = 5.0
+WAIT_POLL = 0.1
+"""Seconds between looks at the journal while an fsync waits for its publish."""
 MAX_BACKOFF = 30.0
 
 
@@ -84,6 +86,7 @@ class Cluster:
         self.error: str | None = None
         self._lock = threading.Lock()  # one round at a time (the thread, `chunkfs sync`)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a round now: someone waits for a publish
         self._thread: threading.Thread | None = None
 
     def sync(self) -> tuple[int, int]:
@@ -91,6 +94,24 @@ class Cluster:
         with self._lock:
             sent = self.publisher.publish()
             return sent, self.replayer.catch_up()
+
+    def wait_published(self, since_ns: int, timeout: float) -> None:
+        """Return once every change journaled up to ``since_ns`` is in the shared log (the mount's
+        ``fsync`` with ``cluster.publish_on_fsync``); ``BackendUnavailable`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.index.read() as t:
+                oldest = t.outbox(1)
+            if not oldest or oldest[0][1] > since_ns:
+                return
+            if time.monotonic() > deadline:
+                why = self.error or self.publisher.waiting or "the publisher is behind"
+                raise BackendUnavailable(
+                    f"{self.url}: a change is not in the shared log after {timeout:.0f}s ({why}); it is "
+                    "durable on this node and is published once the store can be reached"
+                )
+            self._wake.set()
+            time.sleep(WAIT_POLL)
 
     def pending(self) -> tuple[int, float]:
         """(changes not published yet, age of the oldest in seconds)."""
@@ -137,11 +158,16 @@ class Cluster:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
+            self._wake.set()
             thread.join(timeout)
 
     def _loop(self) -> None:
         delay, next_beat = POLL, 0.0
-        while not self._stop.wait(delay):
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.sync()
                 if time.monotonic() >= next_beat:

@@ -436,6 +436,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def fsync(self, fh, datasync):
         await self._blocking(self.files.fsync, fh)
+        await self._blocking(self.repo.published)  # cluster.publish_on_fsync: in the shared log too
 
     @_errors
     async def release(self, fh):

@@ -33,12 +33,14 @@ VISIBLE_WITHIN = 60.0
 lag measured here is printed, and docs/multinode.md gives it; a timed test would be flaky)."""
 
 
-def _cluster(make_mount, endpoint: str, n: int = 3) -> list:
-    """``n`` mounted nodes of one new shared repository (node 0 made it, the others joined)."""
+def _cluster(make_mount, endpoint: str, n: int = 3, *, first: dict | None = None) -> list:
+    """``n`` mounted nodes of one new shared repository (node 0 made it, the others joined;
+    ``first``: more settings of node 0)."""
     url = s3_url("cluster")
     first = make_mount(
-        name="node0", settings=SETTINGS, create=["init", "--shared", "--warm", url, "--endpoint-url", endpoint]
-    )
+        name="node0", settings={**SETTINGS, **(first or {})},
+        create=["init", "--shared", "--warm", url, "--endpoint-url", endpoint],
+    )  # fmt: skip
     return [first] + [
         make_mount(name=f"node{i}", settings=SETTINGS, create=["join", url, "--endpoint-url", endpoint])
         for i in range(1, n)
@@ -177,7 +179,9 @@ def test_a_node_cut_off_from_the_store_keeps_writing_and_publishes_later(make_mo
 
 
 def test_a_file_another_node_rewrites_reads_its_new_content(make_mount, moto_server, tmp_path):  # noqa: F811
-    a, b = _cluster(make_mount, moto_server.endpoint, 2)
+    """Also ``cluster.publish_on_fsync`` on the writing node: its fsync returns once the change
+    is in the shared log (nothing of it left only on that node)."""
+    a, b = _cluster(make_mount, moto_server.endpoint, 2, first={"cluster": {"publish_on_fsync": True}})
     (a.path / "f.bin").write_bytes(b"")
     (tmp_path / "empty").write_bytes(b"")
     _wait_same(tmp_path / "empty", b.path / "f.bin", "the empty file")
@@ -185,9 +189,16 @@ def test_a_file_another_node_rewrites_reads_its_new_content(make_mount, moto_ser
     for i in range(3):
         data = tmp_path / f"v{i}"
         data.write_bytes(os.urandom(300_000 + i))
-        (a.path / "f.bin").write_bytes(data.read_bytes())
+        with open(a.path / "f.bin", "wb") as f:
+            f.write(data.read_bytes())
+            f.flush()  # Python's buffer is the mount's block size, 1 MiB: fsync alone would miss it
+            start = time.monotonic()
+            os.fsync(f.fileno())
+            fsync_s = time.monotonic() - start
+            status = json.loads(chunkfs("status", "--repo", a.repo, "--json").stdout)["cluster"]
+            assert status["pending_changes"] == 0, f"fsync returned before the publish: {status}"
         lag = _wait_same(data, b.path / "f.bin", f"version {i}")
-        print(f"version {i} visible on node1 after {lag:.1f}s")
+        print(f"version {i}: fsync with the publish {fsync_s:.1f}s, then visible on node1 after {lag:.1f}s")
 
 
 def test_one_dcp_checkpoint_written_by_ranks_on_two_nodes_loads_on_a_third(make_mount, moto_server):  # noqa: F811
