@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from helpers.s3servers import BUCKET
 from helpers.tiers import s3_url, tiered_settings, write_run
 
 from chunkfs import config
+from chunkfs.cluster.entries import encode
 from chunkfs.errors import ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, recover, tier, transfer
@@ -222,3 +225,56 @@ def test_metadata_set_on_one_node_is_found_on_the_others(tmp_path, moto_server):
         found = repo.registry.find(where="eval_loss<0.3")
     assert meta["eval_loss"] == 0.25 and "note" not in meta
     assert [c.path for c in found] == ["/llama/run1/checkpoint-100"]
+
+
+def test_nodes_publishing_at_once_each_get_their_own_entries(tmp_path, moto_server):
+    """Several publishers race for the same log positions (conditional PUTs): each loser applies
+    the winner's entry and takes the next position; every change lands once, everywhere."""
+    _, nodes = _nodes(tmp_path, moto_server.endpoint, 3)
+    repos = [Repository(n) for n in nodes]
+    try:
+        for round_ in range(3):
+            for i, repo in enumerate(repos):
+                src = tmp_path / f"r{round_}-n{i}.bin"
+                src.write_bytes(os.urandom(50_000))
+                transfer.import_tree(repo, src, f"/race/{src.name}")
+                repo.packs.seal_all()
+                repo.uploader.drain()
+            barrier = threading.Barrier(len(repos))
+
+            def publish(repo, barrier=barrier):
+                barrier.wait()
+                return repo.cluster.sync()
+
+            with ThreadPoolExecutor(len(repos)) as pool:
+                results = list(pool.map(publish, repos))
+            assert all(sent > 0 for sent, _ in results), f"a node's change did not go out: {results}"
+        positions = [repo.cluster.sync()[1] for repo in repos]
+        assert len(set(positions)) == 1, positions
+        for repo in repos:
+            names = sorted(n for n, _, _ in repo.ns.readdir(repo.ns.resolve("/race")))
+            assert len(names) == 9, names
+            assert repo.cluster.pending()[0] == 0
+    finally:
+        for repo in repos:
+            repo.close()
+
+
+def test_a_node_that_died_after_writing_its_entry_does_not_publish_it_twice(tmp_path, moto_server):
+    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(80_000))
+    with Repository(a) as repo:
+        transfer.import_tree(repo, src, "/f.bin")
+        repo.packs.seal_all()
+        repo.uploader.drain()
+        publisher = repo.cluster.publisher
+        entry, seqs = publisher._ready()  # what the publisher sends …
+        assert repo.cluster.shared.append(1, encode(entry))  # … and the PUT succeeds; then kill -9
+        assert repo.cluster.pending()[0] == len(seqs)
+    with Repository(a) as repo:  # the node comes back
+        assert repo.cluster.sync() == (0, 1), "its own entry is noted, not published again"
+        assert repo.cluster.pending()[0] == 0
+        assert repo.cluster.shared.read(2) is None
+    _sync(b)
+    assert _export(b, "/f.bin", tmp_path / "out").read_bytes() == src.read_bytes()
