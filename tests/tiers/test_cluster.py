@@ -23,6 +23,8 @@ from chunkfs.cluster.entries import encode
 from chunkfs.errors import ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, recover, tier, transfer
+from chunkfs.ops.drill import drill
+from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
 from chunkfs.types import ROOT_INODE
 
@@ -58,6 +60,11 @@ def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_
     for node in (b, c):
         _sync(node)
         same_tree(run, _export(node, "/llama/run1", tmp_path / f"out-{node.name}"))
+    with Repository(c) as repo:  # fsck and drills run on any node, over other nodes' packs on warm
+        report = fsck(repo)
+        assert report.ok, report.as_dict()
+        result = drill(repo, "/llama/run1", scratch=tmp_path / "drill")
+        assert result.verdict == "pass", result.problems
 
     # b renames, removes and writes; a and c follow
     with Repository(b) as repo:
