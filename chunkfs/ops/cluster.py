@@ -12,9 +12,9 @@ import dataclasses
 from pathlib import Path
 
 from chunkfs import config
-from chunkfs.cluster.log import SharedLog
+from chunkfs.cluster.log import CONFIG, SharedLog
 from chunkfs.cluster.node import new_node_id, record
-from chunkfs.errors import UsageError
+from chunkfs.errors import AlreadyExists, UsageError
 from chunkfs.repo import Repository
 from chunkfs.store.backends.local import LocalBackend
 from chunkfs.store.tiering.tiers import Tiers
@@ -38,6 +38,11 @@ def _shared_log(path: Path, settings: config.Settings) -> SharedLog:
 def init_shared(path: Path, settings: config.Settings, hot: Path | None = None) -> Repository:
     """A new repository at ``path`` that other nodes can join (``join``); returned open."""
     shared = _shared_log(Path(path), settings)
+    if shared.backend.exists(CONFIG):
+        raise AlreadyExists(
+            f"{settings.tiers.warm}: already holds a shared repository; make this node a member of it with "
+            f"`chunkfs join {path} {settings.tiers.warm}`, or choose another bucket or prefix for a new one"
+        )
     repo = Repository.create(
         path, hot=hot, settings=settings, cluster=record(new_node_id(), settings.tiers.warm, origin=True)
     )

@@ -297,6 +297,7 @@ def sync(
                 result.uploaded_bytes += repo.uploader.drain(progress)
                 if repo.cluster is not None:
                     result.published = repo.cluster.sync()[0]
+                    repo.cluster.heartbeat()  # `chunkfs status` on every node shows this one
                 _replicate_and_back_up(repo)
                 _note_waiting(repo, result)
             return result

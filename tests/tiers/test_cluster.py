@@ -20,7 +20,7 @@ from helpers.tiers import s3_url, tiered_settings, write_run
 
 from chunkfs import config
 from chunkfs.cluster.entries import encode
-from chunkfs.errors import ConfigError, Conflict, NotFound, UsageError
+from chunkfs.errors import AlreadyExists, ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, recover, tier, transfer
 from chunkfs.ops.drill import drill
@@ -285,3 +285,9 @@ def test_a_node_that_died_after_writing_its_entry_does_not_publish_it_twice(tmp_
         assert repo.cluster.shared.read(2) is None
     _sync(b)
     assert _export(b, "/f.bin", tmp_path / "out").read_bytes() == src.read_bytes()
+
+
+def test_init_shared_on_a_shared_location_says_to_join(tmp_path, moto_server):
+    url, _ = _nodes(tmp_path, moto_server.endpoint)
+    with pytest.raises(AlreadyExists, match="chunkfs join"):
+        clusterop.init_shared(tmp_path / "other", tiered_settings(moto_server.endpoint, warm=url))
