@@ -2,23 +2,32 @@
 
 ``init_shared`` makes a new repository whose warm tier (an S3 bucket with conditional
 writes) also holds the shared log and configuration; ``join`` makes another node's
-repository of the same id from that configuration and replays the log into it. Every
-node then writes locally and publishes (``chunkfs.cluster``).
+repository of the same id from that configuration — starting from the creating node's
+newest metadata backup when it can — and replays the log into it. Every node then
+writes locally and publishes (``chunkfs.cluster``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 from chunkfs import config
 from chunkfs.cluster.log import CONFIG, SharedLog
 from chunkfs.cluster.node import new_node_id, record
-from chunkfs.errors import AlreadyExists, UsageError
+from chunkfs.errors import AlreadyExists, CorruptData, NotFound, UsageError
+from chunkfs.index import Index
 from chunkfs.repo import Repository
+from chunkfs.store.backends.base import Backend
 from chunkfs.store.backends.local import LocalBackend
+from chunkfs.store.maintenance.metabackup import fetch_latest
 from chunkfs.store.tiering.tiers import Tiers
-from chunkfs.types import Tier
+from chunkfs.types import PackState, Tier
+
+log = logging.getLogger(__name__)
 
 
 def _shared_log(path: Path, settings: config.Settings) -> SharedLog:
@@ -75,8 +84,62 @@ def join(
         cluster=record(new_node_id(), url, origin=False),
     )  # fmt: skip
     try:
+        with repo.index.read() as t:
+            member = t.cluster_get()
+        backend = repo.cluster.shared.backend
+        repo.close()
+        if _start_from_backup(Path(path), backend, member):
+            log.info("join: started from the newest metadata backup of %s", url)
+        repo = Repository(path)
         position = repo.cluster.replayer.catch_up()
     except BaseException:
         repo.close()
         raise
     return repo, position
+
+
+def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
+    """Put the newest metadata backup of the shared repository (the creating node uploads them)
+    in place of the new, empty index, so that the join replays only the log after it.
+
+    Only a backup taken with nothing left to publish is used: every change in it is then in
+    the log, and every chunk it names is on warm. Its node's own state goes: the membership
+    (this node's record instead), the upload queue, gc leases, and every pack that lived on
+    that node's disk only (with the chunk locations in them; none is named by a published
+    change); packs with a warm copy get warm as their home. False (and nothing changed) when
+    there is no usable backup: the join then replays the whole log."""
+    with tempfile.TemporaryDirectory(prefix="join-", dir=path) as d:
+        try:
+            fetch_latest(backend, Path(d))
+        except (NotFound, CorruptData) as e:
+            log.info("join: no metadata backup to start from (%s); replaying the whole log", e)
+            return False
+        index = Index(Path(d) / "index")
+        try:
+            with index.read() as t:
+                usable = t.cluster_get() is not None and t.outbox_count() == 0 and t.applied_get() > 0
+            if not usable:
+                log.info("join: the newest metadata backup has changes not yet published; replaying the whole log")
+                return False
+            with index.write() as t:
+                t.clear_upload_queue()
+                t.gc_state_clear()
+                t.cluster_put(member)
+                t.cluster_error_put(0, None)
+                gone = set()
+                for pack, info in list(t.packs()):
+                    if info.tier != Tier.HOT:
+                        continue
+                    if info.state == PackState.SEALED and t.copy_get(pack, Tier.WARM) is not None:
+                        t.pack_put(pack, dataclasses.replace(info, tier=Tier.WARM))
+                        t.copy_delete(pack, Tier.WARM)
+                    else:
+                        gone.add(bytes(pack))
+                        t.pack_delete(pack)
+                for chunk, loc in list(t.chunks()):
+                    if bytes(loc.pack) in gone:
+                        t.chunk_delete(chunk)
+        finally:
+            index.close()
+        os.replace(Path(d) / "index" / "data.mdb", path / "index" / "data.mdb")
+    return True

@@ -291,3 +291,43 @@ def test_init_shared_on_a_shared_location_says_to_join(tmp_path, moto_server):
     url, _ = _nodes(tmp_path, moto_server.endpoint)
     with pytest.raises(AlreadyExists, match="chunkfs join"):
         clusterop.init_shared(tmp_path / "other", tiered_settings(moto_server.endpoint, warm=url))
+
+
+def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpublished(tmp_path, moto_server):
+    url, (a,) = _nodes(tmp_path, moto_server.endpoint, 1)
+    files = {}
+    for name in ("one.bin", "two.bin", "three.bin"):
+        files[name] = os.urandom(120_000)
+        (tmp_path / name).write_bytes(files[name])
+    with Repository(a) as repo:
+        transfer.import_tree(repo, tmp_path / "one.bin", "/one.bin")
+    _sync(a)  # published: entry 1
+    with Repository(a) as repo:
+        transfer.import_tree(repo, tmp_path / "two.bin", "/two.bin")  # not published yet
+        assert repo.metabackup.run() is not None  # a backup with a change left to publish: not usable
+    early, position = clusterop.join(tmp_path / "early", url, endpoint_url=moto_server.endpoint)
+    with early:  # so it replayed the log, and shows nothing that was not published
+        assert position == 1
+        assert [n for n, _, _ in early.ns.readdir(ROOT_INODE)] == [b"one.bin"]
+    _sync(a)
+    with Repository(a) as repo:
+        assert repo.cluster.pending()[0] == 0
+        assert repo.metabackup.run() is not None  # this one is: everything in it is in the log
+        transfer.import_tree(repo, tmp_path / "three.bin", "/three.bin")
+    _sync(a)
+    # the log before the backup could be gone (index checkpoints would truncate it): the join
+    # must not need it
+    backend = moto_server.backend(url)
+    for position in (1, 2):
+        backend.delete(f"cluster/log/{position:020d}")
+    repo, position = clusterop.join(tmp_path / "late", url, endpoint_url=moto_server.endpoint)
+    repo.close()
+    assert position == 3
+    for name, data in files.items():
+        assert _export(tmp_path / "late", f"/{name}", tmp_path / f"out-{name}").read_bytes() == data
+    with Repository(a, writable=False) as repo:
+        origin = repo.cluster.node
+    with Repository(tmp_path / "late") as repo:
+        assert repo.cluster.node != origin and not repo.cluster.origin, "the backup's membership was kept"
+        assert repo.cluster.pending()[0] == 0
+        assert fsck(repo).ok
