@@ -18,7 +18,7 @@ from pathlib import Path
 from chunkfs import config
 from chunkfs.cluster.log import CONFIG, SharedLog
 from chunkfs.cluster.node import new_node_id, record
-from chunkfs.errors import AlreadyExists, CorruptData, NotFound, UsageError
+from chunkfs.errors import AlreadyExists, ChunkfsError, UsageError
 from chunkfs.index import Index
 from chunkfs.repo import Repository
 from chunkfs.store.backends.base import Backend
@@ -111,7 +111,7 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
     with tempfile.TemporaryDirectory(prefix="join-", dir=path) as d:
         try:
             fetch_latest(backend, Path(d))
-        except (NotFound, CorruptData) as e:
+        except ChunkfsError as e:  # none, damaged, unreachable: the log has everything
             log.info("join: no metadata backup to start from (%s); replaying the whole log", e)
             return False
         index = Index(Path(d) / "index")
