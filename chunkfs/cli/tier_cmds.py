@@ -263,7 +263,8 @@ def cmd_status(args) -> int:
     if s.cluster:
         k = s.cluster
         rows.append(("shared", f"node {k['node']} of {k['url']}, log applied to entry {k['applied']}"))
-        rows.append(("not published", f"{k['pending_changes']} changes, oldest {k['oldest_pending_s']:.0f}s"))
+        why = f" ({k['waiting']})" if k["waiting"] and k["pending_changes"] else ""
+        rows.append(("not published", f"{k['pending_changes']} changes, oldest {k['oldest_pending_s']:.0f}s{why}"))
         if k["error"]:
             rows.append(("shared log error", k["error"]))
         for node, m in sorted(k["members"].items()):

@@ -142,9 +142,10 @@ class Cluster:
                 found = self.shared.members()
             except ChunkfsError as e:
                 found = {"?": {"error": str(e)}}
-        return ClusterStatus(
-            self.node, self.url, applied, count, round(age, 1), self.publisher.waiting, error[1] if error else None, found
-        )
+        # what holds the oldest change back: known to the process that publishes (the mount's
+        # daemon says it in its heartbeat)
+        waiting = self.publisher.waiting or found.get(self.node, {}).get("waiting", "")
+        return ClusterStatus(self.node, self.url, applied, count, round(age, 1), waiting, error[1] if error else None, found)
 
     # -- the sync thread -------------------------------------------------------------------
 
