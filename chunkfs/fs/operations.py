@@ -436,7 +436,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     @_errors
     async def fsync(self, fh, datasync):
         await self._blocking(self.files.fsync, fh)
-        await self._blocking(self.repo.published)  # cluster.publish_on_fsync: in the shared log too
+        await self._blocking(self.repo.wait_published)  # cluster.publish_on_fsync: in the shared log too
 
     @_errors
     async def release(self, fh):
@@ -505,15 +505,19 @@ class ChunkfsOperations(pyfuse3.Operations):
         """The kernel dropped its references (``_entry``, ``_virtual_entry``); must not raise (no
         request to answer)."""
         refs = list(inode_list)
-        for ino, _n in refs:  # the kernel evicted it: it caches nothing of it any more
-            self._seen.pop(ino, None)
-            self._kernel_names.pop(ino, None)
-            self.files.forget(ino)
         self.virtual.release([(ino, n) for ino, n in refs if Virtual.owns(ino)])
         try:
             await self._blocking(self.ns.release_many, [(ino, n) for ino, n in refs if not Virtual.owns(ino)])
         except ChunkfsError as e:
             log.error("forget: %s", e)
+        for ino, _n in refs:
+            # Once nothing references it, the kernel caches nothing of it any more. A FORGET of an
+            # inode the kernel replaced (a new generation) leaves the live one, of the same number,
+            # referenced: what the mount knows of that one must stay.
+            if Virtual.owns(ino) or not self.ns.held(ino):
+                self._seen.pop(ino, None)
+                self._kernel_names.pop(ino, None)
+                self.files.forget(ino)
 
     def close(self) -> None:
         """Commit every open file and drop the nameless inodes that only the kernel still

@@ -35,7 +35,7 @@ from chunkfs.errors import (
     NotFound,
 )
 from chunkfs.index import Index, Txn
-from chunkfs.namespace import journal
+from chunkfs.namespace import journal, paths
 from chunkfs.namespace.registry import Registry
 from chunkfs.namespace.registry.keypath import run_of
 from chunkfs.types import NAME_MAX, ROOT_INODE, Extent, InodeRecord
@@ -156,7 +156,7 @@ class Namespace:
     def path_of(self, ino: int) -> str:
         """One path of ``ino`` (the first of its names), '/' for the root."""
         with self.index.read() as t:
-            path = journal.path_in(t, ino)
+            path = paths.path_in(t, ino)
         return "/<unlinked>" if path is None else path
 
     def group_of(self, ino: int) -> str:
@@ -184,7 +184,7 @@ class Namespace:
             t.inode_put(ino, rec)
             t.dirent_put(parent, name, ino)
             self.journal.record(
-                t, "create", journal.child_path(t, parent, name), mode=rec.mode, uid=rec.uid, gid=rec.gid,
+                t, "create", paths.child_path(t, parent, name), mode=rec.mode, uid=rec.uid, gid=rec.gid,
                 rdev=rec.rdev, target=os.fsdecode(rec.target), versioned=versioned,
             )  # fmt: skip
             if versioned:
@@ -241,7 +241,7 @@ class Namespace:
             prec = self._dir(t, parent)
             if t.dirent_get(parent, name) is not None:
                 raise AlreadyExists(f"{name.decode(errors='replace')}: already exists")
-            self.journal.record(t, "link", journal.path_in(t, ino), to=journal.child_path(t, parent, name))
+            self.journal.record(t, "link", paths.path_in(t, ino), to=paths.child_path(t, parent, name))
             t.dirent_put(parent, name, ino)
             now = clock.now_ns()
             rec.nlink += 1
@@ -277,7 +277,7 @@ class Namespace:
     def _unlink_entry(self, t: Txn, parent: int, name: bytes, child: int, rec: InodeRecord, *, replaced=False) -> None:
         """``replaced``: the entry goes because a rename puts another over it (journaled as that rename)."""
         if not replaced:
-            self.journal.record(t, "remove", journal.child_path(t, parent, name))
+            self.journal.record(t, "remove", paths.child_path(t, parent, name))
         t.dirent_delete(parent, name)
         if self.registry is not None:
             if stat.S_ISDIR(rec.mode):
@@ -323,7 +323,7 @@ class Namespace:
             if target == child:
                 return
             self.journal.record(
-                t, "rename", journal.child_path(t, old_parent, old), to=journal.child_path(t, new_parent, new),
+                t, "rename", paths.child_path(t, old_parent, old), to=paths.child_path(t, new_parent, new),
                 exchange=exchange,
             )  # fmt: skip
             if exchange:
@@ -388,6 +388,11 @@ class Namespace:
         with self._lock:
             self._refs[ino] += 1
 
+    def held(self, ino: int) -> bool:
+        """Whether anyone still references ``ino`` (``hold``)."""
+        with self._lock:
+            return self._refs[ino] > 0
+
     def release(self, ino: int, n: int = 1) -> None:
         self.release_many([(ino, n)])
 
@@ -449,7 +454,7 @@ class Namespace:
             rec.ctime_ns = clock.now_ns()
             t.inode_put(ino, rec)
             self.journal.record(
-                t, "setattr", journal.path_in(t, ino), mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns
+                t, "setattr", paths.path_in(t, ino), mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns
             )
         return rec
 
@@ -478,7 +483,7 @@ class Namespace:
             t.inode_put(ino, rec)
             t.version_put(ino, t.commit, rec, blake3 or NO_HASH, rec.uid if writer_uid is None else writer_uid)
             self.journal.record(
-                t, "content", journal.path_in(t, ino), extents=journal.encode_extents(extents),
+                t, "content", paths.path_in(t, ino), extents=journal.encode_extents(extents),
                 mtime_ns=rec.mtime_ns, blake3=(blake3 or NO_HASH).hex(), writer_uid=writer_uid,
             )  # fmt: skip
             if self.registry is not None:
@@ -508,7 +513,7 @@ class Namespace:
         with self.index.write() as t:
             rec = self._get(t, ino)
             t.xattr_put(ino, name, value)
-            self.journal.record(t, "setxattr", journal.path_in(t, ino), name=os.fsdecode(name), value=bytes(value).hex())
+            self.journal.record(t, "setxattr", paths.path_in(t, ino), name=os.fsdecode(name), value=bytes(value).hex())
             if self.registry is not None:
                 self.registry.on_xattr(t, ino, name, value)
             rec.ctime_ns = clock.now_ns()
@@ -524,7 +529,7 @@ class Namespace:
             self._get(t, ino)
             if not t.xattr_delete(ino, name):
                 raise NoAttribute(f"{name.decode(errors='replace')}: no such attribute")
-            self.journal.record(t, "removexattr", journal.path_in(t, ino), name=os.fsdecode(name))
+            self.journal.record(t, "removexattr", paths.path_in(t, ino), name=os.fsdecode(name))
             if self.registry is not None:
                 self.registry.on_xattr(t, ino, name, None)
 
