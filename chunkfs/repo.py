@@ -222,7 +222,7 @@ class Repository:
             return None
         return self.content_of(extents).read(0, size)
 
-    def published(self) -> None:
+    def wait_published(self) -> None:
         """With ``cluster.publish_on_fsync`` in a shared repository, wait until every change made
         so far is in the shared log (the mount's ``fsync``); else return at once."""
         if self.cluster is not None and self.settings.cluster.publish_on_fsync:

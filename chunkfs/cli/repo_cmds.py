@@ -16,12 +16,10 @@ from chunkfs.repo import Repository
 
 def register(sub, repo_argument) -> None:
     p = sub.add_parser("init", help="create a repository", description="Create a new, empty repository.")
-    p.add_argument("repo_dir", metavar="REPO", help="directory to create (must be new or empty)")
-    p.add_argument("--hot", metavar="DIR", help="directory of the hot tier (default: REPO/hot)")
+    _new_repository_args(p)
     p.add_argument("--warm", metavar="URL", help="warm tier: s3://bucket/prefix or a directory")
     p.add_argument("--cold", metavar="URL", help="cold tier: s3://bucket/prefix or a directory (NFS)")
-    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (MinIO, Ceph): https://host:port")
-    p.add_argument("--region", metavar="NAME", help="S3 region")
+    _s3_args(p)
     p.add_argument(
         "--cold-archive", action="store_true", help="the cold tier is an archive: reads need `chunkfs thaw`"
     )
@@ -41,11 +39,9 @@ def register(sub, repo_argument) -> None:
         "own. The shared log is applied at once; afterwards the mount (or `chunkfs sync`) publishes this "
         "node's changes and applies the other nodes' (docs/multinode.md).",
     )
-    p.add_argument("repo_dir", metavar="REPO", help="directory to create (must be new or empty)")
+    _new_repository_args(p)
     p.add_argument("url", metavar="URL", help="the shared repository's warm tier: s3://bucket/prefix")
-    p.add_argument("--hot", metavar="DIR", help="directory of the hot tier (default: REPO/hot)")
-    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (MinIO, Ceph): https://host:port")
-    p.add_argument("--region", metavar="NAME", help="S3 region")
+    _s3_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_join)
 
@@ -114,6 +110,17 @@ def register(sub, repo_argument) -> None:
     repo_argument(r)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.set_defaults(handler=cmd_rebuild)
+
+
+def _new_repository_args(p) -> None:
+    """REPO and --hot: what ``init`` and ``join`` create."""
+    p.add_argument("repo_dir", metavar="REPO", help="directory to create (must be new or empty)")
+    p.add_argument("--hot", metavar="DIR", help="directory of the hot tier (default: REPO/hot)")
+
+
+def _s3_args(p) -> None:
+    p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (MinIO, Ceph): https://host:port")
+    p.add_argument("--region", metavar="NAME", help="S3 region")
 
 
 def cmd_init(args) -> int:

@@ -99,11 +99,6 @@ class SharedLog:
         except NotFound:
             return None
 
-    def last(self) -> int:
-        """The newest entry's position (0: none) — a LIST: for status and catching up, not polling."""
-        positions = [int(n[len(LOG) :]) for n in self.backend.list(LOG) if n[len(LOG) :].isdigit()]
-        return max(positions, default=0)
-
     # -- members ----------------------------------------------------------------------------
 
     def heartbeat(self, node: str, doc: dict) -> None:

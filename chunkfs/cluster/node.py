@@ -92,8 +92,7 @@ class Cluster:
     def sync(self) -> tuple[int, int]:
         """One round: publish what is ready, apply what others published; (changes sent, position)."""
         with self._lock:
-            sent = self.publisher.publish()
-            return sent, self.replayer.catch_up()
+            return self.publisher.publish()
 
     def wait_published(self, since_ns: int, timeout: float) -> None:
         """Return once every change journaled up to ``since_ns`` is in the shared log (the mount's

@@ -49,23 +49,23 @@ class Publisher:
         self._sealed_at = 0.0
         self.waiting = ""  # why the oldest change is not published yet ("" when nothing waits)
 
-    def publish(self, attempts: int = 5) -> int:
-        """Publish what is ready; returns how many changes went out."""
+    def publish(self, attempts: int = 5) -> tuple[int, int]:
+        """Apply what others published, then publish what is ready; returns (changes sent, the
+        log position applied here)."""
         sent = 0
         for _ in range(attempts):
             applied = self.replayer.catch_up()
             entry, seqs = self._ready()
             if entry is None:
-                return sent
-            data = entries.encode(entry)
-            if not self.shared.append(applied + 1, data):
+                return sent, applied
+            if not self.shared.append(applied + 1, entries.encode(entry)):
                 continue  # another node wrote that position first: catch up, try the next
             with self.index.write() as t:
                 t.outbox_delete(seqs)
                 t.applied_put(applied + 1)
             sent += len(seqs)
             log.debug("published %d changes as log entry %d", len(seqs), applied + 1)
-        return sent
+        return sent, self.replayer.catch_up()
 
     def _ready(self) -> tuple[entries.Entry | None, list[int]]:
         """The longest prefix of the outbox whose chunks are all on warm, as an entry."""

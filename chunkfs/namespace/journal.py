@@ -7,39 +7,19 @@ log, and every other node replays them there. A change is described by *paths*, 
 inode numbers — inode numbers are each node's own — at the moment it was made, so that
 replaying the records in order rebuilds the same tree.
 
-Changes that a node makes while replaying another node's records are not journaled again
+Paths come from ``namespace/paths.py``. Changes that a node makes while replaying another node's records are not journaled again
 (``Journal.replaying``, per thread: the mount's own requests in other threads still are).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
 from chunkfs import clock
 from chunkfs.index import Index, Txn
-from chunkfs.types import ROOT_INODE, Extent
-
-
-def path_in(t: Txn, ino: int) -> str | None:
-    """One path of ``ino`` (its first name) as of transaction ``t``; None once it has no name."""
-    parts = []
-    while ino != ROOT_INODE:
-        links = t.parents(ino)
-        if not links:
-            return None
-        ino, name = links[0]
-        parts.append(name.decode(errors="surrogateescape"))
-    return "/" + "/".join(reversed(parts))
-
-
-def child_path(t: Txn, parent: int, name: bytes) -> str | None:
-    base = path_in(t, parent)
-    if base is None:
-        return None
-    return base.rstrip("/") + "/" + os.fsdecode(name)
+from chunkfs.types import Extent
 
 
 def encode_extents(extents: list[Extent]) -> list[list]:

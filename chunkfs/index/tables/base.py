@@ -56,6 +56,19 @@ class BaseTables:
     def meta_put(self, name: bytes, value: bytes) -> None:
         self._put("meta", name, value)
 
+    def _failure(self, name: bytes) -> tuple[int, str] | None:
+        """(time ns, message) of a failure recorded under ``meta/name`` (``upload_error``,
+        ``cluster_error``), or None."""
+        raw = self._get("meta", name)
+        return keys.decode_failure(raw) if raw is not None else None
+
+    def _failure_put(self, name: bytes, time_ns: int, message: str | None) -> None:
+        """Record a failure under ``meta/name``, or clear it (``message`` None)."""
+        if message is None:
+            self._delete("meta", name)
+        else:
+            self._put("meta", name, keys.encode_failure(time_ns, message))
+
     def _next(self, name: bytes) -> int:
         n = keys.decode_u64(self._get("meta", name))
         self._put("meta", name, keys.u64(n + 1))

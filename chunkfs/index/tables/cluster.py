@@ -27,14 +27,10 @@ class ClusterTables(BaseTables):
 
     def cluster_error(self) -> tuple[int, str] | None:
         """(time ns, message) of the last failure to reach the shared log, or None."""
-        raw = self._get("meta", keys.META_CLUSTER_ERROR)
-        return keys.decode_failure(raw) if raw is not None else None
+        return self._failure(keys.META_CLUSTER_ERROR)
 
     def cluster_error_put(self, time_ns: int, message: str | None) -> None:
-        if message is None:
-            self._delete("meta", keys.META_CLUSTER_ERROR)
-        else:
-            self._put("meta", keys.META_CLUSTER_ERROR, keys.encode_failure(time_ns, message))
+        self._failure_put(keys.META_CLUSTER_ERROR, time_ns, message)
 
     def outbox_put(self, time_ns: int, op: dict) -> int:
         """Journal one change; returns its sequence number (one more than the newest)."""

@@ -124,11 +124,7 @@ class TierTables(BaseTables):
         return {bytes(k).decode(): keys.decode_u64(v) for k, v in self._prefix("counters", b"")}
 
     def upload_error(self) -> tuple[int, str] | None:
-        raw = self._get("meta", keys.META_UPLOAD_ERROR)
-        return keys.decode_failure(raw) if raw is not None else None
+        return self._failure(keys.META_UPLOAD_ERROR)
 
     def upload_error_put(self, time_ns: int, message: str | None) -> None:
-        if message is None:
-            self._delete("meta", keys.META_UPLOAD_ERROR)
-        else:
-            self._put("meta", keys.META_UPLOAD_ERROR, keys.encode_failure(time_ns, message))
+        self._failure_put(keys.META_UPLOAD_ERROR, time_ns, message)

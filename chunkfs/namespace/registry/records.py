@@ -13,7 +13,6 @@ that already holds files is part of it (DeepSpeed's
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
 import stat
@@ -374,14 +373,14 @@ class Registry:
         fields, step, commit, time_ns, doc = row.fields, row.step, row.commit, row.time_ns, row.doc
         for key, v in values.items():
             set_user_value(doc, key, v)
-            xname = (XATTR_PREFIX + key).encode()
+            xname = XATTR_PREFIX + key
             if v is None:
-                if t.xattr_delete(ino, xname):
-                    self.journal.record(t, "removexattr", path_in(t, ino), name=os.fsdecode(xname))
+                if t.xattr_delete(ino, xname.encode()):
+                    self.journal.record(t, "removexattr", path_in(t, ino), name=xname)
             else:
                 value = value_text(v).encode(errors="surrogateescape")
-                t.xattr_put(ino, xname, value)
-                self.journal.record(t, "setxattr", path_in(t, ino), name=os.fsdecode(xname), value=value.hex())
+                t.xattr_put(ino, xname.encode(), value)
+                self.journal.record(t, "setxattr", path_in(t, ino), name=xname, value=value.hex())
         self._store(t, ino, fields, step, doc, stamp=(commit, time_ns))
         return Checkpoint.from_record(self.levels, ino, fields, step, commit, time_ns, doc)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from chunkfs.errors import NotFound
 from chunkfs.index import Txn
-from chunkfs.namespace import journal
+from chunkfs.namespace import paths
 from chunkfs.namespace.registry.keypath import components
 from chunkfs.types import ROOT_INODE
 
@@ -25,7 +25,7 @@ def file_name(name: str | bytes) -> str:
 
 def path_in(t: Txn, ino: int) -> str:
     """The path of ``ino`` as the transaction ``t`` sees it."""
-    path = journal.path_in(t, ino)
+    path = paths.path_in(t, ino)
     if path is None:
         raise NotFound(f"inode {ino}: has no parent (unlinked)")
     return path
