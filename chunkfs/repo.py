@@ -213,7 +213,7 @@ class Repository:
         if self.shared:  # a writer beside the maintainer only journals (Namespace.journal)
             return None
         wake = self.uploader.wake if self.uploader is not None else lambda: None
-        return Cluster(doc, self.index, self.ns, self.tiers.backend(Tier.WARM), wake, self._sidecar)
+        return Cluster(doc, self.tiers, self.ns, wake, self._sidecar)
 
     def _sidecar(self, name: bytes, extents: list[Extent]) -> bytes | None:
         """The content of a file named ``name`` if the registry reads it at commit (trainer_state.json, …)."""
@@ -227,15 +227,6 @@ class Repository:
         so far is in the shared log (the mount's ``fsync``); else return at once."""
         if self.cluster is not None and self.settings.cluster.publish_on_fsync:
             self.cluster.wait_published(clock.now_ns(), self.settings.cluster.publish_timeout)
-
-    def require_one_node(self, what: str) -> None:
-        """Refuse ``what`` in a shared repository: it deletes objects that other nodes' packs and
-        changes not yet published may need, and does not yet coordinate with them."""
-        if self.ns.journal.enabled:
-            raise Conflict(
-                f"{self.path}: {what} is not available in a repository shared by several nodes yet (it would "
-                "delete objects other nodes may still need; docs/multinode.md, 'What is not built')"
-            )
 
     @staticmethod
     def _verify_stored(chunk: bytes, stored: bytes, raw_len: int, flags: int) -> bytes | None:

@@ -8,9 +8,10 @@ writers through the index (the condemn/resurrect/lease protocol).
 from __future__ import annotations
 
 from chunkfs.cli import output, paths
+from chunkfs.errors import Conflict
 from chunkfs.ops import gc as gcop
 from chunkfs.ops import retention
-from chunkfs.repo import Repository
+from chunkfs.repo import Repository, lock_holder
 
 
 def register(sub, repo_argument) -> None:
@@ -46,7 +47,7 @@ def cmd_gc(args) -> int:
     from chunkfs.config import parse_duration
     from chunkfs.errors import UsageError
 
-    with Repository(paths.repository(args.repo), writable=False) as repo:
+    with _open(paths.repository(args.repo), args.dry_run) as repo:
         rules = retention.rules_for(
             repo.settings, keep_last=args.keep_last, keep_within=args.keep_within,
             keep_best=args.keep_best, keep_every=args.keep_every,
@@ -65,6 +66,19 @@ def cmd_gc(args) -> int:
         return 0
     _print(result)
     return 0
+
+
+def _open(path, dry_run: bool) -> Repository:
+    """Read-only, beside a mount if one runs. A shared repository's gc needs the node's log applied
+    as it goes: without a mount it opens the repository as its maintainer to do that itself."""
+    repo = Repository(path, writable=False)
+    if repo.cluster is None or dry_run or lock_holder(path) is not None:
+        return repo
+    repo.close()
+    try:
+        return Repository(path, writable=True)
+    except Conflict:  # a mount started meanwhile
+        return Repository(path, writable=False)
 
 
 def _print(r: gcop.GcResult) -> None:
@@ -94,4 +108,9 @@ def _print(r: gcop.GcResult) -> None:
             ("orphans reclaimed", str(r.orphans)),
             ("bytes freed", output.human_bytes(r.bytes_freed)),
         ]
+    for what, position in (("gc entry", r.cluster.get("gc_entry")), ("sweep entry", r.cluster.get("sweep_entry"))):
+        if position:
+            rows.append((f"shared log: {what}", f"{position} (every node applies it)"))
+    for why in r.cluster.get("waiting_for", []):
+        rows.append(("sweep waits for", why))
     output.print_table("gc (dry run)" if r.dry_run else "gc", rows)

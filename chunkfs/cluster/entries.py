@@ -6,7 +6,12 @@ refused with its name rather than half-applied::
     {"node": id, "time_ns": …, "seqs": [first, last],       # the outbox records it carries
      "ops": [change, …],                                     # namespace/journal.py records
      "packs": {pack hex: [size, chunk count, group, created ns]},
-     "chunks": {chunk hex: [pack hex, offset, stored length, raw length, flags]}}
+     "chunks": {chunk hex: [pack hex, offset, stored length, raw length, flags]},
+     "kind": "gc" | "sweep", "body": {…}}                   # maintenance entries only
+
+An entry without ``kind`` carries changes. A ``gc`` entry (one node's ``chunkfs gc``)
+names versions to drop and chunks to condemn, a ``sweep`` entry chunks to forget and packs
+emptied — every node applies them to its own index (cluster/maintenance.py).
 
 ``packs`` and ``chunks`` locate every chunk the entry's contents reference, in packs that
 are on the warm tier: a node applying the entry records them (home: warm) and can read
@@ -24,6 +29,7 @@ from chunkfs.errors import CorruptData
 from chunkfs.types import ChunkLocation, PackInfo, PackState, Tier
 
 MAGIC = b"CFSLOG1\n"
+CHANGES, GC, SWEEP = "changes", "gc", "sweep"
 
 
 @dataclass
@@ -34,6 +40,8 @@ class Entry:
     ops: list[dict]
     packs: dict[bytes, PackInfo] = field(default_factory=dict)
     chunks: dict[bytes, ChunkLocation] = field(default_factory=dict)
+    kind: str = CHANGES
+    body: dict = field(default_factory=dict)
 
 
 def encode(entry: Entry) -> bytes:
@@ -48,6 +56,8 @@ def encode(entry: Entry) -> bytes:
             for c, loc in entry.chunks.items()
         },
     }
+    if entry.kind != CHANGES:
+        doc["kind"], doc["body"] = entry.kind, entry.body
     return MAGIC + zstandard.ZstdCompressor(level=3).compress(json.dumps(doc, separators=(",", ":")).encode())
 
 
@@ -68,6 +78,9 @@ def decode(data: bytes, where: str) -> Entry:
         ops = doc["ops"]
         if not isinstance(ops, list) or not all(isinstance(op, dict) and "op" in op for op in ops):
             raise ValueError("ops is not a list of changes")
-        return Entry(str(doc["node"]), int(doc["time_ns"]), (int(first), int(last)), ops, packs, chunks)
+        kind, body = str(doc.get("kind", CHANGES)), doc.get("body", {})
+        if kind not in (CHANGES, GC, SWEEP) or not isinstance(body, dict):
+            raise ValueError(f"unknown kind of entry {kind!r} (written by a newer chunkfs?)")
+        return Entry(str(doc["node"]), int(doc["time_ns"]), (int(first), int(last)), ops, packs, chunks, kind, body)
     except (zstandard.ZstdError, ValueError, KeyError, TypeError) as e:
         raise CorruptData(f"{where}: damaged log entry ({e}); the log cannot be replayed past it") from None

@@ -7,7 +7,15 @@
                                 with ``If-None-Match: *`` so that two nodes never both
                                 write entry *N* (``entries.py`` encodes it)
 ``cluster/nodes/<node>.json``   a member's heartbeat: its host, log positions and backlog
+``cluster/lease/<G:020d>``      generation *G* of the maintenance lease (one gc at a time
+                                across the nodes): taken, renewed and released by creating
+                                generation *G+1* with ``If-None-Match: *``
 ==============================  ===========================================================
+
+The lease needs no ``If-Match``: only one node can create generation *G+1*, and a holder
+that finds it taken has lost the lease. It expires ``LEASE_TTL`` seconds after its last
+renewal by the holder's clock (nodes keep their clocks in sync, NTP): a node that dies
+holding it blocks maintenance that long.
 
 Everything here is a thin layer over ``Backend.put_new`` (the conditional write), ``put``
 and ``get``; what the entries mean is ``publish``'s and ``replay``'s business.
@@ -15,16 +23,22 @@ and ``get``; what the entries mean is ``publish``'s and ``replay``'s business.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import socket
+from collections.abc import Iterator
 
-from chunkfs.errors import AlreadyExists, ConfigError, CorruptData, NotFound
+from chunkfs import clock
+from chunkfs.errors import AlreadyExists, ChunkfsError, ConfigError, Conflict, CorruptData, NotFound
 from chunkfs.store.backends.base import Backend
 
 PREFIX = "cluster/"
 CONFIG = PREFIX + "config.json"
 LOG = PREFIX + "log/"
 NODES = PREFIX + "nodes/"
+LEASES = PREFIX + "lease/"
+LEASE_TTL = 60.0
 FORMAT = 1
 
 
@@ -116,3 +130,58 @@ class SharedLog:
             except ValueError:
                 out[node] = {"error": "unreadable heartbeat"}
         return out
+
+    # -- the maintenance lease -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self, node: str, what: str) -> Iterator[Lease]:
+        """Hold the cluster's maintenance lease for ``what`` (``Conflict`` when another holds it)."""
+        names = sorted(n for n in self.backend.list(LEASES) if n[len(LEASES) :].isdigit())
+        generation = int(names[-1][len(LEASES) :]) if names else 0
+        if generation:
+            try:
+                doc = json.loads(self.backend.get(names[-1]))
+                left = (int(doc["expires_ns"]) - clock.now_ns()) / 1e9
+                holder = f"{doc['what']} on node {doc['node']} ({doc['host']})"
+                released = bool(doc.get("released"))
+            except (NotFound, ValueError, KeyError, TypeError):
+                left, holder, released = 0.0, "", True  # unreadable: expired
+            if not released and left > 0:
+                raise Conflict(
+                    f"{self.backend.url}: {holder} holds the cluster's maintenance lease for {left:.0f}s more; "
+                    "wait for it to finish (or, if that node died, for the lease to expire)"
+                )
+        held = Lease(self, node, what, generation)
+        held.renew()
+        try:
+            yield held
+        finally:
+            held.release()
+
+
+class Lease:
+    """One holding of the maintenance lease (``SharedLog.lease``)."""
+
+    def __init__(self, shared: SharedLog, node: str, what: str, generation: int) -> None:
+        self.shared, self.node, self.what, self.generation = shared, node, what, generation
+
+    def renew(self, *, released: bool = False) -> None:
+        """Extend the lease by ``LEASE_TTL`` (create the next generation); ``Conflict`` when another
+        node created it: the lease expired and was taken over."""
+        doc = {"node": self.node, "host": socket.gethostname(), "what": self.what, "released": released,
+               "expires_ns": clock.now_ns() + int(LEASE_TTL * 1e9)}  # fmt: skip
+        backend = self.shared.backend
+        if not backend.put_new(f"{LEASES}{self.generation + 1:020d}", json.dumps(doc).encode()):
+            raise Conflict(
+                f"{backend.url}: the cluster's maintenance lease was taken by another node (it expired after "
+                f"{LEASE_TTL:.0f}s without renewal); {self.what} stops — run it again"
+            )
+        self.generation += 1
+        if self.generation > 2:  # the two newest generations are all a reader needs
+            with contextlib.suppress(NotFound):
+                backend.delete(f"{LEASES}{self.generation - 2:020d}")
+
+    def release(self) -> None:
+        """Give the lease back (when the store cannot be reached, it expires instead)."""
+        with contextlib.suppress(ChunkfsError):
+            self.renew(released=True)

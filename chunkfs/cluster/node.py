@@ -21,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkfs import clock
+from chunkfs.cluster import entries, maintenance
 from chunkfs.cluster.log import SharedLog
 from chunkfs.cluster.publish import Publisher
 from chunkfs.cluster.replay import Replayer
 from chunkfs.errors import BackendUnavailable, ChunkfsError
-from chunkfs.index import Index
 from chunkfs.namespace.tree import Namespace
-from chunkfs.store.backends.base import Backend
-from chunkfs.types import Extent
+from chunkfs.store.tiering.tiers import Tiers
+from chunkfs.types import Extent, Tier
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +70,18 @@ class Cluster:
     def __init__(
         self,
         doc: dict,
-        index: Index,
+        tiers: Tiers,
         ns: Namespace,
-        warm: Backend,
         wake_uploader: Callable[[], None],
         sidecar: Callable[[bytes, list[Extent]], bytes | None],
     ) -> None:
         self.node = doc["node"]
         self.url = doc["url"]
         self.origin = bool(doc.get("origin"))
-        self.index = index
-        self.shared = SharedLog(warm)
-        self.replayer = Replayer(index, ns, self.shared, self.node, sidecar)
-        self.publisher = Publisher(index, self.shared, self.node, self.replayer, wake_uploader)
+        self.index = tiers.index
+        self.shared = SharedLog(tiers.backend(Tier.WARM))
+        self.replayer = Replayer(tiers, ns, self.shared, self.node, sidecar)
+        self.publisher = Publisher(self.index, self.shared, self.node, self.replayer, wake_uploader)
         self.error: str | None = None
         self._lock = threading.Lock()  # one round at a time (the thread, `chunkfs sync`)
         self._stop = threading.Event()
@@ -112,6 +111,16 @@ class Cluster:
             self._wake.set()
             time.sleep(WAIT_POLL)
 
+    def publish_maintenance(self, kind: str, body: dict) -> int:
+        """Append a gc or sweep entry (``maintenance.py``) at the first free position of the log;
+        returns it. The node's maintainer applies it in log order like any entry."""
+        data = entries.encode(entries.Entry(self.node, clock.now_ns(), (0, -1), [], kind=kind, body=body))
+        with self.index.read() as t:
+            position = t.applied_get() + 1
+        while not self.shared.append(position, data):
+            position += 1
+        return position
+
     def pending(self) -> tuple[int, float]:
         """(changes not published yet, age of the oldest in seconds)."""
         with self.index.read() as t:
@@ -124,10 +133,12 @@ class Cluster:
         count, age = self.pending()
         with self.index.read() as t:
             applied = t.applied_get()
+            gc = maintenance.gc_state(t)
         self.shared.heartbeat(
             self.node,
             {"host": socket.gethostname(), "time_ns": clock.now_ns(), "applied": applied,
-             "pending_changes": count, "oldest_pending_s": round(age, 1), "waiting": self.publisher.waiting},
+             "pending_changes": count, "oldest_pending_s": round(age, 1), "waiting": self.publisher.waiting,
+             "gc": gc},
         )  # fmt: skip
 
     def status(self, *, members: bool = True) -> ClusterStatus:

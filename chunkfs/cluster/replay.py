@@ -13,7 +13,8 @@ that this node changed itself and has not published yet does not replace the loc
 still recorded in the file's history, followed by the local content again.
 
 An entry of this node's own (the publisher wrote it, then the node died before it noted
-that) only drops the journal records it carries.
+that) only drops the journal records it carries. gc and sweep entries (any node's, this
+one's included) are applied by ``maintenance.py``; a ``keep`` change resurrects chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chunkfs.cluster import entries
+from chunkfs.cluster import entries, maintenance
 from chunkfs.cluster.log import SharedLog, entry_name
 from chunkfs.errors import (
     AlreadyExists,
@@ -37,9 +38,9 @@ from chunkfs.errors import (
     NotEmpty,
     NotFound,
 )
-from chunkfs.index import Index
 from chunkfs.namespace.journal import decode_extents
 from chunkfs.namespace.tree import Namespace
+from chunkfs.store.tiering.tiers import Tiers
 from chunkfs.types import Extent
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Replayer:
 
     def __init__(
         self,
-        index: Index,
+        tiers: Tiers,
         ns: Namespace,
         shared: SharedLog,
         node: str,
@@ -61,7 +62,8 @@ class Replayer:
     ) -> None:
         """``sidecar(name, extents)``: the content the registry wants at commit for a file of that
         name, or None."""
-        self.index = index
+        self.tiers = tiers
+        self.index = tiers.index
         self.ns = ns
         self.shared = shared
         self.node = node
@@ -74,7 +76,16 @@ class Replayer:
         while (data := self.shared.read(applied + 1)) is not None:
             applied += 1
             entry = entries.decode(data, f"{self.shared.backend.url}/{entry_name(applied)}")
-            if entry.node == self.node:  # published, then this node died before noting it
+            if entry.kind == entries.GC:
+                with self.index.write() as t:
+                    maintenance.apply_gc(t, entry.body, applied)
+                    t.applied_put(applied)
+            elif entry.kind == entries.SWEEP:
+                with self.index.write() as t:
+                    maintenance.apply_sweep(t, entry.body)
+                    t.applied_put(applied)
+                maintenance.delete_empty_packs(self.tiers)
+            elif entry.node == self.node:  # published, then this node died before noting it
                 first, last = entry.seqs
                 with self.index.write() as t:
                     t.outbox_delete(list(range(first, last + 1)))
@@ -90,8 +101,9 @@ class Replayer:
         conflict, the local content) is read before, not while the index is held."""
         with self.index.write() as t:
             for pack, info in entry.packs.items():
-                if t.pack_get(pack) is None:
+                if t.pack_get(pack) is None:  # another node's (only it deletes the objects)
                     t.pack_put(pack, info)
+                    t.foreign_put(pack, entry.node)
             for chunk, loc in entry.chunks.items():
                 if t.chunk_get(chunk) is None:
                     t.chunk_put(chunk, loc)
@@ -129,6 +141,10 @@ class Replayer:
         return _Content(extents, self.sidecar(name, extents), local)
 
     def _op(self, op: dict, pending: set[str], prepared: _Content | None) -> None:
+        if op["op"] == "keep":  # a node still references these chunks, which a gc condemned
+            with self.index.write() as t:
+                t.resurrect([bytes.fromhex(c) for c in op["chunks"]])
+            return
         kind, path = op["op"], op["path"]
         if kind == "content":
             self._content(op, path, prepared)

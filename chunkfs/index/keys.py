@@ -198,6 +198,17 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
 ``meta/cluster_error`` → time ns i64 | message (UTF-8): the last failure to reach the shared
     log, cleared by the next success (absent: none) — like ``meta/upload_error``.
 
+``meta/cluster_gc`` → compact JSON ``{"round": log position, "epoch": gc epoch, "seq": outbox
+    sequence}``: the newest gc entry of the log this node applied, the local
+    ``meta/gc_epoch`` its condemnations got, and the outbox's newest record then (its
+    "keep" of the chunks this node still references among them). The heartbeat says
+    the round is *ready* once those records are published and no write window opened
+    before it is still open (cluster/maintenance.py). Absent: none applied.
+
+``meta/foreign/<pack id>`` → node id (UTF-8): a pack another node wrote, recorded from a
+    log entry. Only a pack's own node deletes its objects (this node's index does not
+    know every chunk in a foreign pack); applying a sweep entry here only forgets it.
+
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
     Written in the transaction of the change itself (``namespace/journal.py``), so a
     change is never committed without its journal entry; removed in the transaction
@@ -289,6 +300,8 @@ META_NEXT_COMMIT = b"next_commit"
 META_CLUSTER = b"cluster"
 META_CLUSTER_APPLIED = b"cluster_applied"
 META_CLUSTER_ERROR = b"cluster_error"
+META_CLUSTER_GC = b"cluster_gc"
+META_FOREIGN = b"foreign/"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

@@ -32,7 +32,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -40,10 +39,11 @@ from dataclasses import asdict, dataclass, field
 
 from chunkfs import clock
 from chunkfs.errors import Conflict
-from chunkfs.ops import retention
+from chunkfs.namespace import prune
+from chunkfs.ops import retention, shared_gc
 from chunkfs.store.maintenance import sweep
-from chunkfs.store.pack.store import NO_WINDOW
-from chunkfs.types import HOLE, PackState, Tier, tier_name
+from chunkfs.store.pack.store import NO_WINDOW, lease_alive
+from chunkfs.types import PackState, Tier, tier_name
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,23 @@ class GcResult:
     open_packs_sealed: int = 0  # open packs with dead bytes that the writers sealed on request
     open_packs_waiting: int = 0  # ... that stayed open (no writer answered in time)
     hot_pressure: str = ""  # why hot packs were repacked harder ('' when the hot disk has room)
+    cluster: dict = field(default_factory=dict)  # a shared repository's gc: its log entries, who it waited for
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def add_plan(self, t, plan: retention.Plan) -> None:
+        """What retention decided (the versions dropped and kept, every checkpoint)."""
+        self.versions_dropped = len(plan.drop)
+        self.versions_kept = sum(1 for _ in t.inohist_all()) - len(plan.drop)
+        self.dropped = [
+            {"path": d.path, "commit": d.commit, "size": d.size, "ino": d.ino} for d in plan.drop
+        ]
+        self.checkpoints = [
+            {"path": c.path, "step": c.step, "kept": c.kept, "current": c.current,
+             "reasons": c.reasons, "metric": c.metric}
+            for c in plan.checkpoints
+        ]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -106,18 +120,6 @@ def _gc_lock(repo) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _alive(pid: int, host: str) -> bool:
-    if host != socket.gethostname():
-        return True  # cannot tell: assume it is (docs/gc.md: one host per repository for now)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run(
@@ -136,8 +138,10 @@ def run(
     threshold = settings.repack_below if repack_below is None else repack_below
     now = clock.now_ns() if now_ns is None else now_ns
     result = GcResult(dry_run=dry_run, rules=None if rules is None else [r.describe() for r in rules])
-    if not dry_run:
-        repo.require_one_node("gc")
+    if repo.cluster is not None:
+        with _gc_lock(repo):
+            shared_gc.run(repo, rules, now, grace, dry_run, result)
+        return result
     with _gc_lock(repo):
         if not dry_run:
             repo.tiers.resume()  # finish or undo what a killed gc (or tier move) left
@@ -154,17 +158,6 @@ def run(
 # -- 1. retention and condemnation (one transaction) ------------------------------------
 
 
-def _still_droppable(t, ino: int, commit: int, tags: list[int]) -> bool:
-    """Whether a version the plan (made in an earlier snapshot) drops may still go: it was not
-    tagged meanwhile, and it is not (any more) the current version of a live inode."""
-    versions = t.versions(ino)
-    if not any(v.commit == commit for v in versions):
-        return False
-    if t.inode_get(ino) is not None and versions[0].commit == commit:
-        return False
-    return all((v := t.version_at(ino, c)) is None or v.commit != commit for c in tags)
-
-
 def _condemn(repo, rules, now: int, dry_run: bool, result: GcResult) -> None:
     # Retention reads sidecars (chunks, maybe from warm/cold): in a snapshot, not under the write lock.
     with repo.index.read() as t:
@@ -173,40 +166,12 @@ def _condemn(repo, rules, now: int, dry_run: bool, result: GcResult) -> None:
     with ctx as t:
         if not dry_run:  # a tag made since the plan's snapshot keeps what it finds, whatever its path
             tags = [commit for name, commit, _created, _path in t.tags() if name not in plan.tags]
-            plan.drop = [d for d in plan.drop if _still_droppable(t, d.ino, d.commit, tags)]
-        result.versions_dropped = len(plan.drop)
-        result.versions_kept = sum(1 for _ in t.inohist_all()) - len(plan.drop)
-        result.dropped = [
-            {"path": d.path, "commit": d.commit, "size": d.size, "ino": d.ino} for d in plan.drop
-        ]
-        result.checkpoints = [
-            {"path": c.path, "step": c.step, "kept": c.kept, "current": c.current,
-             "reasons": c.reasons, "metric": c.metric}
-            for c in plan.checkpoints
-        ]  # fmt: skip
+            plan.drop = [d for d in plan.drop if prune.still_droppable(t, d.ino, d.commit, tags)]
+        result.add_plan(t, plan)
         dropped = {(d.ino, d.commit) for d in plan.drop}
         if not dry_run:
-            for ino, commit in dropped:
-                t.version_delete(ino, commit)
-            _tidy_dirhist(t, {d.ino for d in plan.drop})
-        # mark: manifests and chunks still referenced
-        live_manifests: set[int] = set()
-        for v in t.inohist_all():
-            if v.record.manifest and (v.ino, v.commit) not in dropped:
-                live_manifests.add(v.record.manifest)
-        for _ino, rec in t.inodes():
-            if rec.manifest:
-                live_manifests.add(rec.manifest)
-        live: set[bytes] = set()
-        dead_manifests = []
-        for mid, extents in t.manifests():
-            if mid in live_manifests:
-                live.update(e.chunk for e in extents)
-            else:
-                dead_manifests.append(mid)
-        for _path, _ns, chunks in t.pins():
-            live.update(chunks)
-        live.discard(HOLE)
+            prune.drop_versions(t, dropped)
+        live, dead_manifests = prune.mark(t, dropped)
         result.manifests_dropped = len(dead_manifests)
         result.chunks_live = len(live)
         condemn = [(c, loc) for c, loc in t.chunks() if c not in live]
@@ -225,27 +190,6 @@ def _condemn(repo, rules, now: int, dry_run: bool, result: GcResult) -> None:
                 t.condemn(chunk, loc, epoch, now)
 
 
-def _tidy_dirhist(t, inos: set[int]) -> None:
-    """Drop the directory history of files none of whose versions is left, and removal
-    markers that no longer follow anything."""
-    gone = {ino for ino in inos if t.inode_get(ino) is None and not t.versions(ino)}
-    if not gone:
-        return
-    entries: dict[tuple[int, bytes], list[tuple[int, int]]] = defaultdict(list)
-    for parent, name, commit, child in t.dirhist_all():
-        entries[(parent, name)].append((commit, child))
-    for (parent, name), hist in entries.items():
-        if not any(child in gone for _, child in hist):
-            continue
-        hist.sort()  # oldest first
-        kept: list[tuple[int, int]] = []
-        for commit, child in hist:
-            if child in gone or (child == 0 and (not kept or kept[-1][1] == 0)):
-                t.dirhist_delete(parent, name, commit)
-            else:
-                kept.append((commit, child))
-
-
 # -- 2. sweeping condemned chunks ---------------------------------------------------------
 
 
@@ -255,7 +199,7 @@ def _sweep_condemned(repo, now: int, grace: int, dry_run: bool, result: GcResult
     live_floors = []
     dead = []
     for lease, pid, floor, beat, host in leases:
-        alive = _alive(pid, host)
+        alive = lease_alive(pid, host)
         result.leases.append({"pid": pid, "host": host, "floor": floor, "heartbeat_ns": beat, "alive": alive})
         if not alive:
             dead.append(lease)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from chunkfs.config import parse_duration, parse_keep_best, parse_retention_rule, positive_count
 from chunkfs.errors import ChunkfsError, ConfigError, UsageError
 from chunkfs.index import Txn
+from chunkfs.namespace.paths import Paths
 from chunkfs.namespace.registry.keypath import step_of
 from chunkfs.namespace.registry.sidecars import SIDECARS, extract_sidecar
 from chunkfs.types import ROOT_INODE
@@ -142,40 +143,6 @@ class Plan:
     checkpoints: list[CheckpointDecision] = field(default_factory=list)
     rules: list[Rule] | None = None
     tags: set[str] = field(default_factory=set)  # the tags this plan applied (gc re-checks newer ones)
-
-
-class Paths:
-    """Every inode's most recent name, from the directory history (removed ones included)."""
-
-    def __init__(self, t: Txn) -> None:
-        self.link: dict[int, tuple[int, int, bytes]] = {}  # child → (commit, parent, name)
-        self.children: dict[int, set[tuple[bytes, int]]] = defaultdict(set)  # dir → {(name, child)}
-        for parent, name, commit, child in t.dirhist_all():
-            if child:
-                self.children[parent].add((name, child))
-                have = self.link.get(child)
-                if have is None or commit > have[0]:
-                    self.link[child] = (commit, parent, name)
-        self._paths: dict[int, str] = {ROOT_INODE: ""}
-
-    def path(self, ino: int) -> str:
-        chain = []
-        cur = ino
-        while cur not in self._paths:
-            got = self.link.get(cur)
-            if got is None or len(chain) > 4096:
-                self._paths[cur] = f"/.orphan-{cur}"
-                break
-            chain.append(cur)
-            cur = got[1]
-        for node in reversed(chain):
-            _, parent, name = self.link[node]
-            self._paths[node] = self._paths[parent] + "/" + name.decode("utf-8", "surrogateescape")
-        return self._paths[ino] or "/"
-
-    def parent(self, ino: int) -> int | None:
-        got = self.link.get(ino)
-        return got[1] if got is not None else None
 
 
 def evaluate(repo, rules: list[Rule] | None, now_ns: int, t: Txn) -> Plan:

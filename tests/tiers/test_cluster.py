@@ -10,64 +10,33 @@ import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
+from helpers.clusternodes import export, import_random, nodes, sync
 from helpers.repos import same_tree
 from helpers.s3servers import BUCKET
 from helpers.tiers import s3_url, tiered_settings, write_run
 
 from chunkfs import config
 from chunkfs.cluster.entries import encode
-from chunkfs.errors import AlreadyExists, ConfigError, Conflict, NotFound, UsageError
+from chunkfs.errors import AlreadyExists, ConfigError, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
-from chunkfs.ops import gc, recover, tier, transfer
+from chunkfs.ops import recover, transfer
 from chunkfs.ops.drill import drill
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
 from chunkfs.types import ROOT_INODE
 
 
-def _nodes(tmp_path: Path, endpoint: str, n: int = 2) -> tuple[str, list[Path]]:
-    url = s3_url("cluster")
-    settings = tiered_settings(endpoint, warm=url)
-    clusterop.init_shared(tmp_path / "node0", settings).close()
-    paths = [tmp_path / "node0"]
-    for i in range(1, n):
-        repo, _ = clusterop.join(tmp_path / f"node{i}", url, endpoint_url=endpoint)
-        repo.close()
-        paths.append(tmp_path / f"node{i}")
-    return url, paths
-
-
-def _import_random(repo: Repository, tmp_path: Path, dest: str, size: int) -> bytes:
-    """``size`` random bytes imported into the open ``repo`` as ``dest``; returns them."""
-    data = os.urandom(size)
-    src = tmp_path / f"src-{dest.strip('/').replace('/', '-')}"
-    src.write_bytes(data)
-    transfer.import_tree(repo, src, dest)
-    return data
-
-
-def _sync(path: Path) -> tier.SyncResult:
-    return tier.sync(path)
-
-
-def _export(path: Path, src: str, out: Path) -> Path:
-    with Repository(path, writable=False) as repo:
-        transfer.export_tree(repo, src, out)
-    return out
-
-
 def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_server):
-    _, (a, b, c) = _nodes(tmp_path, moto_server.endpoint, 3)
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
     run = write_run(tmp_path / "src", steps=2)
     with Repository(a) as repo:
         transfer.import_tree(repo, run, "/llama/run1")
-    assert _sync(a).published > 0
+    assert sync(a).published > 0
     for node in (b, c):
-        _sync(node)
-        same_tree(run, _export(node, "/llama/run1", tmp_path / f"out-{node.name}"))
+        sync(node)
+        same_tree(run, export(node, "/llama/run1", tmp_path / f"out-{node.name}"))
     with Repository(c) as repo:  # fsck and drills run on any node, over other nodes' packs on warm
         report = fsck(repo)
         assert report.ok, report.as_dict()
@@ -81,27 +50,27 @@ def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_
         first = min(name for name, _, _ in ns.readdir(run_dir))
         ns.rename(run_dir, first, run_dir, b"renamed")
         transfer.import_tree(repo, run / min(os.listdir(run)), "/llama/run1/copied")
-    _sync(b)
+    sync(b)
     for node in (a, c):
-        _sync(node)
+        sync(node)
         with Repository(node, writable=False) as repo:
             names = {n for n, _, _ in repo.ns.readdir(repo.ns.resolve("/llama/run1"))}
         assert b"renamed" in names and first not in names and b"copied" in names
-        same_tree(run / min(os.listdir(run)), _export(node, "/llama/run1/copied", tmp_path / f"c-{node.name}"))
+        same_tree(run / min(os.listdir(run)), export(node, "/llama/run1/copied", tmp_path / f"c-{node.name}"))
 
 
 def test_two_nodes_writing_one_path_converge_and_keep_both_versions(tmp_path, moto_server):
-    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     for node, text in ((a, b"from a\n" * 1000), (b, b"from b\n" * 1000)):
         src = tmp_path / f"{node.name}.txt"
         src.write_bytes(text)
         with Repository(node) as repo:
             transfer.import_tree(repo, src, "/same.txt")
-    _sync(a)  # a's change is entry 1 ...
-    _sync(b)  # ... b applies it under its own, not yet published one, then publishes: b's is later
-    _sync(a)
+    sync(a)  # a's change is entry 1 ...
+    sync(b)  # ... b applies it under its own, not yet published one, then publishes: b's is later
+    sync(a)
     for node in (a, b):
-        out = _export(node, "/same.txt", tmp_path / f"same-{node.name}")
+        out = export(node, "/same.txt", tmp_path / f"same-{node.name}")
         assert out.read_bytes() == b"from b\n" * 1000, f"{node.name} shows the log's loser"
         with Repository(node, writable=False) as repo:
             contents = {e.blake3 for e in repo.history.log("/same.txt") if e.blake3}
@@ -109,24 +78,16 @@ def test_two_nodes_writing_one_path_converge_and_keep_both_versions(tmp_path, mo
 
 
 def test_an_unpublished_change_is_published_after_a_restart(tmp_path, moto_server):
-    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     with Repository(a) as repo:
-        data = _import_random(repo, tmp_path, "/f.bin", 300_000)
+        data = import_random(repo, tmp_path, "/f.bin", 300_000)
         assert repo.cluster.pending()[0] > 0  # journaled with the commit, nothing published yet
-    _sync(b)
+    sync(b)
     with Repository(b, writable=False) as repo, pytest.raises(NotFound):
         repo.ns.resolve("/f.bin")
-    _sync(a)  # a new process: the journal survived in the index
-    _sync(b)
-    assert _export(b, "/f.bin", tmp_path / "out.bin").read_bytes() == data
-
-
-def test_maintenance_that_deletes_is_refused_in_a_shared_repository(tmp_path, moto_server):
-    _, (a, _) = _nodes(tmp_path, moto_server.endpoint)
-    with Repository(a) as repo:
-        with pytest.raises(Conflict, match="shared by several nodes"):
-            gc.run(repo, None)
-        assert gc.run(repo, None, dry_run=True).dry_run
+    sync(a)  # a new process: the journal survived in the index
+    sync(b)
+    assert export(b, "/f.bin", tmp_path / "out.bin").read_bytes() == data
 
 
 def test_a_store_without_conditional_writes_is_refused(tmp_path, own_rclone):
@@ -146,10 +107,10 @@ def test_shared_needs_an_s3_warm_tier_and_no_cold_tier(tmp_path, moto_server):
 
 
 def test_links_attributes_and_removals_replay_like_the_tree_they_came_from(tmp_path, moto_server):
-    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     with Repository(a) as repo:
         ns = repo.ns
-        data = _import_random(repo, tmp_path, "/m/w.bin", 100_000)
+        data = import_random(repo, tmp_path, "/m/w.bin", 100_000)
         m = ns.resolve("/m")
         f = ns.resolve("/m/w.bin")
         ns.symlink(m, b"latest", b"w.bin", 0, 0)
@@ -159,8 +120,8 @@ def test_links_attributes_and_removals_replay_like_the_tree_they_came_from(tmp_p
         ns.mkdir(m, b"empty", 0o700, 0, 0)
         ns.rmdir(m, b"empty")
         ns.mkdir(m, "ünïcode-\udcff".encode(errors="surrogateescape"), 0o750, 1000, 1000)
-    _sync(a)
-    _sync(b)
+    sync(a)
+    sync(b)
     with Repository(b, writable=False) as repo:
         ns = repo.ns
         m = ns.resolve("/m")
@@ -173,25 +134,25 @@ def test_links_attributes_and_removals_replay_like_the_tree_they_came_from(tmp_p
         assert rec.mode & 0o7777 == 0o600 and rec.mtime_ns == 1_234_567_890
         unicode = names["ünïcode-\udcff".encode(errors="surrogateescape")]
         assert (unicode.mode & 0o7777, unicode.uid, unicode.gid) == (0o750, 1000, 1000)
-    assert _export(b, "/m/hard.bin", tmp_path / "hard").read_bytes() == data
+    assert export(b, "/m/hard.bin", tmp_path / "hard").read_bytes() == data
 
 
 def test_recover_refuses_a_shared_location_and_join_rebuilds_a_lost_node(tmp_path, moto_server):
-    url, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    url, (a, b) = nodes(tmp_path, moto_server.endpoint)
     with Repository(a) as repo:
-        data = _import_random(repo, tmp_path, "/f.bin", 200_000)
-    _sync(a)
+        data = import_random(repo, tmp_path, "/f.bin", 200_000)
+    sync(a)
     with pytest.raises(UsageError, match="chunkfs join"):
         recover.recover(url, tmp_path / "copy", endpoint_url=moto_server.endpoint)
     shutil.rmtree(b)  # node1 lost its disk: it joins again, from the log alone
     repo, position = clusterop.join(tmp_path / "again", url, endpoint_url=moto_server.endpoint)
     repo.close()
     assert position >= 1
-    assert _export(tmp_path / "again", "/f.bin", tmp_path / "out").read_bytes() == data
+    assert export(tmp_path / "again", "/f.bin", tmp_path / "out").read_bytes() == data
 
 
 def test_a_file_whose_pack_is_not_on_warm_yet_is_not_published_even_empty(tmp_path, moto_server):
-    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     data = os.urandom(200_000)
     with Repository(a) as repo:
         ino, _ = repo.ns.mknod(ROOT_INODE, b"open.bin", 0o644, 0, 0, versioned=False)
@@ -200,16 +161,16 @@ def test_a_file_whose_pack_is_not_on_warm_yet_is_not_published_even_empty(tmp_pa
         repo.commit_file(ino, content)  # durable here, its pack still open in this process
         assert repo.cluster.sync()[0] == 0
         assert "still open" in repo.cluster.publisher.waiting
-    _sync(b)
+    sync(b)
     with Repository(b, writable=False) as repo, pytest.raises(NotFound):
         repo.ns.resolve("/open.bin")  # not even its name: it would read empty
-    _sync(a)  # closing sealed the pack; now it is uploaded, then published
-    _sync(b)
-    assert _export(b, "/open.bin", tmp_path / "out").read_bytes() == data
+    sync(a)  # closing sealed the pack; now it is uploaded, then published
+    sync(b)
+    assert export(b, "/open.bin", tmp_path / "out").read_bytes() == data
 
 
 def test_a_cold_tier_added_to_a_shared_repository_is_refused_at_open(tmp_path, moto_server):
-    _, (a, _) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, _) = nodes(tmp_path, moto_server.endpoint)
     text = (a / config.CONFIG_NAME).read_text()
     (a / config.CONFIG_NAME).write_text(text.replace('cold = ""', f'cold = "{s3_url("cold")}"', 1))
     with pytest.raises(ConfigError, match="no cold tier"):
@@ -219,15 +180,15 @@ def test_a_cold_tier_added_to_a_shared_repository_is_refused_at_open(tmp_path, m
 
 
 def test_metadata_set_on_one_node_is_found_on_the_others(tmp_path, moto_server):
-    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     run = write_run(tmp_path / "src", steps=1)
     with Repository(a) as repo:
         transfer.import_tree(repo, run, "/llama/run1")
     with Repository.metadata(a) as registry:  # `chunkfs meta set`: beside a mount, without the lock
         registry.set_meta("/llama/run1/checkpoint-100", {"eval_loss": "0.25", "note": "good"})
         registry.set_meta("/llama/run1/checkpoint-100", {"note": None})
-    _sync(a)
-    _sync(b)
+    sync(a)
+    sync(b)
     with Repository(b, writable=False) as repo:
         meta = repo.registry.get_meta("/llama/run1/checkpoint-100").meta
         found = repo.registry.find(where="eval_loss<0.3")
@@ -238,12 +199,12 @@ def test_metadata_set_on_one_node_is_found_on_the_others(tmp_path, moto_server):
 def test_nodes_publishing_at_once_each_get_their_own_entries(tmp_path, moto_server):
     """Several publishers race for the same log positions (conditional PUTs): each loser applies
     the winner's entry and takes the next position; every change lands once, everywhere."""
-    _, nodes = _nodes(tmp_path, moto_server.endpoint, 3)
-    repos = [Repository(n) for n in nodes]
+    _, paths = nodes(tmp_path, moto_server.endpoint, 3)
+    repos = [Repository(n) for n in paths]
     try:
         for round_ in range(3):
             for i, repo in enumerate(repos):
-                _import_random(repo, tmp_path, f"/race/r{round_}-n{i}.bin", 50_000)
+                import_random(repo, tmp_path, f"/race/r{round_}-n{i}.bin", 50_000)
                 repo.packs.seal_all()
                 repo.uploader.drain()
             barrier = threading.Barrier(len(repos))
@@ -267,9 +228,9 @@ def test_nodes_publishing_at_once_each_get_their_own_entries(tmp_path, moto_serv
 
 
 def test_a_node_that_died_after_writing_its_entry_does_not_publish_it_twice(tmp_path, moto_server):
-    _, (a, b) = _nodes(tmp_path, moto_server.endpoint)
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     with Repository(a) as repo:
-        data = _import_random(repo, tmp_path, "/f.bin", 80_000)
+        data = import_random(repo, tmp_path, "/f.bin", 80_000)
         repo.packs.seal_all()
         repo.uploader.drain()
         publisher = repo.cluster.publisher
@@ -280,25 +241,25 @@ def test_a_node_that_died_after_writing_its_entry_does_not_publish_it_twice(tmp_
         assert repo.cluster.sync() == (0, 1), "its own entry is noted, not published again"
         assert repo.cluster.pending()[0] == 0
         assert repo.cluster.shared.read(2) is None
-    _sync(b)
-    assert _export(b, "/f.bin", tmp_path / "out").read_bytes() == data
+    sync(b)
+    assert export(b, "/f.bin", tmp_path / "out").read_bytes() == data
 
 
 def test_init_shared_on_a_shared_location_says_to_join(tmp_path, moto_server):
-    url, _ = _nodes(tmp_path, moto_server.endpoint)
+    url, _ = nodes(tmp_path, moto_server.endpoint)
     with pytest.raises(AlreadyExists, match="chunkfs join"):
         clusterop.init_shared(tmp_path / "other", tiered_settings(moto_server.endpoint, warm=url))
 
 
 def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpublished(tmp_path, moto_server):
-    url, (a,) = _nodes(tmp_path, moto_server.endpoint, 1)
+    url, (a,) = nodes(tmp_path, moto_server.endpoint, 1)
     files = {}
     for name in ("one.bin", "two.bin", "three.bin"):
         files[name] = os.urandom(120_000)
         (tmp_path / name).write_bytes(files[name])
     with Repository(a) as repo:
         transfer.import_tree(repo, tmp_path / "one.bin", "/one.bin")
-    _sync(a)  # published: entry 1
+    sync(a)  # published: entry 1
     with Repository(a) as repo:
         transfer.import_tree(repo, tmp_path / "two.bin", "/two.bin")  # not published yet
         assert repo.metabackup.run() is not None  # a backup with a change left to publish: not usable
@@ -306,12 +267,12 @@ def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpub
     with early:  # so it replayed the log, and shows nothing that was not published
         assert position == 1
         assert [n for n, _, _ in early.ns.readdir(ROOT_INODE)] == [b"one.bin"]
-    _sync(a)
+    sync(a)
     with Repository(a) as repo:
         assert repo.cluster.pending()[0] == 0
         assert repo.metabackup.run() is not None  # this one is: everything in it is in the log
         transfer.import_tree(repo, tmp_path / "three.bin", "/three.bin")
-    _sync(a)
+    sync(a)
     # the log before the backup could be gone (index checkpoints would truncate it): the join
     # must not need it
     backend = moto_server.backend(url)
@@ -321,7 +282,7 @@ def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpub
     repo.close()
     assert position == 3
     for name, data in files.items():
-        assert _export(tmp_path / "late", f"/{name}", tmp_path / f"out-{name}").read_bytes() == data
+        assert export(tmp_path / "late", f"/{name}", tmp_path / f"out-{name}").read_bytes() == data
     with Repository(a, writable=False) as repo:
         origin = repo.cluster.node
     with Repository(tmp_path / "late") as repo:

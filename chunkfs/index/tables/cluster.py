@@ -1,4 +1,5 @@
-"""Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``outbox`` (keys.py, "Cluster")."""
+"""Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``meta/cluster_gc``,
+``meta/foreign/…``, ``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -54,3 +55,21 @@ class ClusterTables(BaseTables):
     def outbox_delete(self, seqs: list[int]) -> None:
         for seq in seqs:
             self._delete("outbox", keys.u64(seq))
+
+    def cluster_gc_get(self) -> dict | None:
+        """The newest gc round applied here (``{"round", "epoch", "seq"}``), or None."""
+        raw = self._get("meta", keys.META_CLUSTER_GC)
+        return keys.decode_cluster(raw) if raw is not None else None
+
+    def cluster_gc_put(self, doc: dict) -> None:
+        self._put("meta", keys.META_CLUSTER_GC, keys.encode_cluster(doc))
+
+    def foreign_put(self, pack: bytes, node: str) -> None:
+        self._put("meta", keys.META_FOREIGN + bytes(pack), node.encode())
+
+    def foreign(self, pack: bytes) -> bool:
+        """Whether another node wrote ``pack`` (a log entry named it)."""
+        return self._get("meta", keys.META_FOREIGN + bytes(pack)) is not None
+
+    def foreign_delete(self, pack: bytes) -> None:
+        self._delete("meta", keys.META_FOREIGN + bytes(pack))

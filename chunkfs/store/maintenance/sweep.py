@@ -88,8 +88,10 @@ def usage(index: Index) -> dict[PackId, PackUsage]:
     return out
 
 
-def delete_packs(tiers: Tiers, index: Index, packs: list[PackId], hook: Hook, result: SweepResult) -> None:
-    """Delete packs that hold no live chunk, on their home tier and every copy."""
+def delete_packs(tiers: Tiers, index: Index, packs: list[PackId], hook: Hook, result: SweepResult,
+                 *, spare: Tier | None = None) -> None:
+    """Delete packs that hold no live chunk, on their home tier and every copy — but the object
+    on ``spare`` (another node's pack in a shared repository: its warm object is its owner's)."""
     with tiers.lock.hold():
         notes: list[tuple[PackId, Tier]] = []
         with index.write() as t:
@@ -100,8 +102,9 @@ def delete_packs(tiers: Tiers, index: Index, packs: list[PackId], hook: Hook, re
                     continue
                 for tier in homes(t, pack, info):
                     t.copy_delete(pack, tier)
-                    t.move_put(pack, tier, OLD, now)
-                    notes.append((pack, tier))
+                    if tier != spare:
+                        t.move_put(pack, tier, OLD, now)
+                        notes.append((pack, tier))
                 t.pack_delete(pack)
                 t.upload_delete(pack)
                 result.packs_deleted += 1

@@ -78,6 +78,20 @@ log = logging.getLogger(__name__)
 NO_WINDOW = (1 << 64) - 1
 """A writer lease's floor while its process has no write window open (gc: no constraint)."""
 
+
+def lease_alive(pid: int, host: str) -> bool:
+    """Whether the process that holds a writer lease may still be running: a lease of another
+    host is assumed alive (its pid cannot be checked from here)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 FLUSH_PENDING = 4096
 """Flush on its own once this many chunks are unindexed, to keep memory bounded."""
 

@@ -1,0 +1,115 @@
+"""gc in a shared repository: condemned and swept on every node, through the log.
+
+One node's ``chunkfs gc`` (ops/gc.py, under the cluster's maintenance lease) cannot see
+the other nodes' unpublished changes, their open write windows or their tags, and its
+index does not know every chunk in another node's packs. So it decides nothing alone;
+it writes two kinds of log entries that every node applies to its own index, in log
+order, like any change (docs/multinode.md, "gc across nodes"):
+
+1. a **gc** entry: the file versions its retention rules drop (by path, size and
+   BLAKE3: inode and commit numbers are each node's own) and the chunks nothing
+   references in its view. Each node drops those versions where they are neither
+   current nor tagged here, marks what it still references, condemns the other listed
+   chunks under a new local gc epoch (dedup stops finding them: docs/gc.md), and
+   journals a ``keep`` of the listed chunks it still references — published like any
+   change, it resurrects them on every node. The node notes the round (``meta/cluster_gc``);
+2. its heartbeat says the round is **ready** once every change it journaled up to then
+   (the keep included) is published and every write window open then has closed (its
+   local writer leases' floors have passed the round's epoch) — from then on nothing on
+   that node can reference a chunk condemned in it without the log saying so first;
+3. once every member is ready and the gc node has applied the log as far as each of them
+   had published, a chunk still condemned there, and not in its ``chunks`` (no file names
+   it), is referenced nowhere: a **sweep** entry lists them. Each node forgets them, deletes its *own* packs that nothing in its index
+   locates any more (on every tier) and forgets other nodes' (their warm objects are
+   their owners' to delete: only the owner knows every chunk in them).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+
+from chunkfs import clock
+from chunkfs.index import Txn
+from chunkfs.namespace import prune
+from chunkfs.namespace.paths import Paths
+from chunkfs.store.maintenance import sweep
+from chunkfs.store.pack.store import lease_alive
+from chunkfs.store.tiering.tiers import Tiers
+from chunkfs.types import PackState, Tier
+
+log = logging.getLogger(__name__)
+
+
+def version_key(path: str, size: int, blake3: bytes) -> list:
+    """How a gc entry names a file version on every node: by what it holds (inode and commit
+    numbers, and the times of replayed creations, are each node's own). Versions of one path with
+    the same content are dropped together where no rule of this node (current, tagged) keeps them."""
+    return [path, int(size), bytes(blake3).hex()]
+
+
+def apply_gc(t: Txn, body: dict, position: int) -> None:
+    """Apply gc entry ``position`` inside this node's transaction ``t`` (steps 1 and 2 above)."""
+    wanted = {tuple(v) for v in body.get("drops", [])}
+    tags = [commit for _name, commit, _created, _path in t.tags()]
+    drops: set[tuple[int, int]] = set()
+    if wanted:
+        paths = Paths(t)
+        for v in t.inohist_all():
+            if (stat.S_ISREG(v.record.mode)
+                    and tuple(version_key(paths.path(v.ino), v.record.size, v.blake3)) in wanted
+                    and prune.still_droppable(t, v.ino, v.commit, tags)):  # fmt: skip
+                drops.add((v.ino, v.commit))
+    prune.drop_versions(t, drops)
+    live, dead_manifests = prune.mark(t)
+    for mid in dead_manifests:
+        t.manifest_delete(mid)
+    now = clock.now_ns()
+    epoch = t.gc_epoch_bump()
+    keep = []
+    for chunk in (bytes.fromhex(c) for c in body.get("condemn", [])):
+        if chunk in live:
+            keep.append(chunk.hex())
+        elif (loc := t.chunk_get(chunk)) is not None:
+            t.condemn(chunk, loc, epoch, now)
+    if keep:  # referenced here (a tag, an unpublished change, other rules): resurrected everywhere
+        t.outbox_put(now, {"op": "keep", "chunks": keep})
+    t.cluster_gc_put({"round": position, "epoch": epoch, "time_ns": now})
+    log.info("gc entry %d: %d versions dropped here, %d chunks kept", position, len(drops), len(keep))
+
+
+def gc_state(t: Txn) -> dict | None:
+    """The newest gc round applied here and whether it is ready (step 2), for the heartbeat."""
+    doc = t.cluster_gc_get()
+    if doc is None:
+        return None
+    oldest = t.outbox(1)
+    published = not oldest or oldest[0][1] > doc["time_ns"]
+    windows_closed = all(lease.floor >= doc["epoch"] for lease in t.leases() if lease_alive(lease.pid, lease.host))
+    return {"round": doc["round"], "ready": published and windows_closed}
+
+
+def apply_sweep(t: Txn, body: dict) -> None:
+    """Forget the chunks of sweep entry ``body`` inside transaction ``t`` (step 3)."""
+    for chunk in (bytes.fromhex(c) for c in body.get("chunks", [])):
+        t.condemned_delete(chunk)  # a copy in ``chunks`` is a new one, stored since: it stays
+
+
+def delete_empty_packs(tiers: Tiers) -> int:
+    """After a sweep: delete this node's sealed packs that nothing in its index locates any
+    more, on every tier, and forget other nodes' (sparing their warm object); returns how many."""
+    index = tiers.index
+    empty = [p for p, u in sweep.usage(index).items()
+             if u.info.state == PackState.SEALED and u.live_chunks == 0 and u.condemned == 0]  # fmt: skip
+    if not empty:
+        return 0
+    with index.read() as t:
+        foreign = [p for p in empty if t.foreign(p)]
+    own = [p for p in empty if p not in set(foreign)]
+    result = sweep.SweepResult()
+    sweep.delete_packs(tiers, index, own, lambda step: None, result)
+    sweep.delete_packs(tiers, index, foreign, lambda step: None, result, spare=Tier.WARM)
+    with index.write() as t:
+        for pack in foreign:
+            t.foreign_delete(pack)
+    return len(empty)

@@ -1,0 +1,188 @@
+"""gc in a repository shared by several nodes (docs/multinode.md, "gc across nodes"), driven
+through the library on one moto server: one node's gc publishes a gc entry, every node applies
+it and says in its heartbeat when it is ready, the gc node then publishes a sweep, and each node
+deletes its own emptied packs. Nodes without a mount take part through ``sync`` (what ``chunkfs
+sync`` and a mount's sync thread do); the mount-level test is in tests/fuse/test_cluster_mounts.py."""
+
+from __future__ import annotations
+
+import contextlib
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers.clusternodes import export, import_random, nodes, sync
+
+from chunkfs.cluster import log as sharedlog
+from chunkfs.errors import Conflict, NotFound
+from chunkfs.ops import gc, retention, shared_gc
+from chunkfs.ops.fsck import fsck
+from chunkfs.repo import Repository
+from chunkfs.types import Tier
+
+
+def _warm_packs(path: Path) -> set[str]:
+    with Repository(path, writable=False) as repo:
+        return set(repo.tiers.backend(Tier.WARM).list("packs/"))
+
+
+def _gc_on(path: Path, rounds, **rules) -> gc.GcResult:
+    """``chunkfs gc`` on node ``path`` (no mount: it applies the log itself) with ``rules``, while
+    ``rounds()`` plays the other nodes' sync threads until it returns."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            with Repository(path) as repo:
+                out["result"] = gc.run(repo, retention.rules_for(repo.settings, **rules), grace_s=0)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            out["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while thread.is_alive():
+        rounds()
+        time.sleep(0.3)
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def _all_sync(*paths: Path) -> None:
+    for p in paths:
+        sync(p)
+
+
+def _check(paths, files: dict[str, bytes], tmp_path: Path) -> None:
+    for node in paths:
+        for name, data in files.items():
+            out = export(node, name, tmp_path / f"out-{node.name}-{name.strip('/').replace('/', '-')}")
+            assert out.read_bytes() == data, f"{name} on {node.name}"
+        with Repository(node, writable=False) as repo:
+            report = fsck(repo)
+            assert report.ok, (node.name, report.as_dict())
+            assert repo.tiers.audit() == [], node.name
+
+
+def test_gc_on_one_node_reclaims_what_no_node_needs_on_every_node(tmp_path, moto_server):
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
+    with Repository(a) as repo:
+        import_random(repo, tmp_path, "/run/gone.bin", 400_000)
+    with Repository(a) as repo:  # another pack
+        kept = import_random(repo, tmp_path, "/run/kept.bin", 400_000)
+    _all_sync(a, b, c)
+    before = _warm_packs(a)
+    with Repository(b) as repo:  # removed on another node than the one that wrote it
+        repo.ns.unlink(repo.ns.resolve("/run"), b"gone.bin")
+    _all_sync(b, a, c)
+
+    result = _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
+    assert {d["path"] for d in result.dropped} == {"/run/gone.bin", "/run/kept.bin"}, result.dropped  # old ones
+    assert result.chunks_condemned >= 1
+    assert result.chunks_swept == result.chunks_condemned, result.to_json()
+    assert result.cluster["sweep_entry"] > result.cluster["gc_entry"]
+    _all_sync(a, b)  # a applies the sweep: the pack of gone.bin is a's, and a deletes it
+    after = _warm_packs(a)
+    assert len(after) == len(before) - 1, "the emptied pack left the warm tier"
+    for node in (a, b, c):
+        with Repository(node, writable=False) as repo:
+            with pytest.raises(NotFound):  # every node dropped its versions, and its name's history
+                repo.history.log("/run/gone.bin")
+            with repo.index.read() as t:
+                assert t.condemned_count() == 0, node.name
+    _check((a, b, c), {"/run/kept.bin": kept}, tmp_path)
+
+
+def test_a_chunk_another_node_still_needs_is_kept_everywhere(tmp_path, moto_server):
+    """Node b tagged the tree (tags are each node's own): its version survives c's gc, and its
+    chunks are not swept although c and a condemned them — b's keep resurrected them."""
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
+    with Repository(a) as repo:
+        data = import_random(repo, tmp_path, "/run/x.bin", 300_000)
+    _all_sync(a, b, c)
+    with Repository(b) as repo:
+        commit = repo.history.tag("before-cleanup")
+    with Repository(a) as repo:
+        repo.ns.unlink(repo.ns.resolve("/run"), b"x.bin")
+    _all_sync(a, b, c)
+    before = _warm_packs(a)
+
+    result = _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
+    assert result.chunks_condemned >= 1 and result.chunks_swept == 0, result.to_json()
+    _all_sync(a, b, c)
+    assert _warm_packs(a) == before
+    with Repository(b, writable=False) as repo:
+        version = repo.history.resolve_at("/run/x.bin", commit)
+        assert repo.content_of(repo.history.extents(version)).read(0, len(data)) == data
+    for node in (a, c):
+        with Repository(node, writable=False) as repo, repo.index.read() as t:
+            assert t.condemned_count() == 0, f"{node.name}: b's keep resurrected them"
+
+
+def test_a_write_that_found_condemned_chunks_by_dedup_holds_the_sweep_back(tmp_path, moto_server, monkeypatch):
+    """Node a starts writing a file whose bytes are a deleted file's (dedup finds its chunks) before
+    c's gc: a is not ready while that file is open, so the sweep waits; once a commits and
+    publishes, c sees the reference, and the bytes survive on every node."""
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
+    with Repository(a) as repo:
+        data = import_random(repo, tmp_path, "/run/old.bin", 300_000)
+    _all_sync(a, b, c)
+    with Repository(b) as repo:
+        repo.ns.unlink(repo.ns.resolve("/run"), b"old.bin")
+    _all_sync(b, a, c)
+    monkeypatch.setattr(shared_gc, "SWEEP_WAIT", 4.0)
+
+    with Repository(a) as writer:
+        ino, _ = writer.ns.mknod(writer.ns.resolve("/run"), b"new.bin", stat.S_IFREG | 0o644, 0, 0)
+        content = writer.file_content(ino)
+        content.write(0, data)  # found by dedup: nothing stored again; the write window stays open
+        assert writer.chunks.new_chunks == 0
+
+        def rounds() -> None:  # a's mount would do this once a second
+            writer.cluster.sync()
+            writer.cluster.heartbeat()
+            sync(b)
+
+        first = _gc_on(c, rounds, keep_within="0s")
+        assert first.chunks_condemned >= 1 and first.chunks_swept == 0, first.to_json()
+        assert any("not ready" in w for w in first.cluster["waiting_for"]), first.to_json()
+
+        writer.commit_file(ino, content)  # resurrects them here, journals the content
+        writer.packs.seal_all()
+        writer.uploader.drain()
+        second = _gc_on(c, rounds, keep_within="0s")
+    assert second.chunks_swept == 0, "c saw a's reference before sweeping"
+    _all_sync(a, b, c)
+    _check((a, b, c), {"/run/new.bin": data}, tmp_path)
+
+
+def test_one_gc_at_a_time_across_nodes_and_a_dead_holders_lease_expires(tmp_path, moto_server, monkeypatch):
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    with Repository(a, writable=False) as ra, Repository(b, writable=False) as rb:
+        shared_a, shared_b = ra.cluster.shared, rb.cluster.shared
+        with shared_a.lease("a", "gc"), pytest.raises(Conflict, match="holds the cluster's maintenance lease"):
+            shared_b.lease("b", "gc").__enter__()
+        with shared_b.lease("b", "gc"):  # released: free again
+            pass
+        monkeypatch.setattr(sharedlog, "LEASE_TTL", 0.5)
+        dead = contextlib.ExitStack()
+        held = dead.enter_context(shared_a.lease("a", "gc"))  # never released: its holder "died"
+        time.sleep(0.7)
+        with shared_b.lease("b", "gc"), pytest.raises(Conflict, match="taken by another node"):
+            held.renew()
+        dead.pop_all()
+
+
+def test_gc_dry_run_in_a_shared_repository_changes_nothing(tmp_path, moto_server):
+    _, (a, _b) = nodes(tmp_path, moto_server.endpoint)
+    with Repository(a) as repo:
+        import_random(repo, tmp_path, "/f.bin", 100_000)
+        repo.ns.unlink(1, b"f.bin")
+        result = gc.run(repo, retention.rules_for(repo.settings, keep_within="0s"), dry_run=True)
+        assert {d["path"] for d in result.dropped} == {"/f.bin"} and result.chunks_condemned >= 1
+        assert not result.cluster
+        with repo.index.read() as t:
+            assert t.condemned_count() == 0 and len(list(t.inohist_all())) >= 1
