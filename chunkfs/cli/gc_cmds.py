@@ -28,7 +28,11 @@ def register(sub, repo_argument) -> None:
         "closed (and after gc.grace; `--grace 0s` to skip it). The mount seals its open packs when gc asks, "
         "so their dead bytes come back too. A pack is rewritten when less than gc.repack_below of it is "
         "live (--repack-below 1: whatever is dead); while the hot disk has less than lifecycle.hot_min_free "
-        "free, hot packs with 5% or more dead bytes are. `--json` shows what waits and why (leases).",
+        "free, hot packs with 5% or more dead bytes are. `--json` shows what waits and why (leases). In a "
+        "repository shared by several nodes, one gc runs at a time across them (a lease in the bucket): it "
+        "publishes what its node no longer needs, every node applies that, and once every node says it is "
+        "ready (up to a minute) a sweep follows; each node deletes its own emptied packs. No repacks there "
+        "(docs/multinode.md).",
     )
     repo_argument(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be dropped and freed")

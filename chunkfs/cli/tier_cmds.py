@@ -272,6 +272,8 @@ def cmd_status(args) -> int:
                 rows.append((f"  node {node}", m["error"]))
                 continue
             lag = f", waiting: {m['waiting']}" if m.get("waiting") else ""
+            if m.get("gc"):
+                lag += f", gc entry {m['gc']['round']} {'ready' if m['gc']['ready'] else 'not ready'}"
             text = (
                 f"{m.get('host')}: applied {m.get('applied')}, {m.get('pending_changes')} unpublished "
                 f"(oldest {m.get('oldest_pending_s', 0):.0f}s), heartbeat {m.get('heartbeat_age_s', 0):.0f}s ago{lag}"
