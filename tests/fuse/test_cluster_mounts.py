@@ -166,13 +166,16 @@ def test_a_node_cut_off_from_the_store_keeps_writing_and_publishes_later(make_mo
         f.flush()
         os.fsync(f.fileno())
     assert (a.path / "while-down.bin").read_bytes() == data.read_bytes()
-    time.sleep(10)
+    time.sleep(15)
+    (a.path / "later.bin").write_bytes(first.read_bytes()[::-1])  # writing goes on, 30 s down in all
+    time.sleep(15)
     assert not (b.path / "while-down.bin").exists(), "published without a store?"
     status = json.loads(chunkfs("status", "--repo", a.repo, "--json", timeout=120).stdout)["cluster"]
     assert status["pending_changes"] > 0 and status["error"], status
 
     own_s3.start()
     _wait_same(data, b.path / "while-down.bin", "node1 after the store came back")
+    assert (b.path / "later.bin").read_bytes() == first.read_bytes()[::-1]
     deadline = time.monotonic() + VISIBLE_WITHIN
     while (status := json.loads(chunkfs("status", "--repo", a.repo, "--json").stdout)["cluster"])["error"]:
         assert time.monotonic() < deadline, f"node0 still reports the store down: {status}"
