@@ -106,7 +106,7 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
     the log, and every chunk it names is on warm. Its node's own state goes: the membership
     (this node's record instead), the upload queue, gc leases, and every pack that lived on
     that node's disk only (with the chunk locations in them; none is named by a published
-    change); packs with a warm copy get warm as their home. False (and nothing changed) when
+    change); packs with a warm copy get warm as their home, and are that node's (foreign here). False (and nothing changed) when
     there is no usable backup: the join then replays the whole log."""
     with tempfile.TemporaryDirectory(prefix="join-", dir=path) as d:
         try:
@@ -122,6 +122,7 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
                 log.info("join: the newest metadata backup has changes not yet published; replaying the whole log")
                 return False
             with index.write() as t:
+                origin = t.cluster_get()["node"]
                 t.clear_upload_queue()
                 t.gc_state_clear()
                 t.cluster_put(member)
@@ -133,6 +134,7 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
                     if info.state == PackState.SEALED and t.copy_get(pack, Tier.WARM) is not None:
                         t.pack_put(pack, dataclasses.replace(info, tier=Tier.WARM))
                         t.copy_delete(pack, Tier.WARM)
+                        t.foreign_put(pack, origin)  # only that node may delete it (cluster/maintenance.py)
                     else:
                         gone.add(bytes(pack))
                         t.pack_delete(pack)

@@ -289,3 +289,5 @@ def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpub
         assert repo.cluster.node != origin and not repo.cluster.origin, "the backup's membership was kept"
         assert repo.cluster.pending()[0] == 0
         assert fsck(repo).ok
+        with repo.index.read() as t:  # the packs it started with are the creating node's: never deleted here
+            assert all(t.foreign(p) for p, _ in t.packs()), "a joined node would delete another node's packs"
