@@ -144,7 +144,7 @@ class Repository:
             raise
         self.registry = Registry(self.index, self.settings.registry)
         self.ns = Namespace(self.index, self.registry, keep_nameless=shared)
-        self.history = History(self.index)
+        self.history = History(self.index, self.ns.journal)
         self.snapshots = Snapshots(self.history, self.registry)
         self.cluster = None
         try:

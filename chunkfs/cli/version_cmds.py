@@ -45,7 +45,8 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("name", metavar="NAME", nargs="?", help="tag name (letters, digits, . _ + -)")
     p.add_argument("path", metavar="PATH", nargs="?", help="the subtree the tag keeps (default: the whole tree)")
-    p.add_argument("--at", metavar="POINT", help="commit number, ISO time or tag (default: now)")
+    p.add_argument("--at", metavar="POINT", help="commit number, ISO time or tag (default: now; in a repository "
+                   "shared by several nodes only a tag of now is made on every node)")
     p.add_argument("--list", action="store_true", help="list tags")
     p.add_argument("--delete", action="store_true", help="delete tag NAME")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

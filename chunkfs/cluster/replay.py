@@ -26,6 +26,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chunkfs import clock
 from chunkfs.cluster import entries, maintenance
 from chunkfs.cluster.log import SharedLog, entry_name
 from chunkfs.errors import (
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SKIPPED = (AlreadyExists, InvalidArgument, IsADirectory, NameTooLong, NoAttribute, NotADirectory, NotEmpty, NotFound)
 """What the tree here may answer a replayed change with: the change is skipped (and logged)."""
+NOT_OF_A_PATH = ("keep", "tag", "untag")
+"""Changes that do not change the object at their path (a local one does not hold remote ones back)."""
 
 
 class Replayer:
@@ -145,6 +148,9 @@ class Replayer:
             with self.index.write() as t:
                 t.resurrect([bytes.fromhex(c) for c in op["chunks"]])
             return
+        if op["op"] in ("tag", "untag"):
+            self._tag(op)
+            return
         kind, path = op["op"], op["path"]
         if kind == "content":
             self._content(op, path, prepared)
@@ -203,6 +209,17 @@ class Replayer:
             )  # fmt: skip
             log.info("%s: content from another node kept in history; the local one, not yet published, stays", path)
 
+    def _tag(self, op: dict) -> None:
+        """A tag made on another node: here, of this node's state after the changes before it in
+        the log (a name already taken here keeps its tag)."""
+        with self.index.write() as t:
+            if op["op"] == "untag":
+                t.tag_delete(op["name"])
+            elif t.tag_get(op["name"]) is None:
+                t.tag_put(op["name"], t.last_commit(), clock.now_ns(), "" if op["whole"] else op["path"])
+            else:
+                log.info("tag %s from another node: the name is taken here; this node's tag stays", op["name"])
+
     def _parent(self, path: str, *, create: bool = False) -> tuple[int, bytes]:
         head, name = posixpath.split(path)
         parent = self.ns.makedirs(head, 0, 0) if create else self.ns.resolve(head)
@@ -220,4 +237,4 @@ class _Content:
 
 def _pending_paths(ops: list[dict]) -> set[str]:
     """Every path a not yet published local change names."""
-    return {p for op in ops for p in (op.get("path"), op.get("to")) if p}
+    return {p for op in ops if op["op"] not in NOT_OF_A_PATH for p in (op.get("path"), op.get("to")) if p}

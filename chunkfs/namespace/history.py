@@ -20,6 +20,7 @@ from datetime import datetime
 from chunkfs import clock
 from chunkfs.errors import AlreadyExists, InvalidArgument, NotFound
 from chunkfs.index import Index
+from chunkfs.namespace.journal import Journal
 from chunkfs.types import ROOT_INODE, Extent, Version
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -65,8 +66,10 @@ def parse_time(text: str) -> int | None:
 class History:
     """Read access to past states of a repository's tree, and its tags."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, journal: Journal | None = None) -> None:
+        """``journal``: a shared repository's (namespace/journal.py): tags made now go to every node."""
         self.index = index
+        self.journal = journal
 
     # -- points in time ---------------------------------------------------------------
 
@@ -270,7 +273,9 @@ class History:
     # -- tags -------------------------------------------------------------------------------
 
     def tag(self, name: str, commit: int | None = None, path: str = "") -> int:
-        """Pin ``commit`` (default: now) under ``name``; return the commit."""
+        """Pin ``commit`` (default: now) under ``name``; return the commit. In a shared repository a
+        tag made now is made on every node (commit numbers are each node's own: a tag of a
+        past commit stays this node's)."""
         if not TAG_RE.match(name) or name.isdigit():
             raise InvalidArgument(
                 f"{name!r}: a tag name is letters, digits and . _ + - (not starting with @, not only digits: "
@@ -281,6 +286,8 @@ class History:
                 raise AlreadyExists(f"tag {name}: already exists; delete it first with `chunkfs tag --delete {name}`")
             if commit is None:
                 commit = t.last_commit()
+                if self.journal is not None:  # every node tags its state after the changes before it
+                    self.journal.record(t, "tag", path or "/", name=name, whole=not path)
             elif not 0 < commit <= t.last_commit():
                 raise NotFound(f"commit {commit}: no such commit (the newest is {t.last_commit()})")
             t.tag_put(name, commit, clock.now_ns(), path)
@@ -290,6 +297,8 @@ class History:
         with self.index.write() as t:
             if not t.tag_delete(name):
                 raise NotFound(f"tag {name}: no such tag (see `chunkfs tag --list`)")
+            if self.journal is not None:
+                self.journal.record(t, "untag", "/", name=name)
 
     def tags(self) -> list[tuple[str, int, int, str]]:
         """(name, commit, created ns, path) of every tag, by name."""

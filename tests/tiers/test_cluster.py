@@ -291,3 +291,25 @@ def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpub
         assert fsck(repo).ok
         with repo.index.read() as t:  # the packs it started with are the creating node's: never deleted here
             assert all(t.foreign(p) for p, _ in t.packs()), "a joined node would delete another node's packs"
+
+
+def test_a_tag_made_on_one_node_is_made_on_every_node(tmp_path, moto_server):
+    """Tags name commit numbers, which are each node's own: another node tags its own state after
+    the changes that came before the tag in the log — the same tree."""
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    with Repository(a) as repo:
+        data = import_random(repo, tmp_path, "/run/model.bin", 200_000)
+        repo.history.tag("release-1", path="/run")
+        import_random(repo, tmp_path, "/run/model.bin", 100_000)  # a newer version after the tag
+    sync(a)
+    sync(b)
+    with Repository(b) as repo:
+        tags = {name: (commit, path) for name, commit, _created, path in repo.history.tags()}
+        assert tags["release-1"][1] == "/run"
+        version = repo.history.resolve_at("/run/model.bin", tags["release-1"][0])
+        assert repo.content_of(repo.history.extents(version)).read(0, version.record.size) == data
+        repo.history.delete_tag("release-1")
+    sync(b)
+    sync(a)
+    with Repository(a, writable=False) as repo:
+        assert repo.history.tags() == []
