@@ -97,14 +97,15 @@ def test_gc_on_one_node_reclaims_what_no_node_needs_on_every_node(tmp_path, moto
 
 
 def test_a_chunk_another_node_still_needs_is_kept_everywhere(tmp_path, moto_server):
-    """Node b tagged the tree (tags are each node's own): its version survives c's gc, and its
-    chunks are not swept although c and a condemned them — b's keep resurrected them."""
+    """Node b tagged a past commit (such a tag is b's own: commit numbers are each node's): its
+    version survives c's gc, and its chunks are not swept although c and a condemned them —
+    b's keep resurrected them."""
     _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
     with Repository(a) as repo:
         data = import_random(repo, tmp_path, "/run/x.bin", 300_000)
     _all_sync(a, b, c)
     with Repository(b) as repo:
-        commit = repo.history.tag("before-cleanup")
+        commit = repo.history.tag("before-cleanup", repo.history.last_commit())
     with Repository(a) as repo:
         repo.ns.unlink(repo.ns.resolve("/run"), b"x.bin")
     _all_sync(a, b, c)
