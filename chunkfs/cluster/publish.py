@@ -98,7 +98,9 @@ class Publisher:
             chunk = bytes(extent.chunk)
             if chunk == HOLE or chunk in chunks or chunk in found:
                 continue
-            loc = t.chunk_get(chunk)
+            # condemned here since the change (a gc entry dropped the version; docs/multinode.md): its
+            # bytes stay until a sweep, which waits for this publish, and every node applying it revives it
+            loc = t.chunk_get(chunk) or t.condemned_location(chunk)
             if loc is None:
                 return (f"chunk {chunk.hex()[:16]} of {op['path']} is not in the index", None)
             info = packs.get(bytes(loc.pack)) or t.pack_get(loc.pack)

@@ -57,6 +57,7 @@ def init_shared(path: Path, settings: config.Settings, hot: Path | None = None) 
     )
     try:
         shared.create(repo.index.repo_id, config.render(repo.settings))
+        repo.cluster.heartbeat()  # a member from now on: a gc anywhere waits for it (docs/multinode.md)
     except BaseException:
         repo.close()
         raise
@@ -92,6 +93,7 @@ def join(
             log.info("join: started from the newest metadata backup of %s", url)
         repo = Repository(path)
         position = repo.cluster.replayer.catch_up()
+        repo.cluster.heartbeat()  # a member from now on: a gc anywhere waits for it (docs/multinode.md)
     except BaseException:
         repo.close()
         raise

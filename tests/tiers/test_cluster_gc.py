@@ -7,6 +7,7 @@ sync`` and a mount's sync thread do); the mount-level test is in tests/fuse/test
 from __future__ import annotations
 
 import contextlib
+import os
 import stat
 import threading
 import time
@@ -17,7 +18,7 @@ from helpers.clusternodes import export, import_random, nodes, sync
 
 from chunkfs.cluster import log as sharedlog
 from chunkfs.errors import Conflict, NotFound
-from chunkfs.ops import gc, retention, shared_gc
+from chunkfs.ops import gc, retention, shared_gc, transfer
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
 from chunkfs.types import Tier
@@ -187,3 +188,41 @@ def test_gc_dry_run_in_a_shared_repository_changes_nothing(tmp_path, moto_server
         assert not result.cluster
         with repo.index.read() as t:
             assert t.condemned_count() == 0 and len(list(t.inohist_all())) >= 1
+
+
+def test_a_member_that_never_synced_holds_the_sweep_back(tmp_path, moto_server, monkeypatch):
+    """A node is a member from its join on (its heartbeat is written then): its unpublished
+    changes may name chunks a gc elsewhere condemns, so the sweep waits for it."""
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    with Repository(b, writable=False) as repo:
+        silent = repo.cluster.node
+    with Repository(a) as repo:
+        import_random(repo, tmp_path, "/f.bin", 100_000)
+        repo.ns.unlink(1, b"f.bin")
+    monkeypatch.setattr(shared_gc, "SWEEP_WAIT", 2.0)
+    result = _gc_on(a, lambda: None, keep_within="0s")
+    assert result.chunks_condemned >= 1 and result.chunks_swept == 0, result.to_json()
+    assert any(silent in why for why in result.cluster["waiting_for"]), result.to_json()
+
+
+def test_an_unpublished_change_whose_version_a_gc_dropped_is_still_published(tmp_path, moto_server):
+    """b saved /f.bin with the same bytes a had published, then saved it again — both unpublished
+    — when c's gc dropped that content's versions: b condemned its chunks, and still publishes
+    its first save (from where the condemned bytes are); every node ends with b's last save."""
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
+    first = os.urandom(150_000)
+    (tmp_path / "first").write_bytes(first)
+    with Repository(a) as repo:
+        transfer.import_tree(repo, tmp_path / "first", "/f.bin")
+    _all_sync(a, b, c)
+    with Repository(b) as repo:  # not published yet: the same content again, then another
+        transfer.import_tree(repo, tmp_path / "first", "/f.bin")
+        last = import_random(repo, tmp_path, "/f.bin", 120_000)
+    with Repository(a) as repo:  # a replaces it: a's first save is an old version everywhere but b
+        import_random(repo, tmp_path, "/f.bin", 130_000)
+    _all_sync(a, c)
+    _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
+    _all_sync(b, a, c)
+    with Repository(b, writable=False) as repo:
+        assert repo.cluster.pending()[0] == 0, repo.cluster.status(members=False)
+    _check((a, b, c), {"/f.bin": last}, tmp_path)

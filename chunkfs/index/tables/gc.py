@@ -57,6 +57,11 @@ class GcTables(BaseTables):
         epoch, ns, _ = keys.decode_condemned(self._get("condemned", chunk))
         self._put("condemned", chunk, keys.encode_condemned(epoch, ns, loc))
 
+    def condemned_location(self, chunk: ChunkId) -> ChunkLocation | None:
+        """Where a condemned chunk's bytes still are (None: not condemned)."""
+        found = self.condemned_get(chunk)
+        return found[2] if found is not None else None
+
     def condemned_delete(self, chunk: ChunkId) -> bool:
         return self._delete("condemned", chunk)
 

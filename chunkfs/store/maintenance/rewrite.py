@@ -54,15 +54,10 @@ def live_entries(t, pack: PackId, entries: Iterable[packfmt.Entry]) -> list[pack
 
 def located_at(t, chunk: ChunkId, pack: PackId, offset: int | None = None) -> bool:
     """Whether ``chunks`` or ``condemned`` places ``chunk`` in ``pack`` (at ``offset``, if given)."""
-    for loc in (t.chunk_get(chunk), _condemned_location(t, chunk)):
+    for loc in (t.chunk_get(chunk), t.condemned_location(chunk)):
         if loc is not None and loc.pack == pack and (offset is None or loc.offset == offset):
             return True
     return False
-
-
-def _condemned_location(t, chunk: ChunkId) -> ChunkLocation | None:
-    found = t.condemned_get(chunk)
-    return found[2] if found is not None else None
 
 
 def homes(t, pack: PackId, info: PackInfo) -> list[Tier]:
