@@ -7,6 +7,9 @@
                                 with ``If-None-Match: *`` so that two nodes never both
                                 write entry *N* (``entries.py`` encodes it)
 ``cluster/nodes/<node>.json``   a member's heartbeat: its host, log positions and backlog
+``cluster/log-start.json``      ``{"first": F}``: entries before *F* were deleted (a gc
+                                truncates what every member applied and the newest
+                                metadata backup a join starts from holds)
 ``cluster/lease/<G:020d>``      generation *G* of the maintenance lease (one gc at a time
                                 across the nodes): taken, renewed and released by creating
                                 generation *G+1* with ``If-None-Match: *``
@@ -38,6 +41,7 @@ CONFIG = PREFIX + "config.json"
 LOG = PREFIX + "log/"
 NODES = PREFIX + "nodes/"
 LEASES = PREFIX + "lease/"
+LOG_START = PREFIX + "log-start.json"
 LEASE_TTL = 60.0
 FORMAT = 1
 
@@ -112,6 +116,27 @@ class SharedLog:
             return self.backend.get(entry_name(position))
         except NotFound:
             return None
+
+    def first(self) -> int:
+        """The oldest entry still kept (1 until the log is truncated)."""
+        try:
+            return int(json.loads(self.backend.get(LOG_START))["first"])
+        except NotFound:
+            return 1
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptData(f"{self.backend.url}/{LOG_START}: unreadable ({e})") from None
+
+    def truncate(self, upto: int) -> int:
+        """Delete entries up to ``upto`` (the maintenance lease's holder only); the start is noted
+        first, so a reader never takes a deleted entry for the end of the log. Returns how many."""
+        first = self.first()
+        if upto < first:
+            return 0
+        self.backend.put(LOG_START, json.dumps({"first": upto + 1}).encode(), standard=True)
+        for position in range(first, upto + 1):
+            with contextlib.suppress(NotFound):
+                self.backend.delete(entry_name(position))
+        return upto + 1 - first
 
     # -- members ----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from chunkfs.cluster import entries, maintenance
 from chunkfs.cluster.log import SharedLog, entry_name
 from chunkfs.errors import (
     AlreadyExists,
+    CorruptData,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -71,11 +72,22 @@ class Replayer:
         self.shared = shared
         self.node = node
         self.sidecar = sidecar
+        self._start_checked = False
 
     def catch_up(self) -> int:
         """Apply every entry written so far; returns the last position applied."""
         with self.index.read() as t:
             applied = t.applied_get()
+        if not self._start_checked:  # once: a member's position bounds every truncation after
+            first = self.shared.first()
+            if applied + 1 < first:
+                raise CorruptData(
+                    f"{self.shared.backend.url}: the shared log starts at entry {first}, and this node has "
+                    f"applied only up to {applied} (a join without a usable metadata backup, or an index "
+                    "older than the log); join again, on an empty directory, once the creating node has "
+                    "uploaded a backup with nothing left to publish (`chunkfs sync` there)"
+                )
+            self._start_checked = True
         while (data := self.shared.read(applied + 1)) is not None:
             applied += 1
             entry = entries.decode(data, f"{self.shared.backend.url}/{entry_name(applied)}")

@@ -205,6 +205,10 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
     the round is *ready* once those records are published and no write window opened
     before it is still open (cluster/maintenance.py). Absent: none applied.
 
+``meta/cluster_backup`` → u64: the log position of the newest metadata backup this node
+    uploaded, when a join can start from it (nothing in it left to publish); 0 when the
+    newest one cannot be. The heartbeat says it: the log is never truncated past it.
+
 ``meta/foreign/<pack id>`` → node id (UTF-8): a pack another node wrote, recorded from a
     log entry. Only a pack's own node deletes its objects (this node's index does not
     know every chunk in a foreign pack); applying a sweep entry here only forgets it.
@@ -301,6 +305,7 @@ META_CLUSTER = b"cluster"
 META_CLUSTER_APPLIED = b"cluster_applied"
 META_CLUSTER_ERROR = b"cluster_error"
 META_CLUSTER_GC = b"cluster_gc"
+META_CLUSTER_BACKUP = b"cluster_backup"
 META_FOREIGN = b"foreign/"
 
 _U32 = struct.Struct(">I")

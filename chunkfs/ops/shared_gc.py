@@ -75,21 +75,40 @@ def run(repo, rules, now: int, grace: int, dry_run: bool, result) -> None:
             old = [c for c, e, ns, _loc in t.condemned()
                    if e <= epoch and clock.now_ns() - ns >= grace * 1_000_000_000 and t.chunk_get(c) is None]  # fmt: skip
             result.chunks_waiting = t.condemned_count() - len(old)
-        if not old:
-            return
-        waiting = _wait_ready(repo, position, lease)
-        if waiting:
-            result.cluster["waiting_for"] = waiting
-            result.chunks_waiting += len(old)
-            return
-        with repo.index.read() as t:  # resurrected meanwhile (a keep, a change): live here
-            swept = [c for c in old if t.condemned_get(c) is not None and t.chunk_get(c) is None]
-        result.chunks_waiting += len(old) - len(swept)
-        result.chunks_swept = len(swept)
-        if swept:
-            position = cluster.publish_maintenance(entries.SWEEP, {"round": position, "chunks": [c.hex() for c in swept]})
-            result.cluster["sweep_entry"] = position
-            _wait_applied(repo, position, lease)
+        if old:
+            _sweep(repo, position, old, lease, result)
+        _truncate(cluster, result)
+
+
+def _sweep(repo, position: int, old: list[bytes], lease: Lease, result) -> None:
+    """Steps 2 and 3: wait until every member is ready for gc entry ``position``, then sweep ``old``."""
+    cluster = repo.cluster
+    waiting = _wait_ready(repo, position, lease)
+    if waiting:
+        result.cluster["waiting_for"] = waiting
+        result.chunks_waiting += len(old)
+        return
+    with repo.index.read() as t:  # resurrected meanwhile (a keep, a change): live here
+        swept = [c for c in old if t.condemned_get(c) is not None and t.chunk_get(c) is None]
+    result.chunks_waiting += len(old) - len(swept)
+    result.chunks_swept = len(swept)
+    if swept:
+        position = cluster.publish_maintenance(entries.SWEEP, {"round": position, "chunks": [c.hex() for c in swept]})
+        result.cluster["sweep_entry"] = position
+        _wait_applied(repo, position, lease)
+
+
+def _truncate(cluster, result) -> None:
+    """Delete the log entries every member has applied and the creating node's newest metadata
+    backup holds (a joining node starts from it): the log keeps only what someone may need."""
+    members = cluster.shared.members()
+    origin = [m for m in members.values() if m.get("origin")]
+    if not members or len(origin) != 1 or any("applied" not in m for m in members.values()):
+        return
+    upto = min([m["applied"] for m in members.values()] + [origin[0].get("backup_applied", 0)])
+    deleted = cluster.shared.truncate(upto)
+    if deleted:
+        result.cluster["log_truncated"] = {"entries": deleted, "first": upto + 1}
 
 
 def _wait_applied(repo, position: int, lease: Lease) -> None:

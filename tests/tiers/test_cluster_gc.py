@@ -17,7 +17,8 @@ import pytest
 from helpers.clusternodes import export, import_random, nodes, sync
 
 from chunkfs.cluster import log as sharedlog
-from chunkfs.errors import Conflict, NotFound
+from chunkfs.errors import Conflict, CorruptData, NotFound
+from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, retention, shared_gc, transfer
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
@@ -226,3 +227,27 @@ def test_an_unpublished_change_whose_version_a_gc_dropped_is_still_published(tmp
     with Repository(b, writable=False) as repo:
         assert repo.cluster.pending()[0] == 0, repo.cluster.status(members=False)
     _check((a, b, c), {"/f.bin": last}, tmp_path)
+
+
+def test_gc_truncates_the_log_every_member_applied_and_joins_start_from_the_backup(tmp_path, moto_server):
+    url, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    files = {}
+    for i in range(3):
+        with Repository(a) as repo:
+            files[f"/f{i}.bin"] = import_random(repo, tmp_path, f"/f{i}.bin", 50_000)
+        sync(a)  # an entry each, then a metadata backup of the creating node
+    _all_sync(b, a)  # a's heartbeat now names the position its newest backup holds
+    result = _gc_on(b, lambda: _all_sync(a))
+    truncated = result.cluster["log_truncated"]
+    assert truncated["entries"] >= 3, result.to_json()
+    backend = moto_server.backend(url)
+    assert not backend.exists("cluster/log/00000000000000000001")
+
+    late, _ = clusterop.join(tmp_path / "late", url, endpoint_url=moto_server.endpoint)
+    late.close()
+    _check((tmp_path / "late",), files, tmp_path)
+
+    with Repository(b) as repo, repo.index.write() as t:
+        t.applied_put(0)  # an index older than the log (restored from an old copy, say)
+    with pytest.raises(CorruptData, match=f"starts at entry {truncated['first']}"):
+        sync(b)

@@ -1,5 +1,5 @@
 """Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``meta/cluster_gc``,
-``meta/foreign/…``, ``outbox`` (keys.py, "Cluster")."""
+``meta/cluster_backup``, ``meta/foreign/…``, ``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -73,3 +73,11 @@ class ClusterTables(BaseTables):
 
     def foreign_delete(self, pack: bytes) -> None:
         self._delete("meta", keys.META_FOREIGN + bytes(pack))
+
+    def cluster_backup_get(self) -> int:
+        """The log position a join can start from with this node's newest metadata backup (0: none)."""
+        raw = self._get("meta", keys.META_CLUSTER_BACKUP)
+        return keys.decode_u64(raw) if raw is not None else 0
+
+    def cluster_backup_put(self, position: int) -> None:
+        self._put("meta", keys.META_CLUSTER_BACKUP, keys.u64(position))

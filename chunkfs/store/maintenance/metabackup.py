@@ -115,6 +115,7 @@ class MetaBackup:
                 d = Path(d)
                 txnid = self.index.env.info()["last_txnid"]
                 self.index.copy_to(d / "index")
+                start = _join_position(d / "index")
                 with self.index.read() as t:
                     last = t.backup_get()
                     newest_commit = t.last_commit()
@@ -148,6 +149,9 @@ class MetaBackup:
             if result.locations:
                 with self.index.write() as t:
                     t.backup_put(generation, now, txnid)
+                    if start is not None:  # where a join from the warm tier's copy starts
+                        on_warm = self.tiers.configured(Tier.WARM) and self.tiers.url(Tier.WARM) in result.locations
+                        t.cluster_backup_put(start if on_warm else 0)
                 self._after_txnid = self.index.env.info()["last_txnid"]
             return result
 
@@ -155,6 +159,20 @@ class MetaBackup:
         listed = list_backups(backend, self.index.repo_id)  # never another repository's (nor untagged ones)
         for _gen, _ns, name in listed[: max(0, len(listed) - self.settings.backup.keep)]:
             backend.delete(name)
+
+
+def _join_position(index_dir: Path) -> int | None:
+    """In a shared repository, the log position a joining node can start from with this copy of
+    the index: its applied position, or 0 when it holds changes not yet published (ops/cluster.py,
+    ``join``); None when the repository is not shared."""
+    copy = Index(index_dir, readonly=True)
+    try:
+        with copy.read() as t:
+            if t.cluster_get() is None:
+                return None
+            return t.applied_get() if t.outbox_count() == 0 else 0
+    finally:
+        copy.close()
 
 
 def _hash_file(path: Path) -> bytes:
