@@ -2,7 +2,8 @@
 
 Works the same whether or not the repository is mounted: it opens the
 repository read-only (the mount keeps the write lock) and coordinates with
-writers through the index (the condemn/resurrect/lease protocol).
+writers through the index (the condemn/resurrect/lease protocol). A shared
+repository's gc without a mount opens it as the maintainer, to apply the log.
 """
 
 from __future__ import annotations

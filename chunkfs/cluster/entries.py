@@ -9,9 +9,10 @@ refused with its name rather than half-applied::
      "chunks": {chunk hex: [pack hex, offset, stored length, raw length, flags]},
      "kind": "gc" | "sweep", "body": {…}}                   # maintenance entries only
 
-An entry without ``kind`` carries changes. A ``gc`` entry (one node's ``chunkfs gc``)
-names versions to drop and chunks to condemn, a ``sweep`` entry chunks to forget and packs
-emptied — every node applies them to its own index (cluster/maintenance.py).
+An entry without ``kind`` carries changes. A ``gc`` entry (one node's ``chunkfs gc``) has
+``body = {"drops": [[path, size, BLAKE3 hex], …], "condemn": [chunk hex, …]}``, a
+``sweep`` entry ``{"round": its gc entry, "chunks": [chunk hex, …]}`` — every node applies
+them to its own index (cluster/maintenance.py).
 
 ``packs`` and ``chunks`` locate every chunk the entry's contents reference, in packs that
 are on the warm tier: a node applying the entry records them (home: warm) and can read

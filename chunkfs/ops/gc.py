@@ -18,6 +18,9 @@ The protocol (docs/gc.md has the full argument):
    live fraction is under ``gc.repack_below`` is repacked (store/maintenance/sweep.py), pack
    objects and scratch files nothing explains are reclaimed.
 
+In a repository shared by several nodes the same steps run on every node, driven
+through the shared log (ops/shared_gc.py, cluster/maintenance.py).
+
 Every step is idempotent and recomputed from the index, so a gc killed anywhere
 is finished by the next (the tier lock's resume handles half-done deletes and
 repacks). ``CHUNKFS_GC_HOOK=STEP`` (testing) kills the process with SIGKILL

@@ -66,7 +66,7 @@ def run(repo, rules, now: int, grace: int, dry_run: bool, result) -> None:
     if dry_run:
         return
     with cluster.shared.lease(cluster.node, "gc") as lease:
-        body = {"drops": drops, "condemn": [bytes(c).hex() for c, _ in condemn], "rules": result.rules}
+        body = {"drops": drops, "condemn": [bytes(c).hex() for c, _ in condemn]}
         position = cluster.publish_maintenance(entries.GC, body)
         result.cluster["gc_entry"] = position
         _wait_applied(repo, position, lease)
