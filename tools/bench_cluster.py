@@ -8,10 +8,14 @@ NODES repositories on this machine share one repository through one S3 server (m
 this process, unless ``--endpoint`` names another; credentials from the environment then).
 Each checkpoint is one safetensors shard per node (SIZE bytes each, bf16, a fraction
 CHANGED of the tensors new from the previous step: a fine-tune with a frozen part), written
-into ``/bench/run/checkpoint-<k>/shard-<node>.safetensors`` of that node's repository. Per
+into ``/bench/run/checkpoint-<k>/shard-<node>.safetensors`` of that node's repository, which
+then removes its shard of checkpoint k-2 (``save_total_limit=2``). Per
 checkpoint: every node publishes (``chunkfs sync``: its packs to warm, then its log entry),
-then every node applies the others' entries. At the end a new node joins and replays the
-whole log. The figures per checkpoint are log bytes and entries, publish and replay times;
+then every node applies the others' entries. Then a new node joins and replays the whole
+log; then ``chunkfs gc --keep-last 2`` runs on node 0 while the other nodes sync once a
+second (as their mounts would): its time from the gc entry to the last node's sweep, what
+it dropped and freed on warm, and how far it truncated the log; and a node joins again
+(from the creating node's metadata backup, after the truncation). The figures per checkpoint are log bytes and entries, publish and replay times;
 the log's size is extrapolated to docs/multinode.md's 70B-parameter case (1 TB a
 checkpoint, 16 nodes, 1,000 checkpoints) by bytes of log per chunk. Figures go in
 docs/multinode.md.
@@ -25,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chunkfs import config
 from chunkfs.cluster.log import LOG
 from chunkfs.ops import cluster as clusterop
-from chunkfs.ops import tier, transfer
+from chunkfs.ops import gc, retention, tier, transfer
 from chunkfs.repo import Repository
+from chunkfs.types import Tier
 
 BUCKET = "chunkfs-bench"
 BIG = {"checkpoint_bytes": 10**12, "nodes": 16, "checkpoints": 1000}
@@ -69,6 +75,39 @@ def _log_bytes(repo: Repository) -> tuple[int, int]:
     backend = repo.cluster.shared.backend
     names = list(backend.list(LOG))
     return len(names), sum(backend.size(n) for n in names)
+
+
+def _warm_bytes(node: Path) -> int:
+    with Repository(node, writable=False) as repo:
+        backend = repo.tiers.backend(Tier.WARM)
+        return sum(backend.size(n) for n in backend.list("packs/"))
+
+
+def _gc(nodes: list[Path]) -> dict:
+    """``chunkfs gc --keep-last 2`` on the first node while the others sync (their mounts' part)."""
+    warm_before = _warm_bytes(nodes[0])
+    out: dict = {}
+
+    def run() -> None:
+        with Repository(nodes[0]) as repo:
+            out["result"] = gc.run(repo, retention.rules_for(repo.settings, keep_last=2), grace_s=0)
+
+    thread = threading.Thread(target=run)
+    t0 = time.monotonic()
+    thread.start()
+    while thread.is_alive():
+        for node in nodes[1:]:
+            tier.sync(node)
+        time.sleep(0.5)
+    thread.join()
+    gc_s = time.monotonic() - t0
+    for node in nodes:  # every node applies the sweep: each deletes its own emptied packs
+        tier.sync(node)
+    r = out["result"]
+    return {"gc_s": gc_s, "versions_dropped": r.versions_dropped, "chunks_condemned": r.chunks_condemned,
+            "chunks_swept": r.chunks_swept, "waiting_for": r.cluster.get("waiting_for", []),
+            "warm_before": warm_before, "warm_after": _warm_bytes(nodes[0]),
+            "log_truncated": r.cluster.get("log_truncated", {}).get("entries", 0)}  # fmt: skip
 
 
 def main() -> int:
@@ -111,6 +150,8 @@ def main() -> int:
                 bl.write_safetensors(shard, layout, seed=1000 * k + i, base=base, change=change)
                 with Repository(node) as repo:
                     transfer.import_tree(repo, shard, f"/bench/run/checkpoint-{k}/shard-{i}.safetensors")
+                    if k >= 2:  # the trainer keeps the last two (save_total_limit=2)
+                        repo.ns.unlink(repo.ns.resolve(f"/bench/run/checkpoint-{k - 2}"), f"shard-{i}.safetensors".encode())
                 if base is not None:
                     base.unlink()
                 publish.append(bl.timed(tier.sync, node)[0])
@@ -127,6 +168,10 @@ def main() -> int:
         join_s = time.monotonic() - t0
         joined.close()
         index_bytes = [(n / "index" / "data.mdb").stat().st_size for n in [*nodes, work / "late"]]
+        collected = _gc([*nodes, work / "late"])  # the joined node is a member: the sweep waits for it too
+        t0 = time.monotonic()
+        clusterop.join(work / "after-gc", url, endpoint_url=endpoint)[0].close()
+        collected["join_after_s"] = time.monotonic() - t0
     finally:
         stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -139,7 +184,7 @@ def main() -> int:
     result = {
         "version": bl.code_version(), "nodes": args.nodes, "checkpoints": args.checkpoints, "shard_bytes": size,
         "changed": args.changed, "chunk_size": chunk, "rows": rows, "join_s": join_s, "join_position": position,
-        "index_bytes": index_bytes, "log_bytes_per_chunk": per_chunk,
+        "index_bytes": index_bytes, "log_bytes_per_chunk": per_chunk, "gc": collected,
         "extrapolated_70b": {"log_bytes_per_checkpoint": per_chunk * big_chunks,
                              "log_bytes_1000_checkpoints": per_chunk * big_chunks * BIG["checkpoints"]},
     }  # fmt: skip
@@ -151,10 +196,15 @@ def main() -> int:
         note=f"a new node joined (replayed {position} entries) in {join_s:.2f} s; index per node "
         f"{bl.fmt(bl.median(index_bytes) / 2**20)} MiB; {per_chunk:.0f} log bytes per chunk of a checkpoint",
     )
+    print(f"gc --keep-last 2 on node 0 while the other nodes sync: {collected['gc_s']:.1f} s to the sweep "
+          f"({collected['versions_dropped']} versions dropped, {collected['chunks_swept']} chunks swept, warm "
+          f"{collected['warm_before'] / 2**20:.0f} → {collected['warm_after'] / 2**20:.0f} MiB once every node "
+          f"applied it; log truncated by {collected['log_truncated']} entries); a node joined after it in "
+          f"{collected['join_after_s']:.2f} s")  # fmt: skip
     big = result["extrapolated_70b"]
     print(f"70B case ({BIG['nodes']} nodes, 1 TB a checkpoint, {chunk >> 20} MiB chunks): "
           f"~{big['log_bytes_per_checkpoint'] / 1e6:.0f} MB of log a checkpoint, "
-          f"~{big['log_bytes_1000_checkpoints'] / 1e9:.0f} GB for 1,000 checkpoints without index checkpoints "
+          f"~{big['log_bytes_1000_checkpoints'] / 1e9:.0f} GB for 1,000 checkpoints if no gc truncated it "
           "(log bytes scale with chunks; fixed costs make small runs over-estimate them)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
