@@ -1,4 +1,4 @@
-"""Repository commands: init, join, import, export, stats, du, index rebuild."""
+"""Repository commands: init, join, forget-node, import, export, stats, du, index rebuild."""
 
 from __future__ import annotations
 
@@ -44,6 +44,19 @@ def register(sub, repo_argument) -> None:
     _s3_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_join)
+
+    p = sub.add_parser(
+        "forget-node",
+        help="remove a member that is gone for good from a shared repository",
+        description="Remove node NODE (an id from `chunkfs status`) from the shared repository REPO belongs "
+        "to: gc sweeps stop waiting for it. Run it on any other member when a machine is lost for good. "
+        "What NODE published stays; what it had not published is lost, and if it ever runs again it stops "
+        "(every node ignores its later log entries). Its packs on the warm tier stay (docs/multinode.md).",
+    )
+    repo_argument(p)
+    p.add_argument("node", metavar="NODE", help="the member's node id")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_forget_node)
 
     p = sub.add_parser(
         "import",
@@ -169,6 +182,16 @@ def cmd_join(args) -> int:
             f"joined {args.url} as node {result['node']}: repository {result['repository']}, "
             f"{position} log entries applied"
         )
+    return 0
+
+
+def cmd_forget_node(args) -> int:
+    with Repository(paths.repository(args.repo), writable=False) as repo:
+        position = clusterop.forget_node(repo, args.node)
+    if args.json:
+        output.print_json({"forgotten": args.node, "log_position": position})
+    else:
+        output.out.print(f"node {args.node} forgotten (log entry {position}): gc no longer waits for it")
     return 0
 
 

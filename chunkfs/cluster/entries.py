@@ -12,7 +12,8 @@ refused with its name rather than half-applied::
 An entry without ``kind`` carries changes. A ``gc`` entry (one node's ``chunkfs gc``) has
 ``body = {"drops": [[path, size, BLAKE3 hex], …], "condemn": [chunk hex, …]}``, a
 ``sweep`` entry ``{"round": its gc entry, "chunks": [chunk hex, …]}`` — every node applies
-them to its own index (cluster/maintenance.py).
+them to its own index (cluster/maintenance.py); a ``forget`` entry ``{"node": id}`` removes a
+member for good: every node ignores that member's entries after it.
 
 ``packs`` and ``chunks`` locate every chunk the entry's contents reference, in packs that
 are on the warm tier: a node applying the entry records them (home: warm) and can read
@@ -30,7 +31,7 @@ from chunkfs.errors import CorruptData
 from chunkfs.types import ChunkLocation, PackInfo, PackState, Tier
 
 MAGIC = b"CFSLOG1\n"
-CHANGES, GC, SWEEP = "changes", "gc", "sweep"
+CHANGES, GC, SWEEP, FORGET = "changes", "gc", "sweep", "forget"
 
 
 @dataclass
@@ -80,7 +81,7 @@ def decode(data: bytes, where: str) -> Entry:
         if not isinstance(ops, list) or not all(isinstance(op, dict) and "op" in op for op in ops):
             raise ValueError("ops is not a list of changes")
         kind, body = str(doc.get("kind", CHANGES)), doc.get("body", {})
-        if kind not in (CHANGES, GC, SWEEP) or not isinstance(body, dict):
+        if kind not in (CHANGES, GC, SWEEP, FORGET) or not isinstance(body, dict):
             raise ValueError(f"unknown kind of entry {kind!r} (written by a newer chunkfs?)")
         return Entry(str(doc["node"]), int(doc["time_ns"]), (int(first), int(last)), ops, packs, chunks, kind, body)
     except (zstandard.ZstdError, ValueError, KeyError, TypeError) as e:

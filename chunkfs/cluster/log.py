@@ -143,6 +143,11 @@ class SharedLog:
     def heartbeat(self, node: str, doc: dict) -> None:
         self.backend.put(f"{NODES}{node}.json", json.dumps(doc).encode(), standard=True)
 
+    def forget(self, node: str) -> None:
+        """Drop ``node``'s heartbeat (``chunkfs forget-node``; the log entry is the fence)."""
+        with contextlib.suppress(NotFound):
+            self.backend.delete(f"{NODES}{node}.json")
+
     def members(self) -> dict[str, dict]:
         """Every node's last heartbeat, by node id (an unreadable one is reported as such)."""
         out = {}

@@ -31,6 +31,7 @@ from chunkfs.cluster import entries, maintenance
 from chunkfs.cluster.log import SharedLog, entry_name
 from chunkfs.errors import (
     AlreadyExists,
+    ConfigError,
     CorruptData,
     InvalidArgument,
     IsADirectory,
@@ -100,6 +101,12 @@ class Replayer:
                     maintenance.apply_sweep(t, entry.body)
                     t.applied_put(applied)
                 maintenance.delete_empty_packs(self.tiers)
+            elif entry.kind == entries.FORGET:
+                self._forget(entry, applied)
+            elif self._forgotten(entry.node):  # written after its node was removed: a fence
+                log.warning("log entry %d of node %s ignored: that node was forgotten", applied, entry.node)
+                with self.index.write() as t:
+                    t.applied_put(applied)
             elif entry.node == self.node:  # published, then this node died before noting it
                 first, last = entry.seqs
                 with self.index.write() as t:
@@ -108,6 +115,24 @@ class Replayer:
             else:
                 self._apply(entry, applied)
         return applied
+
+    def _forget(self, entry: entries.Entry, position: int) -> None:
+        """A member removed for good: its later entries are ignored everywhere (and if it is this
+        node, it stops here: what it has not published can no longer be)."""
+        node = entry.body["node"]
+        if node == self.node:
+            raise ConfigError(
+                f"{self.shared.backend.url}: this node ({node}) was removed from the shared repository "
+                f"(`chunkfs forget-node`, log entry {position}); its unpublished changes cannot be published. "
+                "Copy out what it holds (`chunkfs export`) and join again on an empty directory"
+            )
+        with self.index.write() as t:
+            t.forgotten_put(node, entry.time_ns)
+            t.applied_put(position)
+
+    def _forgotten(self, node: str) -> bool:
+        with self.index.read() as t:
+            return node in t.forgotten()
 
     def _apply(self, entry: entries.Entry, position: int) -> None:
         """Record the entry's chunk locations, then apply its changes and note the position in

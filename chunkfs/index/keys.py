@@ -209,6 +209,9 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
     uploaded, when a join can start from it (nothing in it left to publish); 0 when the
     newest one cannot be. The heartbeat says it: the log is never truncated past it.
 
+``meta/forgotten/<node id>`` → time ns i64: a member removed for good (``chunkfs
+    forget-node``, a log entry): its entries after that one are ignored here.
+
 ``meta/foreign/<pack id>`` → node id (UTF-8): a pack another node wrote, recorded from a
     log entry. Only a pack's own node deletes its objects (this node's index does not
     know every chunk in a foreign pack); applying a sweep entry here only forgets it.
@@ -307,6 +310,7 @@ META_CLUSTER_ERROR = b"cluster_error"
 META_CLUSTER_GC = b"cluster_gc"
 META_CLUSTER_BACKUP = b"cluster_backup"
 META_FOREIGN = b"foreign/"
+META_FORGOTTEN = b"forgotten/"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

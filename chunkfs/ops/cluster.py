@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 from chunkfs import config
+from chunkfs.cluster import entries
 from chunkfs.cluster.log import CONFIG, SharedLog
 from chunkfs.cluster.node import new_node_id, record
-from chunkfs.errors import AlreadyExists, ChunkfsError, UsageError
+from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound, UsageError
 from chunkfs.index import Index
 from chunkfs.repo import Repository
 from chunkfs.store.backends.base import Backend
@@ -147,3 +148,26 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
             index.close()
         os.replace(Path(d) / "index" / "data.mdb", path / "index" / "data.mdb")
     return True
+
+
+def forget_node(repo: Repository, node: str) -> int:
+    """Remove member ``node`` of the shared repository for good (it is gone: a lost machine), so
+    that gc sweeps no longer wait for it; returns the log position of the ``forget`` entry.
+
+    The entry is a fence: every node ignores that member's entries after it, and the member
+    itself, if it runs again, stops there (its unpublished changes are lost; what it published
+    stays). Its packs on warm stay too (only it deleted them)."""
+    cluster = repo.cluster
+    if cluster is None:
+        raise UsageError(f"{repo.path}: not a shared repository (docs/multinode.md)")
+    if node == cluster.node:
+        raise UsageError(f"{node}: that is this node; run `chunkfs forget-node` on another member")
+    members = cluster.shared.members()
+    with repo.index.read() as t:
+        if node in t.forgotten():
+            raise AlreadyExists(f"node {node}: already forgotten")
+    if node not in members:
+        raise NotFound(f"node {node}: not a member of {cluster.url} (members: {', '.join(sorted(members)) or 'none'})")
+    position = cluster.publish_maintenance(entries.FORGET, {"node": node})
+    cluster.shared.forget(node)
+    return position

@@ -20,7 +20,7 @@ protocol and the argument). Here, under the cluster's maintenance lease:
 Repacks and orphan sweeps do not run in a shared repository (a repack would move chunks
 other nodes read; their packs on warm are not orphans). A member that stays unready (down,
 or a file open for writing since before the entry) only delays the sweep: the next gc
-finishes it.
+finishes it; a member gone for good is removed with ``chunkfs forget-node`` (ops/cluster.py).
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def _sweep(repo, position: int, old: list[bytes], lease: Lease, result) -> None:
 def _truncate(cluster, result) -> None:
     """Delete the log entries every member has applied and the creating node's newest metadata
     backup holds (a joining node starts from it): the log keeps only what someone may need."""
-    members = cluster.shared.members()
+    with cluster.index.read() as t:
+        gone = t.forgotten()
+    members = {n: m for n, m in cluster.shared.members().items() if n not in gone}
     origin = [m for m in members.values() if m.get("origin")]
     if not members or len(origin) != 1 or any("applied" not in m for m in members.values()):
         return
@@ -141,9 +143,10 @@ def _wait_ready(repo, position: int, lease: Lease) -> list[str]:
                 repo.uploader.drain()
             cluster.sync()
             cluster.heartbeat()
-        members = cluster.shared.members()
         with repo.index.read() as t:
             applied = t.applied_get()
+            gone = t.forgotten()
+        members = {n: m for n, m in cluster.shared.members().items() if n not in gone}
         waiting = []
         for node, m in sorted(members.items()):
             gc = m.get("gc") or {}

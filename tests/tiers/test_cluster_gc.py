@@ -7,6 +7,7 @@ sync`` and a mount's sync thread do); the mount-level test is in tests/fuse/test
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import threading
@@ -14,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.cli import chunkfs
 from helpers.clusternodes import export, import_random, nodes, sync
 
 from chunkfs.cluster import log as sharedlog
-from chunkfs.errors import Conflict, CorruptData, NotFound
+from chunkfs.cluster.entries import Entry, encode
+from chunkfs.errors import ConfigError, Conflict, CorruptData, NotFound
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, retention, shared_gc, transfer
 from chunkfs.ops.fsck import fsck
@@ -191,7 +194,7 @@ def test_gc_dry_run_in_a_shared_repository_changes_nothing(tmp_path, moto_server
             assert t.condemned_count() == 0 and len(list(t.inohist_all())) >= 1
 
 
-def test_a_member_that_never_synced_holds_the_sweep_back(tmp_path, moto_server, monkeypatch):
+def test_a_member_that_never_synced_holds_the_sweep_back_until_forgotten(tmp_path, moto_server, monkeypatch):
     """A node is a member from its join on (its heartbeat is written then): its unpublished
     changes may name chunks a gc elsewhere condemns, so the sweep waits for it."""
     _, (a, b) = nodes(tmp_path, moto_server.endpoint)
@@ -204,6 +207,27 @@ def test_a_member_that_never_synced_holds_the_sweep_back(tmp_path, moto_server, 
     result = _gc_on(a, lambda: None, keep_within="0s")
     assert result.chunks_condemned >= 1 and result.chunks_swept == 0, result.to_json()
     assert any(silent in why for why in result.cluster["waiting_for"]), result.to_json()
+
+    # the machine is lost for good: forget it, and the next gc sweeps without it
+    out = json.loads(chunkfs("forget-node", "--repo", a, silent, "--json").stdout)
+    result = _gc_on(a, lambda: None, keep_within="0s")
+    assert result.chunks_swept >= 1 and not result.cluster.get("waiting_for"), result.to_json()
+    # an entry it wrote after the forget (it had not seen it) is ignored by every node: a fence
+    late = encode(Entry(silent, 0, (1, 1), [{"op": "create", "path": "/ghost", "mode": 0o100644, "uid": 0,
+                                                "gid": 0, "rdev": 0, "versioned": True}]))  # fmt: skip
+    sync(a)
+    with Repository(a, writable=False) as repo:
+        with repo.index.read() as t:
+            position = t.applied_get() + 1
+        assert position > out["log_position"] and repo.cluster.shared.append(position, late)
+    sync(a)
+    with Repository(a, writable=False) as repo:
+        with repo.index.read() as t:
+            assert t.applied_get() == position, "a read past the entry"
+        with pytest.raises(NotFound):
+            repo.ns.resolve("/ghost")
+    with pytest.raises(ConfigError, match="was removed from the shared repository"):
+        sync(b)  # and the forgotten node, if it runs again, stops
 
 
 def test_an_unpublished_change_whose_version_a_gc_dropped_is_still_published(tmp_path, moto_server):

@@ -1,5 +1,5 @@
 """Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``meta/cluster_gc``,
-``meta/cluster_backup``, ``meta/foreign/…``, ``outbox`` (keys.py, "Cluster")."""
+``meta/cluster_backup``, ``meta/foreign/…``, ``meta/forgotten/…``, ``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -81,3 +81,10 @@ class ClusterTables(BaseTables):
 
     def cluster_backup_put(self, position: int) -> None:
         self._put("meta", keys.META_CLUSTER_BACKUP, keys.u64(position))
+
+    def forgotten_put(self, node: str, time_ns: int) -> None:
+        self._put("meta", keys.META_FORGOTTEN + node.encode(), keys.encode_i64(time_ns))
+
+    def forgotten(self) -> set[str]:
+        """The members removed for good (``chunkfs forget-node``)."""
+        return {bytes(k[len(keys.META_FORGOTTEN) :]).decode() for k, _ in self._prefix("meta", keys.META_FORGOTTEN)}
