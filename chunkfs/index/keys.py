@@ -212,8 +212,8 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
 ``meta/forgotten/<node id>`` → time ns i64: a member removed for good (``chunkfs
     forget-node``, a log entry): its entries after that one are ignored here.
 
-``meta/foreign/<pack id>`` → node id (UTF-8): a pack another node wrote, recorded from a
-    log entry. Only a pack's own node deletes its objects (this node's index does not
+``meta/foreign/<pack id>`` → node id (UTF-8; the node whose log entry named it first, or
+    whose backup a join started from): a pack another node wrote. Only a pack's own node deletes its objects (this node's index does not
     know every chunk in a foreign pack); applying a sweep entry here only forgets it.
 
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
