@@ -9,10 +9,8 @@ repository's gc without a mount opens it as the maintainer, to apply the log.
 from __future__ import annotations
 
 from chunkfs.cli import output, paths
-from chunkfs.errors import Conflict
 from chunkfs.ops import gc as gcop
 from chunkfs.ops import retention
-from chunkfs.repo import Repository, lock_holder
 
 
 def register(sub, repo_argument) -> None:
@@ -52,7 +50,7 @@ def cmd_gc(args) -> int:
     from chunkfs.config import parse_duration
     from chunkfs.errors import UsageError
 
-    with _open(paths.repository(args.repo), args.dry_run) as repo:
+    with gcop.open_repository(paths.repository(args.repo), dry_run=args.dry_run) as repo:
         rules = retention.rules_for(
             repo.settings, keep_last=args.keep_last, keep_within=args.keep_within,
             keep_best=args.keep_best, keep_every=args.keep_every,
@@ -71,19 +69,6 @@ def cmd_gc(args) -> int:
         return 0
     _print(result)
     return 0
-
-
-def _open(path, dry_run: bool) -> Repository:
-    """Read-only, beside a mount if one runs. A shared repository's gc needs the node's log applied
-    as it goes: without a mount it opens the repository as its maintainer to do that itself."""
-    repo = Repository(path, writable=False)
-    if repo.cluster is None or dry_run or lock_holder(path) is not None:
-        return repo
-    repo.close()
-    try:
-        return Repository(path, writable=True)
-    except Conflict:  # a mount started meanwhile
-        return Repository(path, writable=False)
 
 
 def _print(r: gcop.GcResult) -> None:

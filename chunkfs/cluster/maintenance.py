@@ -104,11 +104,11 @@ def delete_empty_packs(tiers: Tiers) -> int:
     if not empty:
         return 0
     with index.read() as t:
-        foreign = [p for p in empty if t.foreign(p)]
-    own = [p for p in empty if p not in set(foreign)]
+        foreign = {p for p in empty if t.foreign(p)}
+    own = [p for p in empty if p not in foreign]
     result = sweep.SweepResult()
     sweep.delete_packs(tiers, index, own, lambda step: None, result)
-    sweep.delete_packs(tiers, index, foreign, lambda step: None, result, spare=Tier.WARM)
+    sweep.delete_packs(tiers, index, sorted(foreign), lambda step: None, result, spare=Tier.WARM)
     with index.write() as t:
         for pack in foreign:
             t.foreign_delete(pack)

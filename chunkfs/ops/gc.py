@@ -44,6 +44,7 @@ from chunkfs import clock
 from chunkfs.errors import Conflict
 from chunkfs.namespace import prune
 from chunkfs.ops import retention, shared_gc
+from chunkfs.repo import Repository, lock_holder
 from chunkfs.store.maintenance import sweep
 from chunkfs.store.pack.store import NO_WINDOW, lease_alive
 from chunkfs.types import PackState, Tier, tier_name
@@ -98,6 +99,13 @@ class GcResult:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def add_mark(self, live: set[bytes], dead_manifests: list[int], condemn: list) -> None:
+        """What the mark found: live chunks, manifests nothing references, chunks to condemn."""
+        self.manifests_dropped = len(dead_manifests)
+        self.chunks_live = len(live)
+        self.chunks_condemned = len(condemn)
+        self.bytes_freeable = sum(loc.stored_len for _, loc in condemn)
+
     def add_plan(self, t, plan: retention.Plan) -> None:
         """What retention decided (the versions dropped and kept, every checkpoint)."""
         self.versions_dropped = len(plan.drop)
@@ -123,6 +131,19 @@ def _gc_lock(repo) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def open_repository(path, *, dry_run: bool = False) -> Repository:
+    """The repository for a gc: read-only, beside a mount if one runs. A shared repository's gc
+    needs the node's log applied as it goes: without a mount it opens it as its maintainer."""
+    repo = Repository(path, writable=False)
+    if repo.cluster is None or dry_run or lock_holder(path) is not None:
+        return repo
+    repo.close()
+    try:
+        return Repository(path, writable=True)
+    except Conflict:  # a mount started meanwhile
+        return Repository(path, writable=False)
 
 
 def run(
@@ -175,11 +196,8 @@ def _condemn(repo, rules, now: int, dry_run: bool, result: GcResult) -> None:
         if not dry_run:
             prune.drop_versions(t, dropped)
         live, dead_manifests = prune.mark(t, dropped)
-        result.manifests_dropped = len(dead_manifests)
-        result.chunks_live = len(live)
         condemn = [(c, loc) for c, loc in t.chunks() if c not in live]
-        result.chunks_condemned = len(condemn)
-        result.bytes_freeable = sum(loc.stored_len for _, loc in condemn)
+        result.add_mark(live, dead_manifests, condemn)
         revive = [c for c, _e, _n, _l in t.condemned() if c in live]
         result.chunks_resurrected = len(revive)
         if dry_run:

@@ -59,10 +59,7 @@ def run(repo, rules, now: int, grace: int, dry_run: bool, result) -> None:
             drops.append(version_key(d.path, v.record.size, v.blake3))
         live, dead_manifests = prune.mark(t, dropped)
         condemn = [(c, loc) for c, loc in t.chunks() if c not in live]
-    result.manifests_dropped = len(dead_manifests)
-    result.chunks_live = len(live)
-    result.chunks_condemned = len(condemn)
-    result.bytes_freeable = sum(loc.stored_len for _, loc in condemn)
+    result.add_mark(live, dead_manifests, condemn)
     if dry_run:
         return
     with cluster.shared.lease(cluster.node, "gc") as lease:
