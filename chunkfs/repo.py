@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Self
 
 from chunkfs import clock, config
+from chunkfs.cluster import log as cluster_log
 from chunkfs.cluster.node import Cluster
 from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
@@ -152,9 +153,8 @@ class Repository:
         except BaseException:  # a shared repository this node cannot take part in: let go of it
             self.close()
             raise
-        self.backs_up_index = self.cluster is None or self.cluster.origin
-        """Whether this node uploads metadata backups: in a shared repository only the node that
-        created it does (the others' backups would prune each other's; docs/multinode.md)."""
+        if self.cluster is not None:  # any member backs up, one at a time (docs/multinode.md)
+            self.metabackup.lease = functools.partial(self.cluster.shared.lease, self.cluster.node, cluster_log.BACKUP)
         if self.writable and not shared:
             self.registry.ensure_built()
             self.packs.recover()
@@ -281,8 +281,7 @@ class Repository:
                 self.uploader.start()
             if self.replicator is not None:
                 self.replicator.start()
-            if self.backs_up_index:
-                self.backupper.start()
+            self.backupper.start()
             if self.cluster is not None:
                 self.cluster.start()
         self._stop.clear()

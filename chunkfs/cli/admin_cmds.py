@@ -163,11 +163,6 @@ def cmd_drill(args) -> int:
 
 def cmd_backup(args) -> int:
     with Repository(paths.repository(args.repo), writable=False) as repo:
-        if not repo.backs_up_index:
-            raise UsageError(
-                f"{repo.path}: in a shared repository the node that created it backs the index up "
-                "(`chunkfs backup` there); every other node can be rebuilt with `chunkfs join`"
-            )
         replicated = repo.replicas.run_once() if repo.replicas.configured else 0
         result = repo.metabackup.run()
         lag = repo.replicas.lag() if repo.replicas.configured else None

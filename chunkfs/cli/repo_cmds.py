@@ -51,7 +51,8 @@ def register(sub, repo_argument) -> None:
         description="Remove node NODE (an id from `chunkfs status`) from the shared repository REPO belongs "
         "to: gc sweeps stop waiting for it. Run it on any other member when a machine is lost for good. "
         "What NODE published stays; what it had not published is lost, and if it ever runs again it stops "
-        "(every node ignores its later log entries). Its packs on the warm tier stay (docs/multinode.md).",
+        "(every node ignores its later log entries). Its packs become this node's, and its gc deletes them "
+        "from the warm tier once empty (docs/multinode.md).",
     )
     repo_argument(p)
     p.add_argument("node", metavar="NODE", help="the member's node id")

@@ -10,9 +10,9 @@
 ``cluster/log-start.json``      ``{"first": F}``: entries before *F* were deleted (a gc
                                 truncates what every member applied and the newest
                                 metadata backup a join starts from holds)
-``cluster/lease/<G:020d>``      generation *G* of the maintenance lease (one gc at a time
-                                across the nodes): taken, renewed and released by creating
-                                generation *G+1* with ``If-None-Match: *``
+``cluster/lease/<G:020d>``      generation *G* of the maintenance lease (one gc or metadata
+                                backup at a time across the nodes): taken, renewed and
+                                released by creating generation *G+1* with ``If-None-Match: *``
 ==============================  ===========================================================
 
 The lease needs no ``If-Match``: only one node can create generation *G+1*, and a holder
@@ -30,6 +30,7 @@ import contextlib
 import json
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 
 from chunkfs import clock
@@ -43,6 +44,7 @@ NODES = PREFIX + "nodes/"
 LEASES = PREFIX + "lease/"
 LOG_START = PREFIX + "log-start.json"
 LEASE_TTL = 60.0
+BACKUP = "metadata backup"  # what a metadata backup holds the lease for: others wait for it
 FORMAT = 1
 
 
@@ -164,29 +166,44 @@ class SharedLog:
     # -- the maintenance lease -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lease(self, node: str, what: str) -> Iterator[Lease]:
-        """Hold the cluster's maintenance lease for ``what`` (``Conflict`` when another holds it)."""
-        names = sorted(n for n in self.backend.list(LEASES) if n[len(LEASES) :].isdigit())
-        generation = int(names[-1][len(LEASES) :]) if names else 0
-        if generation:
-            try:
-                doc = json.loads(self.backend.get(names[-1]))
-                left = (int(doc["expires_ns"]) - clock.now_ns()) / 1e9
-                holder = f"{doc['what']} on node {doc['node']} ({doc['host']})"
-                released = bool(doc.get("released"))
-            except (NotFound, ValueError, KeyError, TypeError):
-                left, holder, released = 0.0, "", True  # unreadable: expired
-            if not released and left > 0:
-                raise Conflict(
-                    f"{self.backend.url}: {holder} holds the cluster's maintenance lease for {left:.0f}s more; "
-                    "wait for it to finish (or, if that node died, for the lease to expire)"
-                )
-        held = Lease(self, node, what, generation)
-        held.renew()
+    def lease(self, node: str, what: str, *, wait: bool = True) -> Iterator[Lease]:
+        """Hold the cluster's maintenance lease for ``what``; ``Conflict`` when another holds it
+        (with ``wait``, after waiting up to ``LEASE_TTL`` for a metadata backup, which takes
+        seconds, to end)."""
+        deadline = time.monotonic() + LEASE_TTL
+        while True:
+            generation, holder = self._lease_holder()
+            if holder is not None:
+                doc, left = holder
+                if not wait or doc.get("what") != BACKUP or time.monotonic() > deadline:
+                    raise Conflict(
+                        f"{self.backend.url}: {doc.get('what')} on node {doc.get('node')} ({doc.get('host')}) holds "
+                        f"the cluster's maintenance lease for {left:.0f}s more; wait for it to finish (or, if that "
+                        "node died, for the lease to expire)"
+                    )
+            else:
+                held = Lease(self, node, what, generation)
+                if held.take():
+                    break
+            time.sleep(1.0)  # the holder's backup runs, or another node took the lease just now: look again
         try:
             yield held
         finally:
             held.release()
+
+    def _lease_holder(self) -> tuple[int, tuple[dict, float] | None]:
+        """(newest generation of the lease, (its record, seconds left) while it is held, else None)."""
+        names = sorted(n for n in self.backend.list(LEASES) if n[len(LEASES) :].isdigit())
+        if not names:
+            return 0, None
+        generation = int(names[-1][len(LEASES) :])
+        try:
+            doc = json.loads(self.backend.get(names[-1]))
+            left = (int(doc["expires_ns"]) - clock.now_ns()) / 1e9
+            released = bool(doc.get("released"))
+        except (NotFound, ValueError, KeyError, TypeError, AttributeError):
+            return generation, None  # unreadable: expired
+        return generation, None if released or left <= 0 else (doc, left)
 
 
 class Lease:
@@ -195,21 +212,31 @@ class Lease:
     def __init__(self, shared: SharedLog, node: str, what: str, generation: int) -> None:
         self.shared, self.node, self.what, self.generation = shared, node, what, generation
 
+    def take(self) -> bool:
+        """Create the generation after the one found free; False when another node created it first."""
+        return self._next(released=False)
+
     def renew(self, *, released: bool = False) -> None:
         """Extend the lease by ``LEASE_TTL`` (create the next generation); ``Conflict`` when another
         node created it: the lease expired and was taken over."""
-        doc = {"node": self.node, "host": socket.gethostname(), "what": self.what, "released": released,
-               "expires_ns": clock.now_ns() + int(LEASE_TTL * 1e9)}  # fmt: skip
-        backend = self.shared.backend
-        if not backend.put_new(f"{LEASES}{self.generation + 1:020d}", json.dumps(doc).encode()):
+        if not self._next(released=released):
+            backend = self.shared.backend
             raise Conflict(
                 f"{backend.url}: the cluster's maintenance lease was taken by another node (it expired after "
                 f"{LEASE_TTL:.0f}s without renewal); {self.what} stops — run it again"
             )
+
+    def _next(self, *, released: bool) -> bool:
+        doc = {"node": self.node, "host": socket.gethostname(), "what": self.what, "released": released,
+               "expires_ns": clock.now_ns() + int(LEASE_TTL * 1e9)}  # fmt: skip
+        backend = self.shared.backend
+        if not backend.put_new(f"{LEASES}{self.generation + 1:020d}", json.dumps(doc).encode()):
+            return False
         self.generation += 1
         if self.generation > 2:  # the two newest generations are all a reader needs
             with contextlib.suppress(NotFound):
                 backend.delete(f"{LEASES}{self.generation - 2:020d}")
+        return True
 
     def release(self) -> None:
         """Give the lease back (when the store cannot be reached, it expires instead)."""

@@ -134,12 +134,11 @@ class Cluster:
         with self.index.read() as t:
             applied = t.applied_get()
             gc = maintenance.gc_state(t)
-            backup = t.cluster_backup_get()
         self.shared.heartbeat(
             self.node,
             {"host": socket.gethostname(), "origin": self.origin, "time_ns": clock.now_ns(), "applied": applied,
              "pending_changes": count, "oldest_pending_s": round(age, 1), "waiting": self.publisher.waiting,
-             "gc": gc, "backup_applied": backup},
+             "gc": gc},
         )  # fmt: skip
 
     def status(self, *, members: bool = True) -> ClusterStatus:

@@ -118,7 +118,9 @@ class Replayer:
 
     def _forget(self, entry: entries.Entry, position: int) -> None:
         """A member removed for good: its later entries are ignored everywhere (and if it is this
-        node, it stops here: what it has not published can no longer be)."""
+        node, it stops here: what it has not published can no longer be). Its packs become the
+        forgetting node's: every chunk in them that anyone may read was published, so that
+        node knows them as well as any, and its sweeps delete them once they are empty."""
         node = entry.body["node"]
         if node == self.node:
             raise ConfigError(
@@ -128,6 +130,11 @@ class Replayer:
             )
         with self.index.write() as t:
             t.forgotten_put(node, entry.time_ns)
+            for pack in t.foreign_packs(node):
+                if entry.node == self.node:
+                    t.foreign_delete(pack)  # adopted: this node's own now
+                else:
+                    t.foreign_put(pack, entry.node)
             t.applied_put(position)
 
     def _forgotten(self, node: str) -> bool:

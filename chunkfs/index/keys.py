@@ -205,15 +205,11 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
     the round is *ready* once those records are published and no write window opened
     before it is still open (cluster/maintenance.py). Absent: none applied.
 
-``meta/cluster_backup`` → u64: the log position of the newest metadata backup this node
-    uploaded, when a join can start from it (nothing in it left to publish); 0 when the
-    newest one cannot be. The heartbeat says it: the log is never truncated past it.
-
 ``meta/forgotten/<node id>`` → time ns i64: a member removed for good (``chunkfs
     forget-node``, a log entry): its entries after that one are ignored here.
 
 ``meta/foreign/<pack id>`` → node id (UTF-8; the node whose log entry named it first, or
-    whose backup a join started from): a pack another node wrote. Only a pack's own node deletes its objects (this node's index does not
+    whose backup a join started from, or that forgot that node): a pack another node wrote. Only a pack's own node deletes its objects (this node's index does not
     know every chunk in a foreign pack); applying a sweep entry here only forgets it.
 
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
@@ -308,7 +304,6 @@ META_CLUSTER = b"cluster"
 META_CLUSTER_APPLIED = b"cluster_applied"
 META_CLUSTER_ERROR = b"cluster_error"
 META_CLUSTER_GC = b"cluster_gc"
-META_CLUSTER_BACKUP = b"cluster_backup"
 META_FOREIGN = b"foreign/"
 META_FORGOTTEN = b"forgotten/"
 

@@ -102,18 +102,20 @@ def join(
 
 
 def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
-    """Put the newest metadata backup of the shared repository (the creating node uploads them)
-    in place of the new, empty index, so that the join replays only the log after it.
+    """Put the metadata backup of the shared repository that holds the most of the log (any
+    member may have uploaded it) in place of the new, empty index, so that the join replays
+    only the log after it.
 
     Only a backup taken with nothing left to publish is used: every change in it is then in
     the log, and every chunk it names is on warm. Its node's own state goes: the membership
     (this node's record instead), the upload queue, gc leases, and every pack that lived on
     that node's disk only (with the chunk locations in them; none is named by a published
-    change); packs with a warm copy get warm as their home, and are that node's (foreign here). False (and nothing changed) when
+    change); packs with a warm copy get warm as their home, and every pack of that node is
+    marked as its (foreign here: only it deletes them). False (and nothing changed) when
     there is no usable backup: the join then replays the whole log."""
     with tempfile.TemporaryDirectory(prefix="join-", dir=path) as d:
         try:
-            fetch_latest(backend, Path(d))
+            fetch_latest(backend, Path(d), joining=True)
         except ChunkfsError as e:  # none, damaged, unreachable: the log has everything
             log.info("join: no metadata backup to start from (%s); replaying the whole log", e)
             return False
@@ -122,25 +124,26 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
             with index.read() as t:
                 usable = t.cluster_get() is not None and t.outbox_count() == 0 and t.applied_get() > 0
             if not usable:
-                log.info("join: the newest metadata backup has changes not yet published; replaying the whole log")
+                log.info("join: the metadata backup has changes not yet published; replaying the whole log")
                 return False
             with index.write() as t:
-                origin = t.cluster_get()["node"]
+                owner = t.cluster_get()["node"]
                 t.clear_upload_queue()
                 t.gc_state_clear()
                 t.cluster_put(member)
                 t.cluster_error_put(0, None)
                 gone = set()
                 for pack, info in list(t.packs()):
-                    if info.tier != Tier.HOT:
+                    if t.foreign(pack):  # another member's already
                         continue
-                    if info.state == PackState.SEALED and t.copy_get(pack, Tier.WARM) is not None:
+                    if info.tier == Tier.HOT:
+                        if info.state != PackState.SEALED or t.copy_get(pack, Tier.WARM) is None:
+                            gone.add(bytes(pack))
+                            t.pack_delete(pack)
+                            continue
                         t.pack_put(pack, dataclasses.replace(info, tier=Tier.WARM))
                         t.copy_delete(pack, Tier.WARM)
-                        t.foreign_put(pack, origin)  # only that node may delete it (cluster/maintenance.py)
-                    else:
-                        gone.add(bytes(pack))
-                        t.pack_delete(pack)
+                    t.foreign_put(pack, owner)  # only that node may delete it (cluster/maintenance.py)
                 for chunk, loc in list(t.chunks()):
                     if bytes(loc.pack) in gone:
                         t.chunk_delete(chunk)
@@ -156,7 +159,7 @@ def forget_node(repo: Repository, node: str) -> int:
 
     The entry is a fence: every node ignores that member's entries after it, and the member
     itself, if it runs again, stops there (its unpublished changes are lost; what it published
-    stays). Its packs on warm stay too (only it deleted them)."""
+    stays). Its packs become this node's (``Replayer._forget``): its sweeps delete them once empty."""
     cluster = repo.cluster
     if cluster is None:
         raise UsageError(f"{repo.path}: not a shared repository (docs/multinode.md)")

@@ -36,6 +36,7 @@ from chunkfs.errors import BackendUnavailable
 from chunkfs.namespace import prune
 from chunkfs.ops import retention
 from chunkfs.repo import lock_holder
+from chunkfs.store.maintenance.metabackup import join_point
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +97,16 @@ def _sweep(repo, position: int, old: list[bytes], lease: Lease, result) -> None:
 
 
 def _truncate(cluster, result) -> None:
-    """Delete the log entries every member has applied and the creating node's newest metadata
-    backup holds (a joining node starts from it): the log keeps only what someone may need."""
+    """Delete the log entries every member has applied and the metadata backup a joining node
+    starts from holds: the log keeps only what someone may need. (Backups take the lease this
+    gc holds, and pruning keeps that backup until one that holds more is uploaded.)"""
     with cluster.index.read() as t:
         gone = t.forgotten()
     members = {n: m for n, m in cluster.shared.members().items() if n not in gone}
-    origin = [m for m in members.values() if m.get("origin")]
-    if not members or len(origin) != 1 or any("applied" not in m for m in members.values()):
+    joins = join_point(cluster.shared.backend, cluster.index.repo_id)
+    if not members or joins is None or any("applied" not in m for m in members.values()):
         return
-    upto = min([m["applied"] for m in members.values()] + [origin[0].get("backup_applied", 0)])
+    upto = min([m["applied"] for m in members.values()] + [joins[0]])
     deleted = cluster.shared.truncate(upto)
     if deleted:
         result.cluster["log_truncated"] = {"entries": deleted, "first": upto + 1}

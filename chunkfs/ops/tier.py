@@ -259,13 +259,17 @@ def _note_waiting(repo: Repository, result: SyncResult) -> None:
     result.open_packs, result.open_bytes, result.waiting = waiting.packs, waiting.bytes, waiting.describe()
 
 
-def _replicate_and_back_up(repo: Repository) -> None:
+def _replicate_and_back_up(repo: Repository, notice: Callable[[str], None]) -> None:
     """After the uploads: copy to the replicas and back up the metadata, so that what
-    `sync` reports done survives the loss of this node (docs/operations.md)."""
+    `sync` reports done survives the loss of this node (docs/operations.md). In a shared
+    repository the log already has it, and the backup (where joins start) waits for a gc
+    or another member's backup that holds the maintenance lease: skipped then."""
     if repo.replicas.configured:
         repo.replicas.run_once()
-    if repo.backs_up_index:
+    try:
         repo.metabackup.run()
+    except Conflict as e:
+        notice(f"metadata backup skipped: {e}")
 
 
 def sync(
@@ -298,7 +302,7 @@ def sync(
                 if repo.cluster is not None:
                     result.published = repo.cluster.sync()[0]
                     repo.cluster.heartbeat()  # `chunkfs status` on every node shows this one
-                _replicate_and_back_up(repo)
+                _replicate_and_back_up(repo, notice)
                 _note_waiting(repo, result)
             return result
         result.by_daemon = True
@@ -310,7 +314,7 @@ def sync(
             while lock_holder(repo.path) is not None:
                 b = backlog(repo.index)
                 if b.packs == 0 and (repo.cluster is None or repo.cluster.pending()[0] == 0):
-                    _replicate_and_back_up(repo)
+                    _replicate_and_back_up(repo, notice)
                     _note_waiting(repo, result)
                     return result
                 if b.bytes < last.bytes:

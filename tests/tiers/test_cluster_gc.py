@@ -7,6 +7,7 @@ sync`` and a mount's sync thread do); the mount-level test is in tests/fuse/test
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import stat
@@ -25,6 +26,7 @@ from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import gc, retention, shared_gc, transfer
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
+from chunkfs.store.maintenance import metabackup
 from chunkfs.types import Tier
 
 
@@ -182,6 +184,24 @@ def test_one_gc_at_a_time_across_nodes_and_a_dead_holders_lease_expires(tmp_path
         dead.pop_all()
 
 
+def test_a_gc_waits_for_a_metadata_backup_that_holds_the_lease(tmp_path, moto_server):
+    """A backup holds the lease for seconds: a gc (or an explicit backup) waits for it, a
+    periodic backup (``wait=False``) does not."""
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    with Repository(a, writable=False) as ra, Repository(b, writable=False) as rb:
+        shared_a, shared_b = ra.cluster.shared, rb.cluster.shared
+        backup = shared_a.lease("a", sharedlog.BACKUP)
+        backup.__enter__()
+        with pytest.raises(Conflict, match="metadata backup on node a"):
+            shared_b.lease("b", sharedlog.BACKUP, wait=False).__enter__()
+        timer = threading.Timer(2.0, backup.__exit__, (None, None, None))
+        timer.start()
+        t0 = time.monotonic()
+        with shared_b.lease("b", "gc") as held:
+            assert held.what == "gc" and time.monotonic() - t0 >= 1.5, "it waited for the backup to end"
+        timer.join()
+
+
 def test_gc_dry_run_in_a_shared_repository_changes_nothing(tmp_path, moto_server):
     _, (a, _b) = nodes(tmp_path, moto_server.endpoint)
     with Repository(a) as repo:
@@ -230,6 +250,36 @@ def test_a_member_that_never_synced_holds_the_sweep_back_until_forgotten(tmp_pat
         sync(b)  # and the forgotten node, if it runs again, stops
 
 
+def test_the_packs_of_a_forgotten_member_become_the_forgetting_nodes_and_its_gc_deletes_them(tmp_path, moto_server):
+    """Only a pack's own node deletes it; once that node is forgotten, the node that forgot it
+    owns its packs (every node marks them so) and deletes them from warm when they empty."""
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
+    with Repository(a) as repo:
+        import_random(repo, tmp_path, "/gone.bin", 300_000)
+        lost = repo.cluster.node
+    with Repository(a) as repo:  # another pack
+        kept = import_random(repo, tmp_path, "/kept.bin", 300_000)
+    _all_sync(a, b, c)
+    with Repository(c, writable=False) as repo, repo.index.read() as t:
+        theirs = set(t.foreign_packs(lost))
+    assert len(theirs) == 2
+    chunkfs("forget-node", "--repo", b, lost, "--json")
+    _all_sync(b, c)
+    with Repository(b, writable=False) as repo, repo.index.read() as t:
+        assert not any(t.foreign(p) for p in theirs), "b adopted them"
+    with Repository(c, writable=False) as repo, repo.index.read() as t:
+        assert {t.foreign(p) for p in theirs} == {_node(b)}, "c marks them as b's"
+    before = _warm_packs(b)
+    with Repository(c) as repo:
+        repo.ns.unlink(1, b"gone.bin")
+    _all_sync(c, b)
+    result = _gc_on(c, lambda: _all_sync(b), keep_within="0s")
+    assert result.chunks_swept >= 1, result.to_json()
+    _all_sync(b, c)  # b applies the sweep and deletes the emptied pack it adopted
+    assert len(_warm_packs(b)) == len(before) - 1, "the forgotten node's emptied pack left the warm tier"
+    _check((b, c), {"/kept.bin": kept}, tmp_path)
+
+
 def test_an_unpublished_change_whose_version_a_gc_dropped_is_still_published(tmp_path, moto_server):
     """b saved /f.bin with the same bytes a had published, then saved it again — both unpublished
     — when c's gc dropped that content's versions: b condemned its chunks, and still publishes
@@ -259,8 +309,8 @@ def test_gc_truncates_the_log_every_member_applied_and_joins_start_from_the_back
     for i in range(3):
         with Repository(a) as repo:
             files[f"/f{i}.bin"] = import_random(repo, tmp_path, f"/f{i}.bin", 50_000)
-        sync(a)  # an entry each, then a metadata backup of the creating node
-    _all_sync(b, a)  # a's heartbeat now names the position its newest backup holds
+        sync(a)  # an entry each, then a metadata backup
+    _all_sync(b, a)  # every heartbeat names the position the node applied
     result = _gc_on(b, lambda: _all_sync(a))
     truncated = result.cluster["log_truncated"]
     assert truncated["entries"] >= 3, result.to_json()
@@ -275,3 +325,69 @@ def test_gc_truncates_the_log_every_member_applied_and_joins_start_from_the_back
         t.applied_put(0)  # an index older than the log (restored from an old copy, say)
     with pytest.raises(CorruptData, match=f"starts at entry {truncated['first']}"):
         sync(b)
+
+
+def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most_of_the_log(tmp_path, moto_server):
+    """The creating node is lost for good: the other member's backups (one at a time, under the
+    maintenance lease) let the log be truncated and a new node start from them. A newer backup
+    with a change still to publish does not displace the one a join starts from, not even
+    when pruning leaves only ``backup.keep`` others."""
+    url, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    backend = moto_server.backend(url)
+    files = {}
+    with Repository(a) as repo:
+        files["/a.bin"] = import_random(repo, tmp_path, "/a.bin", 60_000)
+        lost = repo.cluster.node
+    _all_sync(a, b)
+    chunkfs("forget-node", "--repo", b, lost, "--json")
+    with Repository(b) as repo:
+        files["/b.bin"] = import_random(repo, tmp_path, "/b.bin", 60_000)
+    sync(b)
+    done = json.loads(chunkfs("backup", "--repo", str(b), "--json").stdout)
+    with Repository(b) as repo:
+        with repo.index.read() as t:
+            applied = t.applied_get()
+        position, name = metabackup.join_point(backend, repo.index.repo_id)
+        assert (position, name) == (applied, done["name"]), "a member's backup is where joins start"
+        import_random(repo, tmp_path, "/unpublished.bin", 30_000)  # then a newer backup: not joinable
+
+
+        def backup_settings(**kw) -> None:
+            repo.metabackup.settings = dataclasses.replace(
+                repo.settings, backup=dataclasses.replace(repo.settings.backup, **kw)
+            )
+            with repo.index.write() as t:  # and something changed since the last backup
+                t.applied_put(t.applied_get())
+
+        backup_settings(keep=1, interval=0)
+        newer = repo.metabackup.run()
+        assert "-j" not in newer.name
+        listed = [n for _, _, n in metabackup.list_backups(backend, repo.index.repo_id)]
+        assert listed == [done["name"], newer.name], "pruned to keep=1 newest, plus the join point"
+        # a gc holds the lease: the periodic backup skips, an explicit one says who holds it
+        backup_settings(keep=1, interval=0)
+        with repo.cluster.shared.lease(repo.cluster.node, "gc"):
+            assert repo.metabackup.run(force=False) is None
+            with pytest.raises(Conflict, match="gc on node"):
+                repo.metabackup.run()
+        backup_settings(keep=1, interval=3600)  # a member backed up less than an interval ago: skipped
+        assert repo.metabackup.run(force=False) is None
+        backup_settings(keep=1, interval=0)
+        assert repo.metabackup.run(force=False) is not None
+    result = _gc_on(b, lambda: None)
+    assert result.cluster["log_truncated"]["first"] == position + 1, result.to_json()
+    assert not backend.exists(sharedlog.entry_name(position))
+    sync(b)  # /unpublished.bin: published now, after the join point
+
+    late, start = clusterop.join(tmp_path / "late", url, endpoint_url=moto_server.endpoint)
+    with late, late.index.read() as t:
+        assert start > position and t.applied_get() == start
+        owners = {t.foreign(p) for p, _ in t.packs()}
+        assert owners == {_node(b)}, "every pack it started with is b's (a's it adopted): never deleted here"
+    files["/unpublished.bin"] = (tmp_path / "src-unpublished.bin").read_bytes()
+    _check((tmp_path / "late",), files, tmp_path)
+
+
+def _node(path: Path) -> str:
+    with Repository(path, writable=False) as repo:
+        return repo.cluster.node

@@ -1,5 +1,5 @@
 """Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``meta/cluster_gc``,
-``meta/cluster_backup``, ``meta/foreign/…``, ``meta/forgotten/…``, ``outbox`` (keys.py, "Cluster")."""
+``meta/foreign/…``, ``meta/forgotten/…``, ``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -67,20 +67,18 @@ class ClusterTables(BaseTables):
     def foreign_put(self, pack: bytes, node: str) -> None:
         self._put("meta", keys.META_FOREIGN + bytes(pack), node.encode())
 
-    def foreign(self, pack: bytes) -> bool:
-        """Whether another node wrote ``pack`` (a log entry named it)."""
-        return self._get("meta", keys.META_FOREIGN + bytes(pack)) is not None
+    def foreign(self, pack: bytes) -> str | None:
+        """The node that wrote ``pack`` when it is another node (a log entry named it), else None."""
+        raw = self._get("meta", keys.META_FOREIGN + bytes(pack))
+        return bytes(raw).decode() if raw is not None else None
+
+    def foreign_packs(self, node: str) -> list[bytes]:
+        """The packs of another node ``node`` known here."""
+        want = node.encode()
+        return [bytes(k[len(keys.META_FOREIGN) :]) for k, v in self._prefix("meta", keys.META_FOREIGN) if bytes(v) == want]
 
     def foreign_delete(self, pack: bytes) -> None:
         self._delete("meta", keys.META_FOREIGN + bytes(pack))
-
-    def cluster_backup_get(self) -> int:
-        """The log position a join can start from with this node's newest metadata backup (0: none)."""
-        raw = self._get("meta", keys.META_CLUSTER_BACKUP)
-        return keys.decode_u64(raw) if raw is not None else 0
-
-    def cluster_backup_put(self, position: int) -> None:
-        self._put("meta", keys.META_CLUSTER_BACKUP, keys.u64(position))
 
     def forgotten_put(self, node: str, time_ns: int) -> None:
         self._put("meta", keys.META_FORGOTTEN + node.encode(), keys.encode_i64(time_ns))

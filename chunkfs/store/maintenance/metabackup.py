@@ -1,9 +1,10 @@
 """Metadata backups: the LMDB index, consistent, to the warm tier and every replica.
 
 A backup (``MetaBackup.run``) is one object per location,
-``meta/index-<generation:012d>-<time ns>-<repository tag>.tar.zst`` (the tag: the first
-bytes of the repository id, store/backends/ownership.py; older backups have none): a
-zstd-compressed tar of
+``meta/index-<generation:012d>-<time ns>-<repository tag>[-j<position>].tar.zst`` (the
+tag: the first bytes of the repository id, store/backends/ownership.py; older backups have
+none; the position: in a shared repository, the log position a joining node can start
+from with this index, when it has one): a zstd-compressed tar of
 
     index/data.mdb   ``Index.copy_to``: LMDB's own consistent, compacted copy (a read
                      transaction's snapshot; writers go on meanwhile)
@@ -18,6 +19,12 @@ is above both the index's record (``meta/backup``) and every name listed.
 A mount runs it every ``backup.interval`` seconds (``Backupper``; skipped while
 nothing changed), ``chunkfs sync`` once at its end. ``chunkfs recover`` (ops/recover.py)
 takes the newest backup plus the footers of packs written after it.
+
+In a shared repository (docs/multinode.md) any member backs up, under the cluster's
+maintenance lease (one at a time), and a mount's periodic backup is skipped while another
+member's is younger than ``backup.interval``. Those backups serve joins: a new member
+starts from the one that holds the most of the log (``JOIN``), pruning never deletes that
+one, and a gc truncates the log only below its position (ops/shared_gc.py).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import re
 import tarfile
 import tempfile
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +46,7 @@ import blake3
 import zstandard
 
 from chunkfs import clock, config
-from chunkfs.errors import ChunkfsError, CorruptData, NotFound
+from chunkfs.errors import ChunkfsError, Conflict, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.store.backends import ownership
 from chunkfs.store.backends.base import Backend
@@ -47,12 +56,14 @@ from chunkfs.types import Tier
 log = logging.getLogger(__name__)
 
 PREFIX = "meta/"
-NAME_RE = re.compile(r"^meta/index-(\d{12})-(\d+)(?:-([0-9a-f]+))?\.tar\.zst$")
+NAME_RE = re.compile(r"^meta/index-(\d{12})-(\d+)(?:-([0-9a-f]+))?(?:-j(\d+))?\.tar\.zst$")
 FORMAT = 1
 
 
-def backup_name(generation: int, time_ns: int, repo_id: bytes) -> str:
-    return f"{PREFIX}index-{generation:012d}-{time_ns}-{ownership.tag(repo_id)}.tar.zst"
+def backup_name(generation: int, time_ns: int, repo_id: bytes, join: int = 0) -> str:
+    """The object name of a backup; ``join``: the log position a joining node starts from with it (0: none)."""
+    suffix = f"-j{join}" if join else ""
+    return f"{PREFIX}index-{generation:012d}-{time_ns}-{ownership.tag(repo_id)}{suffix}.tar.zst"
 
 
 def list_backups(backend: Backend, repo_id: bytes | None = None, *, untagged: bool = False) -> list[tuple[int, int, str]]:
@@ -64,6 +75,21 @@ def list_backups(backend: Backend, repo_id: bytes | None = None, *, untagged: bo
         if m and (repo_id is None or m.group(3) == ownership.tag(repo_id) or (untagged and m.group(3) is None)):
             out.append((int(m.group(1)), int(m.group(2)), name))
     return sorted(out)
+
+
+def join_point(backend: Backend, repo_id: bytes | None) -> tuple[int, str] | None:
+    """(log position, name) of the backup a joining node starts from: the one whose index holds
+    the most of the shared log (the newest of equals); None when no backup here has a position."""
+    listed = list_backups(backend, repo_id)
+    best = max(listed, key=_join_order, default=None)
+    position = _join_order(best)[0] if best else 0
+    return (position, best[2]) if position else None
+
+
+def _join_order(backup: tuple[int, int, str]) -> tuple[int, int, int]:
+    """(join position, generation, time) of a ``list_backups`` row: the order of usefulness to a join."""
+    generation, time_ns, name = backup
+    return int(NAME_RE.match(name).group(4) or 0), generation, time_ns
 
 
 @dataclass
@@ -85,6 +111,9 @@ class MetaBackup:
         self.index = index
         self.tiers = tiers
         self.replicas = replicas
+        self.lease: Callable[..., AbstractContextManager] | None = None
+        """In a shared repository (set by ``Repository``): takes the cluster's maintenance lease
+        (``SharedLog.lease`` for a metadata backup; ``wait=False``: at once or ``Conflict``)."""
         self._lock = threading.Lock()
         self._after_txnid: int | None = None  # LMDB txn id right after our last backup
 
@@ -104,61 +133,85 @@ class MetaBackup:
         return self._after_txnid is None or self.index.env.info()["last_txnid"] != self._after_txnid
 
     def run(self, *, force: bool = True) -> BackupResult | None:
-        """Make a backup now (unless not ``force`` and nothing changed); None if there is nowhere to put it."""
+        """Make a backup now; None if there is nowhere to put it, or (unless ``force``) nothing
+        changed, or in a shared repository another member's backup is younger than
+        ``backup.interval`` or the maintenance lease is held. Forced, a held lease is ``Conflict``."""
         with self._lock:
             locations = self.locations()
             if not locations or (not force and not self.changed()):
                 return None
-            tmpdir = self.repo_path / "tmp"
-            tmpdir.mkdir(exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=tmpdir, prefix="metabackup-") as d:
-                d = Path(d)
-                txnid = self.index.env.info()["last_txnid"]
-                self.index.copy_to(d / "index")
-                start = _join_position(d / "index")
-                with self.index.read() as t:
-                    last = t.backup_get()
-                    newest_commit = t.last_commit()
-                    repo_id = (t.meta_get(b"repo_id") or b"").hex()
-                generation = (last[0] if last else 0) + 1
-                for _url, b in locations:
-                    try:
-                        listed = list_backups(b)
-                    except ChunkfsError:
-                        listed = []
-                    if listed:
-                        generation = max(generation, listed[-1][0] + 1)
-                now = clock.now_ns()
-                info = {"format": FORMAT, "generation": generation, "time_ns": now, "last_commit": newest_commit,
-                        "repo_id": repo_id, "txnid": txnid}  # fmt: skip
-                archive = d / "backup.tar.zst"
-                _write_archive(archive, d / "index" / "data.mdb", self.repo_path / config.CONFIG_NAME, info)
-                size = archive.stat().st_size
-                digest = _hash_file(archive)
-                name = backup_name(generation, now, self.index.repo_id)
-                result = BackupResult(generation, now, name, size)
-                for url, b in locations:
-                    try:
-                        b.put_file(name, archive, blake3_digest=digest)
-                        b.verify(name, digest, size)
-                        result.locations.append(url)
-                        self._prune(b)
-                    except ChunkfsError as e:
-                        result.errors.append(f"{url}: {e}")
-                        log.warning("metadata backup to %s failed: %s", url, e)
-            if result.locations:
-                with self.index.write() as t:
-                    t.backup_put(generation, now, txnid)
-                    if start is not None:  # where a join from the warm tier's copy starts
-                        on_warm = self.tiers.configured(Tier.WARM) and self.tiers.url(Tier.WARM) in result.locations
-                        t.cluster_backup_put(start if on_warm else 0)
-                self._after_txnid = self.index.env.info()["last_txnid"]
-            return result
+            if self.lease is None:
+                return self._run(locations)
+            if not force and self._recent_on_warm():
+                return None
+            try:
+                with self.lease(wait=force) as lease:
+                    return self._run(locations, lease)
+            except Conflict as e:
+                if force:
+                    raise
+                log.info("metadata backup skipped: %s", e)
+                return None
+
+    def _recent_on_warm(self) -> bool:
+        """Whether another member of the shared repository backed it up less than ``backup.interval`` ago."""
+        listed = list_backups(self.tiers.backend(Tier.WARM), self.index.repo_id)
+        return bool(listed) and clock.now_ns() - listed[-1][1] < self.settings.backup.interval * 1e9
+
+    def _run(self, locations: list[tuple[str, Backend]], lease=None) -> BackupResult:
+        tmpdir = self.repo_path / "tmp"
+        tmpdir.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=tmpdir, prefix="metabackup-") as d:
+            d = Path(d)
+            txnid = self.index.env.info()["last_txnid"]
+            self.index.copy_to(d / "index")
+            start = _join_position(d / "index")
+            with self.index.read() as t:
+                last = t.backup_get()
+                newest_commit = t.last_commit()
+                repo_id = (t.meta_get(b"repo_id") or b"").hex()
+            generation = (last[0] if last else 0) + 1
+            for _url, b in locations:
+                try:
+                    listed = list_backups(b)
+                except ChunkfsError:
+                    listed = []
+                if listed:
+                    generation = max(generation, listed[-1][0] + 1)
+            now = clock.now_ns()
+            info = {"format": FORMAT, "generation": generation, "time_ns": now, "last_commit": newest_commit,
+                    "repo_id": repo_id, "txnid": txnid}  # fmt: skip
+            archive = d / "backup.tar.zst"
+            _write_archive(archive, d / "index" / "data.mdb", self.repo_path / config.CONFIG_NAME, info)
+            size = archive.stat().st_size
+            digest = _hash_file(archive)
+            on_warm = self.tiers.configured(Tier.WARM)  # a join reads the warm tier's copy
+            name = backup_name(generation, now, self.index.repo_id, (start or 0) if on_warm else 0)
+            result = BackupResult(generation, now, name, size)
+            for url, b in locations:
+                try:
+                    if lease is not None:  # a big index takes a while to upload: still ours
+                        lease.renew()
+                    b.put_file(name, archive, blake3_digest=digest)
+                    b.verify(name, digest, size)
+                    result.locations.append(url)
+                    self._prune(b)
+                except ChunkfsError as e:
+                    result.errors.append(f"{url}: {e}")
+                    log.warning("metadata backup to %s failed: %s", url, e)
+        if result.locations:
+            with self.index.write() as t:
+                t.backup_put(generation, now, txnid)
+            self._after_txnid = self.index.env.info()["last_txnid"]
+        return result
 
     def _prune(self, backend: Backend) -> None:
+        """Delete all but the ``backup.keep`` newest backups, and the one a join starts from."""
         listed = list_backups(backend, self.index.repo_id)  # never another repository's (nor untagged ones)
+        joins = join_point(backend, self.index.repo_id)
         for _gen, _ns, name in listed[: max(0, len(listed) - self.settings.backup.keep)]:
-            backend.delete(name)
+            if joins is None or name != joins[1]:
+                backend.delete(name)
 
 
 def _join_position(index_dir: Path) -> int | None:
@@ -195,9 +248,10 @@ def _write_archive(dest: Path, data_mdb: Path, config_file: Path, info: dict) ->
         tar.addfile(ti, io.BytesIO(body))
 
 
-def fetch_latest(backend: Backend, dest: Path) -> dict:
+def fetch_latest(backend: Backend, dest: Path, *, joining: bool = False) -> dict:
     """Download and unpack the newest backup on ``backend`` into ``dest`` (index/data.mdb,
-    chunkfs.toml); return its backup.json."""
+    chunkfs.toml); return its backup.json. ``joining`` (a new member of a shared repository):
+    those that hold the most of the log first, then those that do not say."""
     marker = ownership.owner(backend)  # the location's repository: never another one's backup
     try:
         owner_id = bytes.fromhex(marker["repo_id"]) if marker else None
@@ -206,8 +260,10 @@ def fetch_latest(backend: Backend, dest: Path) -> dict:
     listed = list_backups(backend, owner_id, untagged=True)
     if not listed:
         raise NotFound(f"{backend.url}: no metadata backup (meta/index-*.tar.zst) here")
+    if joining:
+        listed.sort(key=_join_order)
     errors = []
-    for _gen, _ns, name in reversed(listed):  # newest first; a damaged one falls back to the previous
+    for _gen, _ns, name in reversed(listed):  # the best first; a damaged one falls back to the next
         try:
             data = backend.get(name)
             dctx = zstandard.ZstdDecompressor()
