@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkfs import clock
+from chunkfs.background import BackgroundThread
 from chunkfs.cluster import entries, maintenance
 from chunkfs.cluster.log import SharedLog
 from chunkfs.cluster.publish import Publisher
@@ -64,8 +65,11 @@ class ClusterStatus:
         return dict(vars(self))
 
 
-class Cluster:
-    """Publishing and applying for one open repository that is shared."""
+class Cluster(BackgroundThread):
+    """Publishing and applying for one open repository that is shared (in a mount, by the sync
+    thread: a round every ``POLL`` seconds, or at once when woken)."""
+
+    thread_name = "chunkfs-cluster"
 
     def __init__(
         self,
@@ -75,6 +79,7 @@ class Cluster:
         wake_uploader: Callable[[], None],
         sidecar: Callable[[bytes, list[Extent]], bytes | None],
     ) -> None:
+        super().__init__()
         self.node = doc["node"]
         self.url = doc["url"]
         self.origin = bool(doc.get("origin"))
@@ -84,9 +89,6 @@ class Cluster:
         self.publisher = Publisher(self.index, self.shared, self.node, self.replayer, wake_uploader)
         self.error: str | None = None
         self._lock = threading.Lock()  # one round at a time (the thread, `chunkfs sync`)
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # a round now: someone waits for a publish
-        self._thread: threading.Thread | None = None
 
     def sync(self) -> tuple[int, int]:
         """One round: publish what is ready, apply what others published; (changes sent, position)."""
@@ -108,7 +110,7 @@ class Cluster:
                     f"{self.url}: a change is not in the shared log after {timeout:.0f}s ({why}); it is "
                     "durable on this node and is published once the store can be reached"
                 )
-            self._wake.set()
+            self.wake()  # a round now: someone waits for a publish
             time.sleep(WAIT_POLL)
 
     def publish_maintenance(self, kind: str, body: dict) -> int:
@@ -159,26 +161,9 @@ class Cluster:
 
     # -- the sync thread -------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="chunkfs-cluster", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            self._wake.set()
-            thread.join(timeout)
-
     def _loop(self) -> None:
         delay, next_beat = POLL, 0.0
-        while True:
-            self._wake.wait(delay)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
+        while self.pause(delay):
             try:
                 self.sync()
                 if time.monotonic() >= next_beat:

@@ -18,7 +18,7 @@ PACKAGE = Path(chunkfs.__file__).parent
 
 # Higher number = higher layer. Vocabulary modules are layer 0 and import nothing above.
 LAYERS = {
-    "errors": 0, "types": 0, "config": 0, "clock": 0,
+    "errors": 0, "types": 0, "config": 0, "clock": 0, "background": 0,
     "index": 1,
     "store": 2,
     "engine": 3,

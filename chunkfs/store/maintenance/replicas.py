@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkfs import clock, config
+from chunkfs.background import BackgroundThread
 from chunkfs.errors import BackendUnavailable, ChunkfsError, ConfigError, CorruptData, NotFound
 from chunkfs.index import Index, keys
 from chunkfs.store.backends import ownership
@@ -257,40 +258,26 @@ class Replicas:
         return None
 
 
-class Replicator:
+class Replicator(BackgroundThread):
     """The background thread that keeps replicas up to date (every ``replication.interval``)."""
 
+    thread_name = "chunkfs-replicator"
+
     def __init__(self, replicas: Replicas, interval: float) -> None:
+        super().__init__()
         self.replicas = replicas
         self.interval = interval
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is not None or not self.interval:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="chunkfs-replicator", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            self._wake.set()
-            thread.join(timeout)
+        if self.interval:
+            super().start()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
                 self.replicas.run_once(self._stop)
             except ChunkfsError as e:
                 log.warning("replication: %s", e)
             except Exception:  # a bug: keep running and say so
                 log.exception("replication: unexpected error")
-            self._wake.wait(self.interval)
-            self._wake.clear()
+            self.pause(self.interval)

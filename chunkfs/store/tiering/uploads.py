@@ -19,12 +19,12 @@ daemon, or ``chunkfs sync`` when nothing is mounted).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from chunkfs import clock
+from chunkfs.background import BackgroundThread
 from chunkfs.errors import BackendUnavailable, ChunkfsError, CorruptData
 from chunkfs.index import Index
 from chunkfs.store.tiering.lock import NEW
@@ -112,15 +112,15 @@ def _upload_copy(tiers: Tiers, pack: PackId) -> int:
     return info.size
 
 
-class Uploader:
+class Uploader(BackgroundThread):
     """Drains the upload queue, in a background thread (``start``) or inline (``drain``)."""
 
+    thread_name = "chunkfs-uploader"
+
     def __init__(self, index: Index, tiers: Tiers) -> None:
+        super().__init__()
         self.index = index
         self.tiers = tiers
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failing = False
         self._broken: set[PackId] = set()  # packs whose upload found them damaged: not retried by this process
 
@@ -143,10 +143,6 @@ class Uploader:
                     t.upload_put(pack, now)
             self.wake()
         return len(missing)
-
-    def wake(self) -> None:
-        """New packs were queued."""
-        self._wake.set()
 
     def run_once(self, *, blocking: bool = True) -> int | None:
         """Upload the oldest ``BATCH`` queued packs; return their bytes (0: dropped as unneeded or
@@ -184,32 +180,17 @@ class Uploader:
 
     # -- the background thread --------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="chunkfs-uploader", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool | None:
         """Stop after the current batch of uploads (waiting at most ``timeout``; an upload cut short
         is redone later)."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stop.set()
-        self._wake.set()
-        thread.join(timeout)
-        if thread.is_alive():
+        ended = super().stop(timeout)
+        if ended is False:
             log.warning("the uploader is still busy with a pack; it is uploaded again at the next start")
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return ended
 
     def _loop(self) -> None:
         delay = FIRST_DELAY
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
                 done = self.run_once(blocking=False)  # never stuck behind a long `chunkfs tier` at unmount
             except BackendUnavailable as e:
@@ -232,8 +213,7 @@ class Uploader:
             if done == BUSY:
                 self._stop.wait(BUSY_POLL)
             elif done is None:
-                self._wake.wait(IDLE_POLL)
-                self._wake.clear()
+                self.pause(IDLE_POLL)
 
     def _failed(self, e: ChunkfsError) -> None:
         if not self._failing:
