@@ -267,6 +267,9 @@ def cmd_status(args) -> int:
         rows.append(("not published", f"{k['pending_changes']} changes, oldest {k['oldest_pending_s']:.0f}s{why}"))
         if k["error"]:
             rows.append(("shared log error", k["error"]))
+        j = k.get("join_point")
+        rows.append(("joins start", f"after log entry {j['position']} (a metadata backup {j['age_s']:.0f}s old)"
+                     if j else "at the log's first entry (no metadata backup to start from)"))  # fmt: skip
         for node, m in sorted(k["members"].items()):
             if "error" in m:
                 rows.append((f"  node {node}", m["error"]))

@@ -106,7 +106,7 @@ def _truncate(cluster, result) -> None:
     joins = join_point(cluster.shared.backend, cluster.index.repo_id)
     if not members or joins is None or any("applied" not in m for m in members.values()):
         return
-    upto = min([m["applied"] for m in members.values()] + [joins[0]])
+    upto = min([m["applied"] for m in members.values()] + [joins.position])
     deleted = cluster.shared.truncate(upto)
     if deleted:
         result.cluster["log_truncated"] = {"entries": deleted, "first": upto + 1}

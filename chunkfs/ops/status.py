@@ -13,8 +13,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from chunkfs import clock
+from chunkfs.errors import ChunkfsError
 from chunkfs.ops.tier import _norm, open_packs, walk_files
 from chunkfs.repo import Repository, lock_holder
+from chunkfs.store.maintenance.metabackup import join_point
 from chunkfs.store.tiering.uploads import backlog
 from chunkfs.types import Tier, tier_name
 
@@ -112,6 +114,14 @@ def _cluster(repo: Repository, now: int) -> dict:
     for doc in out["members"].values():
         if "time_ns" in doc:
             doc["heartbeat_age_s"] = round((now - doc["time_ns"]) / 1e9, 1)
+    try:  # where a new member's join starts (docs/multinode.md, "Joins and the log's length")
+        joins = join_point(repo.cluster.shared.backend, repo.index.repo_id)
+    except ChunkfsError:  # the store is down: the error above says so
+        joins = None
+    out["join_point"] = (
+        {"position": joins.position, "backup": joins.name, "age_s": round((now - joins.time_ns) / 1e9, 1)}
+        if joins else None
+    )  # fmt: skip
     return out
 
 

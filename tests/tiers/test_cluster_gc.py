@@ -344,10 +344,13 @@ def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most
         files["/b.bin"] = import_random(repo, tmp_path, "/b.bin", 60_000)
     sync(b)
     done = json.loads(chunkfs("backup", "--repo", str(b), "--json").stdout)
+    status = json.loads(chunkfs("status", "--repo", str(b), "--json").stdout)["cluster"]
+    assert status["join_point"]["backup"] == done["name"], status
+    assert f"after log entry {status['join_point']['position']}" in chunkfs("status", "--repo", str(b)).stdout
     with Repository(b) as repo:
         with repo.index.read() as t:
             applied = t.applied_get()
-        position, name = metabackup.join_point(backend, repo.index.repo_id)
+        position, name, _ = metabackup.join_point(backend, repo.index.repo_id)
         assert (position, name) == (applied, done["name"]), "a member's backup is where joins start"
         import_random(repo, tmp_path, "/unpublished.bin", 30_000)  # then a newer backup: not joinable
 

@@ -41,11 +41,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import blake3
 import zstandard
 
 from chunkfs import clock, config
+from chunkfs.background import BackgroundThread
 from chunkfs.errors import ChunkfsError, Conflict, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.store.backends import ownership
@@ -77,13 +79,19 @@ def list_backups(backend: Backend, repo_id: bytes | None = None, *, untagged: bo
     return sorted(out)
 
 
-def join_point(backend: Backend, repo_id: bytes | None) -> tuple[int, str] | None:
-    """(log position, name) of the backup a joining node starts from: the one whose index holds
-    the most of the shared log (the newest of equals); None when no backup here has a position."""
+class JoinPoint(NamedTuple):
+    position: int  # the log position its index applied: a join replays the entries after it
+    name: str
+    time_ns: int
+
+
+def join_point(backend: Backend, repo_id: bytes | None) -> JoinPoint | None:
+    """The backup a joining node starts from: the one whose index holds the most of the shared
+    log (the newest of equals); None when no backup here has a position."""
     listed = list_backups(backend, repo_id)
     best = max(listed, key=_join_order, default=None)
     position = _join_order(best)[0] if best else 0
-    return (position, best[2]) if position else None
+    return JoinPoint(position, best[2], best[1]) if position else None
 
 
 def _join_order(backup: tuple[int, int, str]) -> tuple[int, int, int]:
@@ -210,7 +218,7 @@ class MetaBackup:
         listed = list_backups(backend, self.index.repo_id)  # never another repository's (nor untagged ones)
         joins = join_point(backend, self.index.repo_id)
         for _gen, _ns, name in listed[: max(0, len(listed) - self.settings.backup.keep)]:
-            if joins is None or name != joins[1]:
+            if joins is None or name != joins.name:
                 backend.delete(name)
 
 
@@ -283,35 +291,32 @@ def fetch_latest(backend: Backend, dest: Path, *, joining: bool = False) -> dict
     raise CorruptData(f"{backend.url}: no usable metadata backup ({'; '.join(errors)})")
 
 
-class Backupper:
+class Backupper(BackgroundThread):
     """The background thread of a mount: a backup every ``backup.interval`` seconds when something changed."""
 
+    thread_name = "chunkfs-metabackup"
+
     def __init__(self, backup: MetaBackup, interval: float) -> None:
+        super().__init__()
         self.backup = backup
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is not None or not self.interval or not self.backup.configured:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="chunkfs-metabackup", daemon=True)
-        self._thread.start()
+        if self.interval and self.backup.configured:
+            super().start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool | None:
         """Stop the thread, then take a last backup if anything changed (a clean unmount loses nothing)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join(timeout)
+        ended = super().stop(timeout)
+        if ended is not None:
             try:
                 self.backup.run(force=False)
             except ChunkfsError as e:
                 log.warning("metadata backup at stop: %s", e)
+        return ended
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while self.pause(self.interval):
             try:
                 self.backup.run(force=False)
             except ChunkfsError as e:
