@@ -49,7 +49,7 @@ from typing import Self
 
 from chunkfs import clock, config
 from chunkfs.cluster import log as cluster_log
-from chunkfs.cluster.node import Cluster
+from chunkfs.cluster.node import NO_COLD, Cluster
 from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
@@ -206,10 +206,7 @@ class Repository:
                 f"set tiers.warm to {doc.get('url')}"
             )
         if self.tiers.configured(Tier.COLD):
-            raise ConfigError(
-                f"{self.path}: a shared repository has no cold tier yet (moves to it are not coordinated "
-                f"between nodes, docs/multinode.md); remove tiers.cold from {config.CONFIG_NAME}"
-            )
+            raise ConfigError(f"{self.path}: {NO_COLD}; remove tiers.cold from {config.CONFIG_NAME}")
         if self.shared:  # a writer beside the maintainer only journals (Namespace.journal)
             return None
         wake = self.uploader.wake if self.uploader is not None else lambda: None

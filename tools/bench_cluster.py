@@ -48,7 +48,7 @@ BUCKET = "chunkfs-bench"
 BIG = {"checkpoint_bytes": 10**12, "nodes": 16, "checkpoints": 1000}
 
 
-def _server(endpoint: str | None):
+def store(endpoint: str | None):
     """(endpoint, stop): moto's server in this process unless an endpoint is given."""
     if endpoint:
         return endpoint, lambda: None
@@ -62,12 +62,20 @@ def _server(endpoint: str | None):
     return f"http://{host}:{port}", server.stop
 
 
-def _bucket(endpoint: str) -> None:
+def new_shared(path: Path, endpoint: str, name: str, chunk_size: int) -> tuple[str, Repository]:
+    """A new shared repository at ``path`` (its first node, open) whose warm tier is
+    ``s3://BUCKET/<name>-<time>`` on ``endpoint``; (that URL, the repository)."""
     import boto3
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         client.create_bucket(Bucket=BUCKET)
+    url = f"s3://{BUCKET}/{name}-{int(time.time())}"
+    settings = config.Settings(
+        chunking=config.ChunkingSettings(chunk_size=chunk_size),
+        tiers=config.TierSettings(warm=url, endpoint_url=endpoint),
+    )
+    return url, clusterop.init_shared(path, settings)
 
 
 def _log_bytes(repo: Repository) -> tuple[int, int]:
@@ -123,15 +131,10 @@ def main() -> int:
     args = p.parse_args()
     size, chunk = bl.parse_size(args.size), bl.parse_size(args.chunk_size)
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=args.work))
-    endpoint, stop = _server(args.endpoint)
+    endpoint, stop = store(args.endpoint)
     try:
-        _bucket(endpoint)
-        url = f"s3://{BUCKET}/cluster-{int(time.time())}"
-        settings = config.Settings(
-            chunking=config.ChunkingSettings(chunk_size=chunk),
-            tiers=config.TierSettings(warm=url, endpoint_url=endpoint),
-        )
-        clusterop.init_shared(work / "node0", settings).close()
+        url, first = new_shared(work / "node0", endpoint, "cluster", chunk)
+        first.close()
         nodes = [work / "node0"]
         for i in range(1, args.nodes):
             clusterop.join(work / f"node{i}", url, endpoint_url=endpoint)[0].close()

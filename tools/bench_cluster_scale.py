@@ -36,9 +36,9 @@ import benchlib as bl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_cluster import BUCKET, _bucket, _server
+from bench_cluster import new_shared, store
 
-from chunkfs import clock, config
+from chunkfs import clock
 from chunkfs.cluster import entries
 from chunkfs.cluster.maintenance import apply_gc, version_key
 from chunkfs.ops import cluster as clusterop
@@ -85,14 +85,9 @@ def main() -> int:
     checkpoint = int(args.params * args.bytes_per_param)
     shard = checkpoint // args.nodes
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-scale-", dir=args.work))
-    endpoint, stop = _server(args.endpoint)
+    endpoint, stop = store(args.endpoint)
     try:
-        _bucket(endpoint)
-        url = f"s3://{BUCKET}/scale-{int(time.time())}"
-        settings = config.Settings(
-            chunking=config.ChunkingSettings(chunk_size=chunk), tiers=config.TierSettings(warm=url, endpoint_url=endpoint)
-        )
-        origin = clusterop.init_shared(work / "node0", settings)
+        url, origin = new_shared(work / "node0", endpoint, "scale", chunk)
         shared = origin.cluster.shared
         origin.close()
         nodes = [secrets.token_hex(8) for _ in range(args.nodes)]

@@ -39,6 +39,10 @@ HEARTBEAT = 5.0
 WAIT_POLL = 0.1
 """Seconds between looks at the journal while an fsync waits for its publish."""
 MAX_BACKOFF = 30.0
+NO_COLD = (
+    "a shared repository has no cold tier yet: tier moves to it are not coordinated between nodes "
+    "(docs/multinode.md, 'What is not built')"
+)
 
 
 def new_node_id() -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from chunkfs import config
 from chunkfs.cluster import entries
 from chunkfs.cluster.log import CONFIG, SharedLog
-from chunkfs.cluster.node import new_node_id, record
+from chunkfs.cluster.node import NO_COLD, new_node_id, record
 from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound, UsageError
 from chunkfs.index import Index
 from chunkfs.repo import Repository
@@ -36,10 +36,7 @@ def _shared_log(path: Path, settings: config.Settings) -> SharedLog:
     if not settings.tiers.warm.startswith("s3://"):
         raise UsageError("a shared repository needs an S3 warm tier: --warm s3://bucket/prefix (and --endpoint-url)")
     if settings.tiers.cold:
-        raise UsageError(
-            "a shared repository has no cold tier yet: tier moves to it are not coordinated between nodes "
-            "(docs/multinode.md, 'What is not built')"
-        )
+        raise UsageError(NO_COLD)
     shared = SharedLog(Tiers(path, settings, None, LocalBackend(path / settings.tiers.hot)).backend(Tier.WARM))
     shared.probe()
     return shared
