@@ -23,7 +23,7 @@ takes the newest backup plus the footers of packs written after it.
 In a shared repository (docs/multinode.md) any member backs up, under the cluster's
 maintenance lease (one at a time), and a mount's periodic backup is skipped while another
 member's is younger than ``backup.interval``. Those backups serve joins: a new member
-starts from the one that holds the most of the log (``JOIN``), pruning never deletes that
+starts from the one that holds the most of the log (``join_point``), pruning never deletes that
 one, and a gc truncates the log only below its position (ops/shared_gc.py).
 """
 
