@@ -56,7 +56,8 @@ def register(sub, repo_argument) -> None:
         "backup",
         help="back up the index to the warm tier and replicas now (and replicate pending packs)",
         description="Copy pending packs to the replicas, then upload a consistent metadata backup. A mount does "
-        "both in the background (replication.interval, backup.interval).",
+        "both in the background (replication.interval, backup.interval). In a repository shared by several "
+        "nodes any member backs up, one at a time, once its changes are published (docs/multinode.md).",
     )
     repo_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

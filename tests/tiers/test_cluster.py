@@ -19,7 +19,7 @@ from helpers.tiers import s3_url, tiered_settings, write_run
 
 from chunkfs import config
 from chunkfs.cluster.entries import encode
-from chunkfs.errors import AlreadyExists, ConfigError, NotFound, UsageError
+from chunkfs.errors import AlreadyExists, ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import recover, transfer
 from chunkfs.ops.drill import drill
@@ -262,7 +262,8 @@ def test_a_join_starts_from_the_newest_metadata_backup_when_it_has_nothing_unpub
     sync(a)  # published: entry 1
     with Repository(a) as repo:
         transfer.import_tree(repo, tmp_path / "two.bin", "/two.bin")  # not published yet
-        assert repo.metabackup.run() is not None  # a backup with a change left to publish: not usable
+        with pytest.raises(Conflict, match="not yet published"):  # no join could start from it: not made
+            repo.metabackup.run()
     early, position = clusterop.join(tmp_path / "early", url, endpoint_url=moto_server.endpoint)
     with early:  # so it replayed the log, and shows nothing that was not published
         assert position == 1

@@ -19,6 +19,7 @@ import pytest
 from helpers.cli import chunkfs
 from helpers.clusternodes import export, import_random, nodes, sync
 
+from chunkfs import clock
 from chunkfs.cluster import log as sharedlog
 from chunkfs.cluster.entries import Entry, encode
 from chunkfs.errors import ConfigError, Conflict, CorruptData, NotFound
@@ -329,9 +330,9 @@ def test_gc_truncates_the_log_every_member_applied_and_joins_start_from_the_back
 
 def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most_of_the_log(tmp_path, moto_server):
     """The creating node is lost for good: the other member's backups (one at a time, under the
-    maintenance lease) let the log be truncated and a new node start from them. A newer backup
-    with a change still to publish does not displace the one a join starts from, not even
-    when pruning leaves only ``backup.keep`` others."""
+    maintenance lease) let the log be truncated and a new node start from them. Newer backups
+    that hold less of the log do not displace the one a join starts from, not even when
+    pruning leaves only ``backup.keep`` others."""
     url, (a, b) = nodes(tmp_path, moto_server.endpoint)
     backend = moto_server.backend(url)
     files = {}
@@ -352,8 +353,6 @@ def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most
             applied = t.applied_get()
         position, name, _ = metabackup.join_point(backend, repo.index.repo_id)
         assert (position, name) == (applied, done["name"]), "a member's backup is where joins start"
-        import_random(repo, tmp_path, "/unpublished.bin", 30_000)  # then a newer backup: not joinable
-
 
         def backup_settings(**kw) -> None:
             repo.metabackup.settings = dataclasses.replace(
@@ -362,21 +361,30 @@ def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most
             with repo.index.write() as t:  # and something changed since the last backup
                 t.applied_put(t.applied_get())
 
-        backup_settings(keep=1, interval=0)
-        newer = repo.metabackup.run()
-        assert "-j" not in newer.name
-        listed = [n for _, _, n in metabackup.list_backups(backend, repo.index.repo_id)]
-        assert listed == [done["name"], newer.name], "pruned to keep=1 newest, plus the join point"
         # a gc holds the lease: the periodic backup skips, an explicit one says who holds it
-        backup_settings(keep=1, interval=0)
+        backup_settings(interval=0)
         with repo.cluster.shared.lease(repo.cluster.node, "gc"):
             assert repo.metabackup.run(force=False) is None
             with pytest.raises(Conflict, match="gc on node"):
                 repo.metabackup.run()
-        backup_settings(keep=1, interval=3600)  # a member backed up less than an interval ago: skipped
+        backup_settings(interval=3600)  # a member backed up less than an interval ago: skipped
         assert repo.metabackup.run(force=False) is None
         backup_settings(keep=1, interval=0)
-        assert repo.metabackup.run(force=False) is not None
+        latest = repo.metabackup.run(force=False)
+        assert latest is not None and metabackup.join_point(backend, repo.index.repo_id).name == latest.name
+
+        # with a change still to publish no join could start from a backup: none is made
+        import_random(repo, tmp_path, "/unpublished.bin", 30_000)
+        with pytest.raises(Conflict, match="not yet published"):
+            repo.metabackup.run()
+        assert repo.metabackup.run(force=False) is None
+        # pruning keeps the join point past backup.keep: here newer backups of a node that lags
+        lagging = [metabackup.backup_name(g, clock.now_ns(), repo.index.repo_id, join=1) for g in (100, 101)]
+        for name in lagging:
+            backend.put(name, b"a lagging node's index")
+        repo.metabackup.prune(backend)
+        listed = [n for _, _, n in metabackup.list_backups(backend, repo.index.repo_id)]
+        assert listed == [latest.name, lagging[1]], "pruned to keep=1 newest, plus the join point"
     result = _gc_on(b, lambda: None)
     assert result.cluster["log_truncated"]["first"] == position + 1, result.to_json()
     assert not backend.exists(sharedlog.entry_name(position))

@@ -22,7 +22,9 @@ takes the newest backup plus the footers of packs written after it.
 
 In a shared repository (docs/multinode.md) any member backs up, under the cluster's
 maintenance lease (one at a time), and a mount's periodic backup is skipped while another
-member's is younger than ``backup.interval``. Those backups serve joins: a new member
+member's is younger than ``backup.interval``, or while this node has changes not yet
+published (``recover`` refuses a shared location, so a backup that no join could start
+from serves nobody). Those backups serve joins: a new member
 starts from the one that holds the most of the log (``join_point``), pruning never deletes that
 one, and a gc truncates the log only below its position (ops/shared_gc.py).
 """
@@ -143,7 +145,8 @@ class MetaBackup:
     def run(self, *, force: bool = True) -> BackupResult | None:
         """Make a backup now; None if there is nowhere to put it, or (unless ``force``) nothing
         changed, or in a shared repository another member's backup is younger than
-        ``backup.interval`` or the maintenance lease is held. Forced, a held lease is ``Conflict``."""
+        ``backup.interval``, the maintenance lease is held or this node has changes not yet
+        published. Forced, those last two are ``Conflict``."""
         with self._lock:
             locations = self.locations()
             if not locations or (not force and not self.changed()):
@@ -174,6 +177,11 @@ class MetaBackup:
             txnid = self.index.env.info()["last_txnid"]
             self.index.copy_to(d / "index")
             start = _join_position(d / "index")
+            if self.lease is not None and not start:  # only joins use a shared repository's backups
+                raise Conflict(
+                    f"{self.repo_path}: this node has changes not yet published to the shared log (or has "
+                    "applied none of it): a backup of its index could not start a join; `chunkfs sync`, then back up"
+                )
             with self.index.read() as t:
                 last = t.backup_get()
                 newest_commit = t.last_commit()
@@ -203,7 +211,7 @@ class MetaBackup:
                     b.put_file(name, archive, blake3_digest=digest)
                     b.verify(name, digest, size)
                     result.locations.append(url)
-                    self._prune(b)
+                    self.prune(b)
                 except ChunkfsError as e:
                     result.errors.append(f"{url}: {e}")
                     log.warning("metadata backup to %s failed: %s", url, e)
@@ -213,7 +221,7 @@ class MetaBackup:
             self._after_txnid = self.index.env.info()["last_txnid"]
         return result
 
-    def _prune(self, backend: Backend) -> None:
+    def prune(self, backend: Backend) -> None:
         """Delete all but the ``backup.keep`` newest backups, and the one a join starts from."""
         listed = list_backups(backend, self.index.repo_id)  # never another repository's (nor untagged ones)
         joins = join_point(backend, self.index.repo_id)
