@@ -25,6 +25,11 @@ from chunkfs.config import CompressionSettings
 from chunkfs.errors import CorruptData
 from chunkfs.types import ChunkId, ChunkKind, Compression, chunk_flags, flags_compression, flags_kind
 
+try:
+    from chunkfs import _planes  # native/planes.c, built at install when a C compiler is there
+except ImportError:
+    _planes = None
+
 PLANE_WIDTH = {Compression.ZSTD_PLANES2: 2, Compression.ZSTD_PLANES4: 4}
 """Element width in bytes of each byte-plane encoding (bf16/fp16: 2, fp32: 4)."""
 
@@ -71,9 +76,22 @@ def encode(data: bytes, settings: CompressionSettings) -> tuple[bytes, int]:
 def to_planes(data: bytes, width: int) -> bytes:
     """``data`` with each element's byte i moved into plane i; a tail shorter than ``width`` last.
 
+    ``chunkfs._planes`` (native/planes.c) when it was built, else ``numpy_to_planes``."""
+    return _planes.to_planes(data, width) if _planes is not None else numpy_to_planes(data, width)
+
+
+def from_planes(data: bytes, width: int) -> bytes:
+    """The inverse of ``to_planes`` (on every read of a cold float chunk)."""
+    return _planes.from_planes(data, width) if _planes is not None else numpy_from_planes(data, width)
+
+
+def numpy_to_planes(data: bytes, width: int) -> bytes:
+    """``to_planes`` in NumPy: the reference the native code is tested against, and the fallback.
+
     One plane at a time (a strided copy each), so that the inverse, on every cold read, runs as
     fast: 3.4 GB/s a core both ways, where the one-liner ``reshape(-1, w).T.tobytes()`` does
-    4.0 but its inverse only 0.85 (width 2) to 1.5 GB/s (width 4) (tools/bench_micro.py).
+    4.0 but its inverse only 0.85 (width 2) to 1.5 GB/s (width 4) (tools/bench_micro.py); the
+    native code, 5–10× that (tools/bench_planes.py).
     """
     whole = len(data) // width * width
     elements = np.frombuffer(data, np.uint8, count=whole).reshape(-1, width)
@@ -83,8 +101,8 @@ def to_planes(data: bytes, width: int) -> bytes:
     return planes.tobytes() + data[whole:]
 
 
-def from_planes(data: bytes, width: int) -> bytes:
-    """The inverse of ``to_planes``."""
+def numpy_from_planes(data: bytes, width: int) -> bytes:
+    """``from_planes`` in NumPy."""
     whole = len(data) // width * width
     planes = np.frombuffer(data, np.uint8, count=whole).reshape(width, -1)
     elements = np.empty((planes.shape[1], width), np.uint8)

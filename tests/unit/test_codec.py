@@ -3,6 +3,8 @@ reader does with damaged or unknown encodings, and which encoding the cold trial
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,36 @@ def test_planes_invert_for_any_length(data, width):
     planes = codec.to_planes(data, width)
     assert len(planes) == len(data)
     assert codec.from_planes(planes, width) == data
+
+
+@given(st.binary(max_size=2000), st.integers(1, 9))
+def test_the_native_planes_agree_with_numpy_bit_for_bit(data, width):
+    """native/planes.c against the NumPy reference, both ways, every width it takes."""
+    native = _native_planes()
+    planes = codec.numpy_to_planes(data, width)
+    assert native.to_planes(data, width) == planes
+    assert native.from_planes(planes, width) == codec.numpy_from_planes(planes, width) == data
+
+
+def test_the_native_planes_take_any_buffer_and_refuse_a_bad_width():
+    native = _native_planes()
+    data = np.arange(4099, dtype=np.uint8)
+    assert native.to_planes(memoryview(data), 4) == codec.numpy_to_planes(data.tobytes(), 4)
+    assert native.to_planes(bytearray(b"abcd"), 2) == b"acbd"
+    with pytest.raises(ValueError, match="width must be 1 to 16"):
+        native.to_planes(b"abcd", 0)
+
+
+def _native_planes():
+    """chunkfs._planes: built by every install where a C compiler is (CI's is such a machine)."""
+    try:
+        from chunkfs import _planes
+    except ImportError:
+        if shutil.which("cc") or shutil.which("gcc"):
+            raise AssertionError("chunkfs._planes was not built though a C compiler is here: see pip's output")
+        pytest.skip("no C compiler when chunkfs was installed: the NumPy byte planes serve (native/README.md)")
+    assert codec._planes is _planes, "engine/codec.py uses it"
+    return _planes
 
 
 @pytest.mark.parametrize("how", PLANES)
