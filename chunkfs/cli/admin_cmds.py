@@ -29,7 +29,7 @@ def register(sub, repo_argument) -> None:
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
     p.add_argument("--sample", type=float, default=1.0, metavar="FRACTION",
                    help="hash-check only this random fraction of the chunks (footers are always checked)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.json_argument(p, "the report")
     p.set_defaults(handler=cmd_fsck)
 
     p = sub.add_parser(
@@ -49,7 +49,7 @@ def register(sub, repo_argument) -> None:
     p.add_argument("--scratch", metavar="DIR", help="restore under DIR (default: a new temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the restored files")
     p.add_argument("--history", action="store_true", help="list past drills instead")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_drill)
 
     p = sub.add_parser(
@@ -60,7 +60,7 @@ def register(sub, repo_argument) -> None:
         "nodes any member backs up, one at a time, once its changes are published (docs/multinode.md).",
     )
     repo_argument(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_backup)
 
     p = sub.add_parser(
@@ -74,7 +74,7 @@ def register(sub, repo_argument) -> None:
     p.add_argument("--from", dest="from_url", required=True, metavar="URL", help="s3://bucket/prefix or a directory")
     p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (MinIO, Ceph, a replica's endpoint)")
     p.add_argument("--verify", action="store_true", help="run a full fsck on the result")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_recover)
 
 

@@ -35,7 +35,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be dropped and freed")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     add = p.add_argument
     add("--keep-last", type=int, metavar="N", help="keep the last N checkpoints of each run")
     add("--keep-every", type=int, metavar="K", help="keep every checkpoint whose step is a multiple of K")

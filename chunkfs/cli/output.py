@@ -7,6 +7,7 @@ scripted runs stay quiet; piped tables are never cut to a terminal's width;
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -54,6 +55,11 @@ def progress(description: str, total: int | None, *, unit: str = "bytes") -> Ite
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def json_argument(parser: argparse.ArgumentParser, what: str = "the result") -> None:
+    """The ``--json`` option of a command whose output a script reads (printed by ``print_json``)."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
 
 def print_json(value) -> None:

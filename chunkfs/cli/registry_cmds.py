@@ -61,7 +61,7 @@ def register(sub, repo_argument) -> None:
     g.add_argument(
         "path", metavar="PATH", help="checkpoint directory (in a mount, or a repository path with --repo)"
     )
-    g.add_argument("--json", action="store_true", help="print the record as JSON")
+    output.json_argument(g, "the record")
     g.set_defaults(handler=cmd_get)
 
     s = msub.add_parser(
@@ -74,14 +74,14 @@ def register(sub, repo_argument) -> None:
     repo_argument(s)
     s.add_argument("path", metavar="PATH", help="checkpoint directory")
     s.add_argument("pairs", metavar="KEY=VALUE", nargs="+", help="metadata to set")
-    s.add_argument("--json", action="store_true", help="print the updated record as JSON")
+    output.json_argument(s, "the updated record")
     s.set_defaults(handler=cmd_set)
 
     u = msub.add_parser("unset", help="remove user metadata keys", description="Remove user metadata keys.")
     repo_argument(u)
     u.add_argument("path", metavar="PATH", help="checkpoint directory")
     u.add_argument("keys", metavar="KEY", nargs="+", help="keys to remove")
-    u.add_argument("--json", action="store_true", help="print the updated record as JSON")
+    output.json_argument(u, "the updated record")
     u.set_defaults(handler=cmd_unset)
 
     c = msub.add_parser(
@@ -93,7 +93,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(c)
     c.add_argument("path", metavar="PATH", nargs="?", default=None, help="directory to scan (default: /)")
-    c.add_argument("--json", action="store_true", help="print the counts as JSON")
+    output.json_argument(c, "the counts")
     c.set_defaults(handler=cmd_scan)
 
     default_class, sub._parser_class = sub._parser_class, _FindParser  # argparse's one hook for this
@@ -120,7 +120,7 @@ def register(sub, repo_argument) -> None:
         "--latest", action="store_true", help="only the newest match (by step, then time of last change)"
     )
     f.add_argument("--limit", metavar="K", type=int, help="at most K results")
-    f.add_argument("--json", action="store_true", help="print the records as JSON")
+    output.json_argument(f, "the records")
     f.set_defaults(handler=cmd_find)
 
 

@@ -28,7 +28,7 @@ def register(sub, repo_argument) -> None:
         help="other nodes may join it (`chunkfs join`): the warm tier (an S3 store with conditional writes) "
         "also holds the shared log of changes (docs/multinode.md)",
     )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_init)
 
     p = sub.add_parser(
@@ -42,7 +42,7 @@ def register(sub, repo_argument) -> None:
     _new_repository_args(p)
     p.add_argument("url", metavar="URL", help="the shared repository's warm tier: s3://bucket/prefix")
     _s3_args(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_join)
 
     p = sub.add_parser(
@@ -56,7 +56,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(p)
     p.add_argument("node", metavar="NODE", help="the member's node id")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_forget_node)
 
     p = sub.add_parser(
@@ -69,7 +69,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("src", metavar="SRC", help="local file or directory")
     p.add_argument("dest", metavar="DEST", help="repository path, e.g. /llama/run1")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser(
@@ -80,7 +80,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("src", metavar="SRC", help="repository path")
     p.add_argument("dest", metavar="DEST", help="local destination")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser(
@@ -95,7 +95,7 @@ def register(sub, repo_argument) -> None:
         "every version as a plain copy (docs/operations.md, 'What stats counts').",
     )
     repo_argument(p)
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    output.json_argument(p, "the figures")
     p.set_defaults(handler=cmd_stats)
 
     p = sub.add_parser(
@@ -108,7 +108,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", default=None, help="default: the whole repository")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    output.json_argument(p, "the figures")
     p.set_defaults(handler=cmd_du)
 
     p = sub.add_parser("index", help="index maintenance", description="Index maintenance.")
@@ -122,7 +122,7 @@ def register(sub, repo_argument) -> None:
         "a new one. The repository must not be mounted.",
     )
     repo_argument(r)
-    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(r)
     r.set_defaults(handler=cmd_rebuild)
 
 

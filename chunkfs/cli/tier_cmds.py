@@ -32,7 +32,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("--dry-run", action="store_true", help="show what would move, move nothing")
     p.add_argument("--check", action="store_true", help="check that every pack is where the index says")
-    p.add_argument("--json", action="store_true", help="print the plan or the result as JSON")
+    output.json_argument(p, "the plan or the result")
     p.set_defaults(handler=cmd_tier)
     tsub = p.add_subparsers(dest="tier_action", metavar="ACTION")
     m = tsub.add_parser("move", help="move the runs under PATH to a tier", description="Move every sealed "
@@ -41,7 +41,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(m)
     m.add_argument("path", metavar="PATH", help="run directory in a mount, or a repository path with --repo")
     m.add_argument("--to", required=True, choices=TIERS, help="destination tier")
-    m.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(m)
     m.set_defaults(handler=cmd_tier_move)
 
     p = sub.add_parser("run", help="run lifecycle", description="Run lifecycle actions.")
@@ -54,7 +54,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(c)
     c.add_argument("path", metavar="PATH")
-    c.add_argument("--json", action="store_true", help="print the runs marked as JSON")
+    output.json_argument(c, "the runs marked")
     c.set_defaults(handler=cmd_run_complete)
 
     p = sub.add_parser(
@@ -66,7 +66,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("path", metavar="PATH")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="give up waiting for archive restores after this")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_thaw)
 
     p = sub.add_parser(
@@ -80,7 +80,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", help="a path in a mount (instead of --repo)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="fail if the queue is not empty by then")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_sync)
 
     p = sub.add_parser(
@@ -91,7 +91,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", help="a path in a mount (instead of --repo)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    output.json_argument(p, "the figures")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser(
@@ -103,14 +103,14 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("path", metavar="PATH")
     p.add_argument("--pin", action="store_true", help="never evict these chunks from the cache")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_prefetch)
 
     p = sub.add_parser("unpin", help="let pinned data be evicted again", description="Remove the pin of PATH.")
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?")
     p.add_argument("--list", action="store_true", help="list the pinned paths")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_unpin)
 
 

@@ -32,7 +32,7 @@ def register(sub, repo_argument) -> None:
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", help="path in a mount, or a repository path with --repo")
-    p.add_argument("--json", action="store_true", help="print the versions as JSON")
+    output.json_argument(p, "the versions")
     p.set_defaults(handler=cmd_log)
 
     p = sub.add_parser(
@@ -49,7 +49,7 @@ def register(sub, repo_argument) -> None:
                    "shared by several nodes only a tag of now is made on every node)")
     p.add_argument("--list", action="store_true", help="list tags")
     p.add_argument("--delete", action="store_true", help="delete tag NAME")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_tag)
 
     p = sub.add_parser(
@@ -62,7 +62,7 @@ def register(sub, repo_argument) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--at", metavar="POINT", required=True, help="commit number, ISO time (2026-11-30T12:00) or tag")
     p.add_argument("--to", metavar="DEST", help="copy the old version to this local path instead")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.json_argument(p)
     p.set_defaults(handler=cmd_restore)
 
     p = sub.add_parser(
@@ -75,7 +75,7 @@ def register(sub, repo_argument) -> None:
     repo_argument(p)
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
-    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    output.json_argument(p, "the changes")
     p.set_defaults(handler=cmd_diff)
 
 
