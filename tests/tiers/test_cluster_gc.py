@@ -24,7 +24,7 @@ from chunkfs.cluster import log as sharedlog
 from chunkfs.cluster.entries import Entry, encode
 from chunkfs.errors import ConfigError, Conflict, CorruptData, NotFound
 from chunkfs.ops import cluster as clusterop
-from chunkfs.ops import gc, retention, shared_gc, transfer
+from chunkfs.ops import gc, retention, shared_gc, tier, transfer
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
 from chunkfs.store.maintenance import metabackup
@@ -201,6 +201,19 @@ def test_a_gc_waits_for_a_metadata_backup_that_holds_the_lease(tmp_path, moto_se
         with shared_b.lease("b", "gc") as held:
             assert held.what == "gc" and time.monotonic() - t0 >= 1.5, "it waited for the backup to end"
         timer.join()
+
+
+def test_sync_publishes_and_says_it_skipped_the_backup_while_a_gc_holds_the_lease(tmp_path, moto_server):
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint)
+    with Repository(b) as repo:
+        data = import_random(repo, tmp_path, "/f.bin", 50_000)
+    notices: list[str] = []
+    with Repository(a, writable=False) as ra, ra.cluster.shared.lease(ra.cluster.node, "gc"):
+        result = tier.sync(b, notice=notices.append)
+    assert result.published >= 1, result  # (changes: the directory entry and the file's content)
+    assert any("metadata backup skipped" in n and "gc on node" in n for n in notices), notices
+    sync(a)
+    _check((a,), {"/f.bin": data}, tmp_path)
 
 
 def test_gc_dry_run_in_a_shared_repository_changes_nothing(tmp_path, moto_server):
