@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 PREFIX = "meta/"
 NAME_RE = re.compile(r"^meta/index-(\d{12})-(\d+)(?:-([0-9a-f]+))?(?:-j(\d+))?\.tar\.zst$")
 FORMAT = 1
+_UNPUBLISHED = (
+    "{repo}: this node has changes not yet published to the shared log (or has applied none of it): a "
+    "backup of its index could not start a join; `chunkfs sync`, then back up"
+)
 
 
 def backup_name(generation: int, time_ns: int, repo_id: bytes, join: int = 0) -> str:
@@ -90,7 +94,10 @@ class JoinPoint(NamedTuple):
 def join_point(backend: Backend, repo_id: bytes | None) -> JoinPoint | None:
     """The backup a joining node starts from: the one whose index holds the most of the shared
     log (the newest of equals); None when no backup here has a position."""
-    listed = list_backups(backend, repo_id)
+    return _best_join(list_backups(backend, repo_id))
+
+
+def _best_join(listed: list[tuple[int, int, str]]) -> JoinPoint | None:
     best = max(listed, key=_join_order, default=None)
     position = _join_order(best)[0] if best else 0
     return JoinPoint(position, best[2], best[1]) if position else None
@@ -155,6 +162,12 @@ class MetaBackup:
                 return self._run(locations)
             if not force and self._recent_on_warm():
                 return None
+            with self.index.read() as t:  # before copying the whole index only to refuse it (``_run``)
+                unpublished = t.outbox_count() > 0
+            if unpublished:
+                if force:
+                    raise Conflict(_UNPUBLISHED.format(repo=self.repo_path))
+                return None
             try:
                 with self.lease(wait=force) as lease:
                     return self._run(locations, lease)
@@ -178,10 +191,7 @@ class MetaBackup:
             self.index.copy_to(d / "index")
             start = _join_position(d / "index")
             if self.lease is not None and not start:  # only joins use a shared repository's backups
-                raise Conflict(
-                    f"{self.repo_path}: this node has changes not yet published to the shared log (or has "
-                    "applied none of it): a backup of its index could not start a join; `chunkfs sync`, then back up"
-                )
+                raise Conflict(_UNPUBLISHED.format(repo=self.repo_path))
             with self.index.read() as t:
                 last = t.backup_get()
                 newest_commit = t.last_commit()
@@ -201,8 +211,7 @@ class MetaBackup:
             _write_archive(archive, d / "index" / "data.mdb", self.repo_path / config.CONFIG_NAME, info)
             size = archive.stat().st_size
             digest = _hash_file(archive)
-            on_warm = self.tiers.configured(Tier.WARM)  # a join reads the warm tier's copy
-            name = backup_name(generation, now, self.index.repo_id, (start or 0) if on_warm else 0)
+            name = backup_name(generation, now, self.index.repo_id, start or 0)
             result = BackupResult(generation, now, name, size)
             for url, b in locations:
                 try:
@@ -224,7 +233,7 @@ class MetaBackup:
     def prune(self, backend: Backend) -> None:
         """Delete all but the ``backup.keep`` newest backups, and the one a join starts from."""
         listed = list_backups(backend, self.index.repo_id)  # never another repository's (nor untagged ones)
-        joins = join_point(backend, self.index.repo_id)
+        joins = _best_join(listed)
         for _gen, _ns, name in listed[: max(0, len(listed) - self.settings.backup.keep)]:
             if joins is None or name != joins.name:
                 backend.delete(name)
