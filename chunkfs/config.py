@@ -236,6 +236,9 @@ class LifecycleSettings:
     cold_level: int = _setting(
         9, _int(1, 22), "zstd level of cold packs (chunks that do not shrink stay as they are; docs/tiers.md)"
     )
+    warm_level: int = _setting(
+        3, _int(0, 22), "zstd level of a complete run's packs, re-encoded on their way to warm (0: moved as they are)"
+    )
     interval: int = _setting(
         600, _duration, "how often a mount applies the policies (seals idle runs, moves packs; 0: never)"
     )

@@ -13,8 +13,8 @@ A repository on disk::
 Background work (``start_background``, called by the mount daemon and by long
 writing commands): the uploader drains the write-back queue to the warm tier,
 and every ``lifecycle.interval`` the policies run (idle runs' open packs are
-sealed, packs move between tiers), and at once whenever the hot disk is short
-of ``lifecycle.hot_min_free``; activity counters are saved every few seconds. With ``replication.replicas`` configured the replicator copies sealed
+sealed, packs move between tiers, re-encoded: in the tier mover's thread, at the lowest
+CPU priority), and at once whenever the hot disk is short of ``lifecycle.hot_min_free``; activity counters are saved every few seconds. With ``replication.replicas`` configured the replicator copies sealed
 packs to them (store/maintenance/replicas.py), and with a warm tier or replicas the index is
 backed up there every ``backup.interval`` and once more when it stops
 (store/maintenance/metabackup.py). Only a writable repository runs it (docs/tiers.md, "Who
@@ -43,7 +43,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
@@ -176,7 +176,7 @@ class Repository:
         warm = self.tiers.configured(Tier.WARM)
         self.packs = PackStore(self.index, self.hot, s.packs, tiers=self.tiers, remote=self.remote, write_back=warm)
         self.chunks = ChunkIO(self.packs, s.compression, s.cache.memory)
-        self.tiers.transform = functools.partial(self.chunks.recompress, level=s.lifecycle.cold_level)
+        self.tiers.transform = self.chunks.recompress
         self.uploader = Uploader(self.index, self.tiers) if warm else None
         if self.uploader is not None:
             self.packs.on_sealed = self.uploader.wake
@@ -188,6 +188,7 @@ class Repository:
         self.metabackup = MetaBackup(self.path, s, self.index, self.tiers, self.replicas)
         self.backupper = Backupper(self.metabackup, s.backup.interval)
         self._background: threading.Thread | None = None
+        self.mover: lifecycle.Mover | None = None  # the maintainer's, while its background runs
         self._stop = threading.Event()
         self._saved: dict[str, int] = {}
         self._complete_seen = 0  # the newest `run complete` mark whose open packs were sealed
@@ -207,6 +208,7 @@ class Repository:
             )
         if self.tiers.configured(Tier.COLD):
             raise ConfigError(f"{self.path}: {NO_COLD}; remove tiers.cold from {config.CONFIG_NAME}")
+        self.tiers.shared = True
         if self.shared:  # a writer beside the maintainer only journals (Namespace.journal)
             return None
         wake = self.uploader.wake if self.uploader is not None else lambda: None
@@ -281,15 +283,19 @@ class Repository:
             self.backupper.start()
             if self.cluster is not None:
                 self.cluster.start()
+        if policies:
+            self.mover = lifecycle.Mover(self.run_policies)
+            self.mover.start()
         self._stop.clear()
-        self._background = threading.Thread(
-            target=self._periodic, args=(policies,), name="chunkfs-lifecycle", daemon=True
-        )
+        self._background = threading.Thread(target=self._periodic, name="chunkfs-lifecycle", daemon=True)
         self._background.start()
 
     def stop_background(self, timeout: float = 10.0) -> None:
         """Stop the background threads (an upload in progress is redone later) and save the counters."""
         thread, self._background = self._background, None
+        mover, self.mover = self.mover, None
+        if mover is not None:
+            mover.stop(timeout)
         if self.cluster is not None:
             self.cluster.stop(timeout)
         if self.uploader is not None:
@@ -302,7 +308,7 @@ class Repository:
             thread.join(timeout)
         self.save_counters()
 
-    def _periodic(self, policies: bool) -> None:
+    def _periodic(self) -> None:
         interval = self.settings.lifecycle.interval
         next_policy = time.monotonic() + interval
         next_round = time.monotonic() + COUNTERS_EVERY
@@ -317,9 +323,9 @@ class Repository:
                 self.save_counters()
                 self.seal_complete()
                 due = interval and time.monotonic() >= next_policy
-                if policies and (due or lifecycle.hot_shortfall(self.tiers, self.settings.lifecycle)[0]):
+                if self.mover is not None and (due or lifecycle.hot_shortfall(self.tiers, self.settings.lifecycle)[0]):
                     next_policy = time.monotonic() + interval
-                    self.run_policies()
+                    self.mover.request()
             except ChunkfsError as e:
                 log.warning("background tier work: %s", e)
             except Exception:  # a bug: keep running and say so
@@ -345,14 +351,17 @@ class Repository:
         complete = lifecycle.complete_runs(self.index, self.settings.lifecycle, now)
         return self.packs.seal_groups(complete, now - self.settings.lifecycle.seal_quiet * 1_000_000_000)
 
-    def run_policies(self) -> lifecycle.Outcome:
-        """Seal the open packs of complete runs, then apply the lifecycle policies (if the tier lock is
-        free: a `chunkfs tier` running elsewhere does it)."""
+    def run_policies(self, stop: Callable[[], bool] = lambda: False) -> lifecycle.Outcome:
+        """Seal the open packs of complete runs, then apply the lifecycle policies — unless the tier
+        lock is busy: a `chunkfs tier` running elsewhere does it. Each move and each batch of a
+        repack takes the lock on its own, so that uploads and evictions go on in between;
+        ``stop()`` ends the round between two of them."""
         self.seal_complete()
-        outcome = lifecycle.Outcome()
         with self.tiers.lock.hold(blocking=False) as got:
-            if got:
-                outcome = lifecycle.apply(self.tiers, lifecycle.plan(self.index, self.tiers, self.settings.lifecycle))
+            if not got:
+                return lifecycle.Outcome()
+        plan = lifecycle.plan(self.index, self.tiers, self.settings.lifecycle)
+        outcome = lifecycle.apply(self.tiers, plan, stop=stop)
         for problem in outcome.errors:
             log.error("tier policy: %s", problem)
         return outcome

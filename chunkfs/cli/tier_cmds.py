@@ -133,8 +133,9 @@ def _time(ns: int) -> str:
 def _print_outcome(args, outcome, extra: dict | None = None, waiting: str = "") -> int:
     result = {
         "moved": outcome.moved,
-        "cold_packs_written": outcome.cold_packs_written,
-        "cold_bytes_written": outcome.cold_bytes_written,
+        "written": outcome.written,  # per tier: the new packs of re-encoding repacks
+        "cold_packs_written": outcome.written.get("cold", {}).get("packs", 0),  # before "written" existed
+        "cold_bytes_written": outcome.written.get("cold", {}).get("bytes", 0),
         "errors": outcome.errors,
         "waiting": waiting,
         **(extra or {}),
@@ -146,11 +147,8 @@ def _print_outcome(args, outcome, extra: dict | None = None, waiting: str = "") 
             output.out.print(f"nothing to move now; {waiting}" if waiting else "nothing to move", markup=False)
         for key, row in sorted(outcome.moved.items()):
             output.out.print(f"{key:10} {row['packs']:6} packs  {output.human_bytes(row['bytes'])}")
-        if outcome.cold_packs_written:
-            output.out.print(
-                f"cold tier: written as {outcome.cold_packs_written} packs, "
-                f"{output.human_bytes(outcome.cold_bytes_written)}"
-            )
+        for tier, row in sorted(outcome.written.items()):
+            output.out.print(f"{tier} tier: re-encoded into {row['packs']} packs, {output.human_bytes(row['bytes'])}")
         for problem in outcome.errors:
             output.error(problem)
     return 1 if outcome.errors else 0
@@ -178,8 +176,7 @@ def cmd_tier(args) -> int:
             else:
                 output.print_rows(
                     ("run", "move", "packs", "bytes", "why"),
-                    [(a.run, f"{a.src.name.lower()}→{a.dst.name.lower()}", str(len(a.packs)),
-                      output.human_bytes(a.bytes), a.reason) for a in actions],
+                    [(a.run, a.describe(), str(len(a.packs)), output.human_bytes(a.bytes), a.reason) for a in actions],
                 )  # fmt: skip
             return 0
         with output.progress("tier", sum(a.bytes for a in actions)) as bar:

@@ -150,13 +150,13 @@ class ChunkIO:
         return self.packs.stage(dict.fromkeys(c for c in chunks if c != HOLE), progress)
 
     def recompress(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, level: int) -> tuple[bytes, int]:
-        """Re-encode a chunk for the cold tier: whichever of zstd at ``level``, byte planes of
-        width 2 or 4 + zstd, or raw bytes is smallest, tried on a sample first
-        (``codec.cold_encoding``); the stored bytes stay when nothing is smaller. Never
+        """Re-encode a chunk for warm or cold (maintenance/reencode.py): whichever of zstd at
+        ``level``, byte planes of width 2 or 4 + zstd, or raw bytes is smallest, tried on a sample first
+        (``codec.repack_encoding``); the stored bytes stay when nothing is smaller. Never
         repacks damage: the chunk is verified on the way in, and a new encoding is decoded and
         verified before it replaces the only copy (a few percent of the level-9 compression)."""
         raw = codec.decode(chunk, stored, raw_len, flags, "repack")
-        how = codec.cold_encoding(raw[: self.compression.sample], level)
+        how = codec.repack_encoding(raw[: self.compression.sample], level)
         if how != Compression.NONE:
             packed = codec.compress(raw, how, level)
             if len(packed) < len(stored):

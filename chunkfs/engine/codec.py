@@ -7,10 +7,10 @@ chunk is compressed on ingest only when a test-compression of its first
 optimizer state, masks, padding, text. Everything else is stored raw; harder
 compression happens later, off the write path (when packs are tiered).
 
-Packs going cold are re-encoded (``cold_encoding``, ``compress``): stronger zstd,
-and for float tensors byte planes first (``Compression.ZSTD_PLANES2/4``), which
-stores bf16 weights in ~10% and fp32 in ~8% fewer bytes than zstd alone at the
-same level (docs/tiers.md, "The cold tier").
+Packs of complete runs going to warm or cold are re-encoded (``repack_encoding``,
+``compress``; maintenance/reencode.py): zstd, and for float tensors byte planes first
+(``Compression.ZSTD_PLANES2/4``), which stores bf16 weights in ~10% and fp32 in ~8% fewer
+bytes than zstd alone at the same level (docs/tiers.md, "Re-encoding").
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ except ImportError:
 PLANE_WIDTH = {Compression.ZSTD_PLANES2: 2, Compression.ZSTD_PLANES4: 4}
 """Element width in bytes of each byte-plane encoding (bf16/fp16: 2, fp32: 4)."""
 
-COLD_MAX_RATIO = 0.97
-"""A cold chunk is re-encoded only if its sample shrinks by at least 3% (random bytes, already
+REPACK_MAX_RATIO = 0.97
+"""A chunk is re-encoded only if its sample shrinks by at least 3% (random bytes, already
 compressed data: not worth the CPU on every later read)."""
 
 _local = threading.local()
@@ -117,14 +117,14 @@ def compress(data: bytes, how: Compression, level: int) -> bytes:
     return _compressor(level).compress(data if width is None else to_planes(data, width))
 
 
-def cold_encoding(sample: bytes, level: int) -> Compression:
+def repack_encoding(sample: bytes, level: int) -> Compression:
     """The encoding that stores ``sample`` smallest at zstd ``level``: zstd alone or after byte
     planes of width 2 or 4 (the data says which: no dtype is known at this layer), NONE if
-    none of them shrinks it to ``COLD_MAX_RATIO``. A trial on the sample, not the chunk,
+    none of them shrinks it to ``REPACK_MAX_RATIO``. A trial on the sample, not the chunk,
     keeps the choice at ~5% of compressing a 4 MiB chunk once."""
     sizes = {how: len(compress(sample, how, level)) for how in (Compression.ZSTD, *PLANE_WIDTH)}
     best = min(sizes, key=sizes.__getitem__)
-    return best if sizes[best] <= len(sample) * COLD_MAX_RATIO else Compression.NONE
+    return best if sizes[best] <= len(sample) * REPACK_MAX_RATIO else Compression.NONE
 
 
 def decode(chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str) -> bytes:

@@ -107,9 +107,9 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
         for src in Tier:
             chosen = [(p, i) for p, i in packs if i.tier == src and src != to and i.state == PackState.SEALED]
             if chosen:
-                actions.append(
-                    lifecycle.Action(run, src, to, [p for p, _ in chosen], sum(i.size for _, i in chosen), "by hand")
-                )
+                level = lifecycle.repack_level(repo.tiers, repo.settings.lifecycle, src, to)
+                size = sum(i.size for _, i in chosen)
+                actions.append(lifecycle.Action(run, src, to, [p for p, _ in chosen], size, "by hand", level))
     with repo.tiers.lock.hold():
         outcome = lifecycle.apply(repo.tiers, actions, progress)
         with repo.index.write() as t:

@@ -6,6 +6,6 @@
   and which repository owns an object;
 * ``tiering/`` — the tiers and moving packs between them under the tier lock: lifecycle
   policies, write-back uploads, reads from remote tiers and their disk cache, placement audit;
-* ``maintenance/`` — rewriting packs (the one rewrite primitive, gc's sweep, the cold repack),
+* ``maintenance/`` — rewriting packs (the one rewrite primitive, gc's sweep, the re-encoding repack),
   replicas and metadata backups.
 """

@@ -7,13 +7,13 @@ import dataclasses
 from pathlib import Path
 
 from helpers.gc import checkpoints_on_tiers, content, drop_checkpoints, gc_settings, read
-from helpers.tiers import tiered_settings
+from helpers.tiers import deleted_packs_held_open, tiered_settings
 
 from chunkfs import config
 from chunkfs.ops import gc, retention
 from chunkfs.repo import Repository
 from chunkfs.store.backends import ownership
-from chunkfs.store.maintenance import coldrepack
+from chunkfs.store.maintenance import reencode
 from chunkfs.store.pack.files import pack_name
 
 
@@ -37,6 +37,7 @@ def test_gc_deletes_and_repacks_on_warm_and_cold(tmp_path):
         for path, data in files.items():
             assert read(repo, path) == data
         assert not repo.tiers.audit()
+        assert deleted_packs_held_open() == [], "a repack gives back the space of the packs it deletes"
         roots = (warm, cold, tmp_path / "repo" / "hot")
         stored = b"".join(p.read_bytes() for root in roots for p in root.rglob("*.pack"))
         assert content(2000)[:4096] not in stored and content(2319)[:4096] not in stored
@@ -104,7 +105,7 @@ def test_a_condemned_chunk_survives_a_cold_repack_and_its_resurrection(tmp_path)
             assert len(list(t.condemned())) == 8, "the chunks are condemned"
         for pack in packs:
             repo.tiers.move_pack(pack, Tier.WARM)
-        coldrepack.repack(repo.tiers, "/m/run", packs, Tier.COLD)  # the cold repack rewrites the pack
+        reencode.repack(repo.tiers, "/m/run", packs, Tier.COLD, 9)  # the cold repack rewrites the pack
         with repo.index.read() as t:
             assert all(t.pack_get(p) is None for p in packs), "the old packs are gone"
         repo.commit_file(other, writer)  # resurrects every condemned chunk it names

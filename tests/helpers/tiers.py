@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from pathlib import Path
 
 from chunkfs import config
@@ -108,3 +109,17 @@ def write_config(repo_path: Path, settings: config.Settings) -> None:
 def with_tiers(settings: config.Settings, **changes) -> config.Settings:
     return dataclasses.replace(settings, tiers=dataclasses.replace(settings.tiers, **changes))
 
+
+
+def deleted_packs_held_open() -> list[str]:
+    """Pack files (or local copies of packs) this process still holds open although they were
+    deleted: their disk space is not given back until it exits."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith(" (deleted)") and ".pack" in target:
+            held.append(target)
+    return held

@@ -22,10 +22,11 @@ from chunkfs.cluster.entries import encode
 from chunkfs.errors import AlreadyExists, ConfigError, Conflict, NotFound, UsageError
 from chunkfs.ops import cluster as clusterop
 from chunkfs.ops import recover, transfer
+from chunkfs.ops import tier as tierop
 from chunkfs.ops.drill import drill
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
-from chunkfs.types import ROOT_INODE
+from chunkfs.types import ROOT_INODE, Tier
 
 
 def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_server):
@@ -34,6 +35,15 @@ def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_
     with Repository(a) as repo:
         transfer.import_tree(repo, run, "/llama/run1")
     assert sync(a).published > 0
+    with Repository(a) as repo:  # a complete run moves to warm as it is: other nodes read its packs by id
+        tierop.complete(repo, "/llama/run1")
+        with repo.index.read() as t:
+            before = {p: i.size for p, i in t.packs()}
+        actions = tierop.plan(repo)
+        assert [(x.dst, x.level) for x in actions] == [(Tier.WARM, 0)]
+        tierop.apply(repo, actions)
+        with repo.index.read() as t:
+            assert {p: i.size for p, i in t.packs()} == before and {i.tier for _, i in t.packs()} == {Tier.WARM}
     for node in (b, c):
         sync(node)
         same_tree(run, export(node, "/llama/run1", tmp_path / f"out-{node.name}"))

@@ -1,14 +1,17 @@
-"""``chunkfs tier`` killed with SIGKILL in the middle of a move, then rerun: nothing lost, readers
-never see a missing pack, and the rerun leaves a consistent index with no orphan objects.
+"""``chunkfs tier`` killed with SIGKILL in the middle of a move or of a re-encoding repack,
+then rerun: nothing lost, readers never see a missing pack, and the rerun leaves a consistent
+index with no orphan objects.
 
 The tier command runs in a child process against the moto server of this process. Its copy
-and delete steps are slowed down (a sleep around them, nothing else changed) so that the kill
-lands exactly between the steps the crash analysis names: after the copy and before the index
-switch, and after the switch and before the source is deleted.
+(the new packs' upload, for a repack) and delete steps are slowed down (a sleep around them,
+nothing else changed) so that the kill lands exactly between the steps the crash analysis
+names: after the copy and before the index switch, and after the switch and before the
+source is deleted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,6 +19,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 from helpers.cli import chunkfs
 from helpers.tiers import export_and_compare, hot_pack_files, import_run, tiered_settings, write_run
 
@@ -30,15 +34,22 @@ SLOW_TIER = textwrap.dedent(
     import os, sys, time
     from chunkfs.store.tiering import tiers
     from chunkfs.store.backends.local import LocalBackend
+    from chunkfs.store.maintenance.rewrite import PackRewrite
 
     phase = os.environ["PHASE"]
-    copy, delete = tiers.Tiers.copy_verified, LocalBackend.delete
+    copy, delete, switch = tiers.Tiers.copy_verified, LocalBackend.delete, PackRewrite.switch
 
     def slow_copy(self, *args):
         digest = copy(self, *args)
         if phase == "copied":
             time.sleep(30)  # killed here: the object is on warm, the index still says hot
         return digest
+
+    def slow_switch(self, *args):
+        self.seal()
+        if phase == "copied":
+            time.sleep(30)  # killed here: the new packs are on warm, the index knows only the old
+        return switch(self, *args)
 
     def slow_delete(self, name):
         if phase == "switched":
@@ -47,6 +58,7 @@ SLOW_TIER = textwrap.dedent(
 
     tiers.Tiers.copy_verified = slow_copy
     LocalBackend.delete = slow_delete
+    PackRewrite.switch = slow_switch
     from chunkfs.cli.main import main
     sys.exit(main(["tier", "--repo", sys.argv[1]]))
     """
@@ -70,10 +82,13 @@ def _kill_when(repo: Repository, proc: subprocess.Popen, kind: int, timeout: flo
     raise AssertionError("no tier operation started in time")
 
 
-def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path):
+@pytest.mark.parametrize("warm_level", [0, 3], ids=["move", "re-encode"])
+def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path, warm_level):
     repo_path = tmp_path / "repo"
     src = write_run(tmp_path / "src", steps=2)
-    with Repository.create(repo_path, settings=tiered_settings(moto_server.endpoint)) as repo:
+    settings = tiered_settings(moto_server.endpoint)
+    settings = dataclasses.replace(settings, lifecycle=dataclasses.replace(settings.lifecycle, warm_level=warm_level))
+    with Repository.create(repo_path, settings=settings) as repo:
         import_run(repo, src, "/m/run1")
         tierop.complete(repo, "/m/run1")
         with repo.index.read() as t:
@@ -88,13 +103,17 @@ def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path):
             )  # fmt: skip
             _kill_when(watcher, proc, kind)
             with watcher.index.read() as t:
-                notes = [(p, tier, k, t.pack_get(p).tier) for p, tier, k, _ in t.moves()]
+                notes = [(p, tier, k, (i := t.pack_get(p)) and i.tier) for p, tier, k, _ in t.moves()]
+            # a move keeps the pack (its home changes); a repack's new packs enter the index only
+            # at the switch, which takes the old ones out
             if kind == NEW:  # copied, not switched: the new object exists, the home is still hot
-                assert [(tier, home) for _, tier, k, home in notes if k == NEW] == [(Tier.WARM, Tier.HOT)]
+                expected = (Tier.WARM, None if warm_level else Tier.HOT)
+                assert {(tier, home) for _, tier, k, home in notes if k == NEW} == {expected}
                 pack = next(p for p, _, k, _ in notes if k == NEW)
                 assert watcher.tiers.backend(Tier.WARM).exists(pack_name(pack))
             else:  # switched, not cleaned up: the home is warm, the hot file is still there
-                assert [(tier, home) for _, tier, k, home in notes if k == OLD] == [(Tier.HOT, Tier.WARM)]
+                expected = (Tier.HOT, None if warm_level else Tier.WARM)
+                assert {(tier, home) for _, tier, k, home in notes if k == OLD} == {expected}
                 pack = next(p for p, _, k, _ in notes if k == OLD)
                 assert watcher.hot.exists(pack_name(pack))
             # readers see every byte while the operation is half done
@@ -106,7 +125,7 @@ def test_tier_killed_mid_move_then_rerun(moto_server, tmp_path):
         with repo.index.read() as t:
             assert list(t.moves()) == []
             assert {i.tier for _, i in t.packs()} == {Tier.WARM}
-            assert sum(1 for _ in t.packs()) == total
+            assert sum(1 for _ in t.packs()) == total or warm_level
             assert list(t.uploads()) == []
         assert hot_pack_files(repo) == []
         assert repo.tiers.audit() == [], "no missing pack, no orphan object, nothing unfinished"

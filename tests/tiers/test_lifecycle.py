@@ -48,9 +48,11 @@ def test_run_written_completed_tiered_to_warm_and_read_back_from_s3(moto_server,
         warm = RequestCounter(repo.tiers.backend(Tier.WARM))
         outcome = tierop.apply(repo, actions)
         assert outcome.moved == {"hot→warm": {"packs": queued["packs"], "bytes": queued["bytes"]}}
-        assert warm.count("PutObject") + warm.count("CreateMultipartUpload") == 0, "already uploaded: verified only"
+        written = outcome.written["warm"]
+        assert warm.count("PutObject") + warm.count("CreateMultipartUpload") == written["packs"], "re-encoded packs"
+        assert warm.count("DeleteObject") == queued["packs"], "the write-back's copies deleted"
         assert hot_pack_files(repo) == [], "hot copies evicted"
-        assert packs_by_tier(repo)[Tier.WARM] == queued["packs"]
+        assert packs_by_tier(repo)[Tier.WARM] == written["packs"] and written["bytes"] < queued["bytes"]
         assert repo.tiers.audit() == []
 
         repo.drop_caches()

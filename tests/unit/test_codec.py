@@ -107,8 +107,8 @@ def test_unknown_compression_or_kind_names_the_chunk_and_a_newer_chunkfs():
 
 
 def test_cold_trial_picks_planes_for_floats_and_none_for_random_bytes():
-    assert codec.cold_encoding(_bf16(32 << 10), 9) in PLANES
-    assert codec.cold_encoding(_fp32(16 << 10), 9) == Compression.ZSTD_PLANES4
-    assert codec.cold_encoding(np.random.default_rng(0).bytes(64 << 10), 9) == Compression.NONE
-    assert codec.cold_encoding(b'{"global_step": 100, "epoch": 1.0}' * 50, 9) == Compression.ZSTD
-    assert codec.cold_encoding(b"", 9) == Compression.NONE
+    assert codec.repack_encoding(_bf16(32 << 10), 9) in PLANES
+    assert codec.repack_encoding(_fp32(16 << 10), 9) == Compression.ZSTD_PLANES4
+    assert codec.repack_encoding(np.random.default_rng(0).bytes(64 << 10), 9) == Compression.NONE
+    assert codec.repack_encoding(b'{"global_step": 100, "epoch": 1.0}' * 50, 9) == Compression.ZSTD
+    assert codec.repack_encoding(b"", 9) == Compression.NONE

@@ -1,1 +1,1 @@
-"""Operations that rewrite or copy stored packs for safety and space: rewrite, sweep, cold repack, replicas, metadata backups."""
+"""Operations that rewrite or copy stored packs for safety and space: rewrite, sweep, re-encoding repack, replicas, metadata backups."""

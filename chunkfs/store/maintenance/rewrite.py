@@ -1,4 +1,4 @@
-"""The one way packs are rewritten: gc repacks, cold repacks and fsck repairs all go through here.
+"""The one way packs are rewritten: gc repacks, re-encoding repacks (warm, cold) and fsck repairs all go through here.
 
 A rewrite copies live chunks (from old packs, or good copies found elsewhere) into
 new packs on one tier and then retires the old packs. Its protocol, under the tier
@@ -39,12 +39,23 @@ from chunkfs.store.backends import ownership
 from chunkfs.store.backends.base import Backend
 from chunkfs.store.backends.local import LocalBackend
 from chunkfs.store.pack import format as packfmt
-from chunkfs.store.pack.files import PackBuilder, pack_name
+from chunkfs.store.pack.files import PackBuilder, pack_name, read_entries
 from chunkfs.store.tiering.lock import NEW, OLD
 from chunkfs.types import ChunkId, ChunkLocation, PackId, PackInfo, PackState, Tier
 
 log = logging.getLogger(__name__)
 
+
+
+def file_entries(path: Path) -> list[packfmt.Entry]:
+    """Every chunk entry of the pack in the local file ``path`` (a tier's local copy), read through a
+    backend of its own whose descriptor is closed after: an open one would keep the disk space
+    of a pack that the rewrite then deletes until the process ends."""
+    backend = LocalBackend(path.parent)
+    try:
+        return read_entries(backend, path.name)[0]
+    finally:
+        backend.close()
 
 
 def live_entries(t, pack: PackId, entries: Iterable[packfmt.Entry]) -> list[packfmt.Entry]:

@@ -25,9 +25,9 @@ from chunkfs.index import Index
 from chunkfs.store.backends import ownership
 from chunkfs.store.backends.local import LocalBackend
 from chunkfs.store.maintenance.replicas import Replicas
-from chunkfs.store.maintenance.rewrite import OLD, PackRewrite, homes, live_entries
+from chunkfs.store.maintenance.rewrite import OLD, PackRewrite, file_entries, homes, live_entries
 from chunkfs.store.pack import format as packfmt
-from chunkfs.store.pack.files import pack_id_from_name, pack_name, read_entries
+from chunkfs.store.pack.files import pack_id_from_name, pack_name
 from chunkfs.store.tiering.tiers import Tiers
 from chunkfs.types import ChunkId, PackId, PackInfo, PackState, Tier, tier_name
 
@@ -134,7 +134,7 @@ def repack(tiers: Tiers, index: Index, tier: Tier, group: str, packs: list[PackI
                 if info is None or info.state != PackState.SEALED or info.tier != tier:
                     continue
                 with tiers.local_copy(backend, pack_name(pack), info.size) as (path, _digest):
-                    entries, _ = read_entries(LocalBackend(path.parent), path.name)
+                    entries = file_entries(path)
                     with index.read() as t:
                         live = live_entries(t, pack, entries)
                     with open(path, "rb") as f:

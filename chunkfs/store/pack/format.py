@@ -13,7 +13,7 @@ A pack is written front to back and never modified once sealed::
 All integers little-endian. ``offset`` in the footer points at a record's stored
 bytes. Chunk flags: low nibble the compression (``types.Compression``: 0 raw, 1 one
 zstd frame, 2/3 byte planes of 2-/4-byte elements then one zstd frame, written only
-by cold repacks; 4-15 unknown, refused by name), high nibble the kind (0 full,
+by re-encoding repacks (warm, cold); 4-15 unknown, refused by name), high nibble the kind (0 full,
 1 delta: reserved); the encodings themselves are in ``engine/codec.py``.
 
 The footer makes a pack self-describing: the chunk index can be rebuilt

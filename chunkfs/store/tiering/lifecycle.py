@@ -7,6 +7,8 @@ Runs are pack groups (``PackInfo.group``: the run directory). The rules
   *complete*: marked by ``chunkfs run complete``, or no new data reached its
   packs for ``run_idle`` seconds. Only sealed packs move; a run a user moved
   to hot by hand (``tier move --to hot``) stays until marked complete again.
+  On the way its packs are re-encoded (``warm_level``; maintenance/reencode.py)
+  unless other nodes read them (a shared repository: they move as they are).
 - **warm → cold** for warm packs older than ``cold_after_days`` of a run not
   read for ``cold_idle_days``: repacked, recompressed, one run per pack.
 - **hot pressure**: when the hot disk has less than ``hot_min_free`` percent
@@ -21,27 +23,35 @@ Runs are pack groups (``PackInfo.group``: the run directory). The rules
 
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkfs import clock
+from chunkfs.background import BackgroundThread
 from chunkfs.config import LifecycleSettings
-from chunkfs.errors import CorruptData, NotFound
+from chunkfs.errors import ChunkfsError, CorruptData, NotFound
 from chunkfs.index import Index
 from chunkfs.index.txn import RunRecord
-from chunkfs.store.maintenance import coldrepack
+from chunkfs.store.maintenance import reencode
 from chunkfs.store.tiering.tiers import Tiers
 from chunkfs.types import PackId, PackInfo, PackState, Tier, tier_name
 
 NS = 10**9
 DAY_NS = 86400 * NS
+IDLE_WAIT = 3600.0
+"""Seconds the tier mover sleeps between looks when nobody asks it for a round."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Action:
-    """Move ``packs`` of ``run`` from ``src`` to ``dst`` (a repack when ``dst`` is cold)."""
+    """Move ``packs`` of ``run`` from ``src`` to ``dst``: re-encoded into new packs at zstd
+    ``level`` (``repack_level``), or as they are (0)."""
 
     run: str
     src: Tier
@@ -49,21 +59,27 @@ class Action:
     packs: list[PackId]
     bytes: int
     reason: str
+    level: int = 0
+
+    def describe(self) -> str:
+        """The move in words: ``hot→warm, re-encoded (zstd 3)``."""
+        move = f"{tier_name(self.src)}→{tier_name(self.dst)}"
+        return f"{move}, re-encoded (zstd {self.level})" if self.level else move
 
     def as_dict(self) -> dict:
         return {
             "run": self.run, "from": tier_name(self.src), "to": tier_name(self.dst),
-            "packs": len(self.packs), "bytes": self.bytes, "reason": self.reason,
+            "packs": len(self.packs), "bytes": self.bytes, "reason": self.reason, "reencode_level": self.level,
         }  # fmt: skip
 
 
 @dataclass
 class Outcome:
-    """What ``apply`` did: per "from→to", packs and bytes moved; cold packs written; failures."""
+    """What ``apply`` did: per "from→to", packs and bytes moved; packs written by re-encoding
+    repacks, per destination tier; failures."""
 
     moved: dict[str, dict[str, int]] = field(default_factory=dict)
-    cold_packs_written: int = 0
-    cold_bytes_written: int = 0
+    written: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def add(self, src: Tier, dst: Tier, packs: int, nbytes: int) -> None:
@@ -71,6 +87,25 @@ class Outcome:
         row = self.moved.setdefault(key, {"packs": 0, "bytes": 0})
         row["packs"] += packs
         row["bytes"] += nbytes
+
+    def add_written(self, dst: Tier, packs: int, nbytes: int) -> None:
+        row = self.written.setdefault(tier_name(dst), {"packs": 0, "bytes": 0})
+        row["packs"] += packs
+        row["bytes"] += nbytes
+
+
+def repack_level(tiers: Tiers, settings: LifecycleSettings, src: Tier, dst: Tier) -> int:
+    """The zstd level a move from ``src`` to ``dst`` re-encodes at (0: the packs move as they are).
+
+    To cold always (``cold_level``); from hot to warm at ``warm_level``, except where other
+    nodes read the warm packs (a shared repository: new pack ids would be unknown to them).
+    Nothing else is rewritten: evictions under hot pressure must cost a HEAD, not CPU, and
+    packs coming back warmer keep the encoding they had."""
+    if dst == Tier.COLD:
+        return settings.cold_level
+    if src == Tier.HOT and dst == Tier.WARM and not tiers.shared:
+        return settings.warm_level
+    return 0
 
 
 def runs_of(index: Index) -> tuple[dict[str, list[tuple[PackId, PackInfo]]], dict[str, RunRecord]]:
@@ -153,7 +188,8 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
         nxt = tiers.next_tier(Tier.HOT)
         why = is_complete(rec, packs, settings, now)
         if hot and nxt is not None and why and rec.held != Tier.HOT:
-            actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why))
+            level = repack_level(tiers, settings, Tier.HOT, nxt)
+            actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why, level))
         if tiers.configured(Tier.COLD) and tiers.configured(Tier.WARM) and settings.cold_after_days:
             age = settings.cold_after_days * DAY_NS
             old = [(p, i) for p, i in sealed if i.tier == Tier.WARM and now - i.created_ns >= age]
@@ -161,7 +197,8 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
             idle = now - last_read
             if old and idle >= settings.cold_idle_days * DAY_NS:
                 reason = f"older than {settings.cold_after_days} days, not read for {_span(idle)}"
-                actions.append(Action(group, Tier.WARM, Tier.COLD, [p for p, _ in old], sum(i.size for _, i in old), reason))
+                packs_old, size = [p for p, _ in old], sum(i.size for _, i in old)
+                actions.append(Action(group, Tier.WARM, Tier.COLD, packs_old, size, reason, settings.cold_level))
     shortfall, why = hot_shortfall(tiers, settings)
     if shortfall:
         planned = {p for a in actions if a.src == Tier.HOT for p in a.packs}
@@ -169,18 +206,27 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
     return actions
 
 
-def apply(tiers: Tiers, actions: list[Action], progress: Callable[[int], None] = lambda n: None) -> Outcome:
-    """Perform ``actions``; a damaged pack is reported and skipped, an unreachable tier stops everything."""
+def apply(
+    tiers: Tiers, actions: list[Action], progress: Callable[[int], None] = lambda n: None,
+    stop: Callable[[], bool] = lambda: False,
+) -> Outcome:  # fmt: skip
+    """Perform ``actions``; a damaged pack is reported and skipped, an unreachable tier stops
+    everything; once ``stop()`` says so (asked before each pack), what is done stays done and
+    the rest waits for the next round. Plain moves go first: an eviction under hot pressure
+    must not wait behind a run's re-encoding."""
     outcome = Outcome()
-    for a in actions:
+    for a in sorted(actions, key=lambda a: a.level > 0):
+        if stop():
+            break
         try:
-            if a.dst == Tier.COLD:
-                r = coldrepack.repack(tiers, a.run, a.packs, Tier.COLD, progress)
+            if a.level:
+                r = reencode.repack(tiers, a.run, a.packs, a.dst, a.level, progress, stop)
                 outcome.add(a.src, a.dst, r.packs_in, r.bytes_in)
-                outcome.cold_packs_written += r.packs_out
-                outcome.cold_bytes_written += r.bytes_out
+                outcome.add_written(a.dst, r.packs_out, r.bytes_out)
                 continue
             for pack in a.packs:
+                if stop():
+                    break
                 with tiers.index.read() as t:
                     info = t.pack_get(pack)
                 if info is None or info.tier == a.dst:
@@ -199,3 +245,36 @@ def _span(ns: int) -> str:
         if s >= size:
             return f"{s / size:.1f}{unit}"
     return f"{s:.0f}s"
+
+
+class Mover(BackgroundThread):
+    """A mount's tier mover: applies the policies whenever the mount asks (``request``: every
+    ``interval``, or at once when the hot disk runs short), in a thread of its own at the lowest
+    CPU priority — re-encoding a run's packs costs CPU that a writer must never wait for — and
+    stops between two batches when the mount stops."""
+
+    thread_name = "chunkfs-tier-mover"
+    low_priority = True
+
+    def __init__(self, run: Callable[[Callable[[], bool]], Outcome]) -> None:
+        """``run(stop)``: one round of the policies (``Repository.run_policies``)."""
+        super().__init__()
+        self._round = run
+        self._requested = threading.Event()
+
+    def request(self) -> None:
+        """Run a round now (or right after the one running)."""
+        self._requested.set()
+        self.wake()
+
+    def _loop(self) -> None:
+        while self.pause(IDLE_WAIT):
+            if not self._requested.is_set():
+                continue
+            self._requested.clear()
+            try:
+                self._round(lambda: self.stopping)
+            except ChunkfsError as e:
+                log.warning("background tier work: %s", e)
+            except Exception:  # a bug: keep running and say so
+                log.exception("background tier work: unexpected error")

@@ -2,7 +2,7 @@
 
 Layout: ``DIR/chunks/ab/<chunk id hex>``, one file per chunk: its flags (one
 byte) and then its stored bytes exactly as they lie in the pack (the flags are
-kept because a cold repack may store the same chunk compressed differently).
+kept because a re-encoding repack may store the same chunk compressed differently).
 
 Several processes share the directory (the mount daemon, ``chunkfs prefetch``,
 ``chunkfs export``): files are written to a temporary name and renamed into

@@ -3,15 +3,15 @@
 A sealed pack has one *home* tier (``PackInfo.tier``) and maybe verified extra
 copies (``copies``: a write-back upload, or the warm copy kept when a pack is
 brought back to hot). Every operation that creates or deletes a pack object on
-any tier — a move here, a write-back upload (uploads.py), a cold repack, gc's sweep
+any tier — a move here, a write-back upload (uploads.py), a re-encoding repack, gc's sweep
 and fsck's repair (maintenance/) — runs under the tier lock (lock.py), so no two of
 them interleave, in this process or another.
 
 A **move** (same pack, other tier) is: note the new object in ``moves`` →
 copy → verify size and BLAKE3 at the destination → one LMDB transaction
 switches the home and notes the old object for deletion → delete the source →
-forget the note. A **repack** (maintenance/coldrepack.py: the live chunks of one
-run's packs, recompressed, into new packs of that run only) is the one pack rewrite
+forget the note. A **repack** (maintenance/reencode.py: the live chunks of one
+run's packs, re-encoded, into new packs of that run only) is the one pack rewrite
 of maintenance/rewrite.py, with new pack ids: the chunk locations switch in the same
 transaction as the pack homes.
 
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 COPY_BLOCK = 8 << 20
 
-Transform = Callable[[ChunkId, bytes, int, int], tuple[bytes, int]]
-"""(chunk, stored, raw length, flags) → (stored, flags): how the cold repack re-encodes a chunk."""
+Transform = Callable[[ChunkId, bytes, int, int, int], tuple[bytes, int]]
+"""(chunk, stored, raw length, flags, zstd level) → (stored, flags): how a repack re-encodes a chunk."""
 
 
 class Tiers:
@@ -72,7 +72,8 @@ class Tiers:
         self.lock = TierLock(repo_path / "tiers.lock")
         self.lock.on_acquire = self._resume_locked
         self.readcache = None  # set by the repository: pinned chunks are staged there before leaving hot
-        self.transform: Transform | None = None  # set by the repository: the cold re-encoding (maintenance/coldrepack.py)
+        self.transform: Transform | None = None  # set by the repository: the re-encoding (maintenance/reencode.py)
+        self.shared = False  # set by the repository: other nodes read its warm packs, never rewrite them (multinode.md)
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._resumed = 0  # operations the last acquisition of the lock finished or undid
@@ -277,7 +278,7 @@ class Tiers:
                 digest = self.copy_verified(pack, src, dst, info.size)
                 copied = info.size
             if src == Tier.HOT:
-                self._stage_pinned(pack)
+                self.stage_pinned(pack)
             keep_source = src == Tier.WARM and dst == Tier.HOT
             now = clock.now_ns()
             with self.index.write() as t:
@@ -303,7 +304,7 @@ class Tiers:
                            f"moved_bytes_{tier_name(src)}_{tier_name(dst)}": info.size})  # fmt: skip
             return copied
 
-    def _stage_pinned(self, pack: PackId) -> None:
+    def stage_pinned(self, pack: PackId) -> None:
         """Copy the pinned chunks of a hot pack into the read cache before it leaves hot."""
         if self.readcache is None or not self.readcache.enabled:
             return

@@ -1,0 +1,103 @@
+"""The re-encoding repack: one run's packs rewritten into new, smaller packs on warm or cold.
+
+The hot tier keeps chunks as ingest stored them (raw, or zstd at a low level where that
+was clearly worth it): reads and writes there must run at disk speed. When the lifecycle
+policy sends a complete run on to warm (``lifecycle.warm_level``) or to cold
+(``cold_level``), its packs are not copied as they are: their live chunks are re-encoded
+(``Tiers.transform``: zstd at that level, byte planes first for float tensors, whichever
+stores the chunk smallest) into new packs of that run only, through the one pack rewrite
+(rewrite.py): every chunk location and pack home switches in one transaction, under the
+tier lock, and the old packs — hot home and write-back copy on warm alike — are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chunkfs.store.maintenance.rewrite import PackRewrite, file_entries, live_entries
+from chunkfs.store.pack.files import pack_name
+from chunkfs.store.tiering.tiers import Tiers
+from chunkfs.types import ChunkId, PackId, PackState, Tier, tier_name
+
+
+@dataclass
+class RepackResult:
+    packs_in: int = 0
+    packs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    chunks: int = 0
+
+
+def repack(
+    tiers: Tiers, group: str, packs: list[PackId], dst: Tier, level: int,
+    progress: Callable[[int], None] = lambda n: None, stop: Callable[[], bool] = lambda: False,
+) -> RepackResult:  # fmt: skip
+    """Rewrite the live chunks of ``packs`` (one run's) into new packs on ``dst``, re-encoded by
+    ``tiers.transform`` at zstd ``level``, oldest first, in batches of about one pack's size:
+    each batch holds the tier lock only while it is rewritten, so that the uploader and
+    hot-pressure evictions are never held up for a whole run (a mount re-encodes at the
+    lowest CPU priority). ``stop()`` is asked before each batch: the rest waits for a later run."""
+    result = RepackResult()
+    with tiers.index.read() as t:
+        infos = sorted(((p, t.pack_get(p)) for p in packs), key=lambda kv: kv[1].created_ns if kv[1] else 0)
+    batch: list[PackId] = []
+    size = 0
+    for pack, info in infos:
+        if info is None:
+            continue
+        batch.append(pack)
+        size += info.size
+        if size >= tiers.pack_size:
+            if stop():
+                return result
+            _rewrite(tiers, group, batch, dst, level, progress, result)
+            batch, size = [], 0
+    if batch and not stop():
+        _rewrite(tiers, group, batch, dst, level, progress, result)
+    return result
+
+
+def _rewrite(
+    tiers: Tiers, group: str, packs: list[PackId], dst: Tier, level: int, progress: Callable[[int], None],
+    result: RepackResult,
+) -> None:  # fmt: skip
+    """One batch: its live chunks into new packs on ``dst``, the old packs retired."""
+    with tiers.lock.hold():
+        with tiers.index.read() as t:
+            infos = {p: t.pack_get(p) for p in packs}
+        infos = {p: i for p, i in infos.items() if i is not None and i.state == PackState.SEALED and i.tier != dst}
+        if not infos:
+            return
+        rw = PackRewrite(tiers.index, tiers.backend, dst, group, tiers.repo_path / "tmp", tiers.pack_size)
+        retire: dict[PackId, list[ChunkId]] = {}
+        try:
+            for pack, info in infos.items():
+                if info.tier == Tier.HOT:
+                    tiers.stage_pinned(pack)  # pinned data stays local (`prefetch --pin`)
+                with tiers.local_copy(tiers.backend(info.tier), pack_name(pack), info.size) as (path, _digest):
+                    entries = file_entries(path)
+                    with tiers.index.read() as t:
+                        live = live_entries(t, pack, entries)
+                    with open(path, "rb") as f:
+                        for e in live:
+                            stored, flags = os.pread(f.fileno(), e.stored_len, e.offset), e.flags
+                            if tiers.transform is not None:
+                                stored, flags = tiers.transform(e.chunk, stored, e.raw_len, e.flags, level)
+                            rw.add(e.chunk, e.location(pack), stored, e.raw_len, flags)
+                retire[pack] = [e.chunk for e in entries]
+                progress(info.size)
+        except BaseException:
+            rw.abort()
+            raise
+        rw.finish(retire)
+    result.packs_in += len(infos)
+    result.bytes_in += sum(i.size for i in infos.values())
+    result.packs_out += rw.result.packs_written
+    result.bytes_out += rw.result.bytes_written
+    result.chunks += rw.result.chunks
+    for info in infos.values():
+        src, to = tier_name(info.tier), tier_name(dst)
+        tiers.count(**{f"moved_packs_{src}_{to}": 1, f"moved_bytes_{src}_{to}": info.size})
