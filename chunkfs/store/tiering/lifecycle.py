@@ -83,15 +83,16 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
     def add(self, src: Tier, dst: Tier, packs: int, nbytes: int) -> None:
-        key = f"{tier_name(src)}→{tier_name(dst)}"
-        row = self.moved.setdefault(key, {"packs": 0, "bytes": 0})
-        row["packs"] += packs
-        row["bytes"] += nbytes
+        _tally(self.moved, f"{tier_name(src)}→{tier_name(dst)}", packs, nbytes)
 
     def add_written(self, dst: Tier, packs: int, nbytes: int) -> None:
-        row = self.written.setdefault(tier_name(dst), {"packs": 0, "bytes": 0})
-        row["packs"] += packs
-        row["bytes"] += nbytes
+        _tally(self.written, tier_name(dst), packs, nbytes)
+
+
+def _tally(table: dict[str, dict[str, int]], key: str, packs: int, nbytes: int) -> None:
+    row = table.setdefault(key, {"packs": 0, "bytes": 0})
+    row["packs"] += packs
+    row["bytes"] += nbytes
 
 
 def repack_level(tiers: Tiers, settings: LifecycleSettings, src: Tier, dst: Tier) -> int:
