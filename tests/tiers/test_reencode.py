@@ -27,6 +27,7 @@ from chunkfs.background import LOWEST_PRIORITY
 from chunkfs.ops import fsck as fsckop
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
+from chunkfs.store.pack.files import pack_name
 from chunkfs.store.tiering import lifecycle
 from chunkfs.store.tiering.uploads import upload_copies
 from chunkfs.types import Compression, Tier, flags_compression
@@ -171,3 +172,29 @@ def test_a_mounts_tier_mover_runs_at_the_lowest_cpu_priority():
     assert seen.wait(10)
     assert priority == [LOWEST_PRIORITY] and os.getpriority(os.PRIO_PROCESS, 0) < LOWEST_PRIORITY
     assert mover.stop() is True
+
+
+def test_a_damaged_chunk_stops_its_runs_re_encoding_and_nothing_is_lost(tmp_path):
+    repo = _repo(tmp_path)
+    try:
+        src = _bf16_run(tmp_path / "src")
+        import_run(repo, src, "/m/run1")
+        tierop.complete(repo, "/m/run1")
+        with repo.index.read() as t:
+            oldest = min(t.packs(), key=lambda kv: kv[1].created_ns)
+        path = repo.hot.path(pack_name(oldest[0]))
+        with open(path, "r+b") as f:  # a flipped byte in the middle of a chunk's stored bytes
+            f.seek(oldest[1].size // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        before = _pack_ids(repo)
+        outcome = tierop.apply(repo, tierop.plan(repo))
+        assert len(outcome.errors) == 1 and "/m/run1" in outcome.errors[0] and "chunk" in outcome.errors[0]
+        assert _pack_ids(repo) == before, "the damaged batch was the first: nothing moved, nothing half-done"
+        with repo.tiers.lock.hold():  # the next holder of the tier lock undoes what the batch began
+            pass
+        assert repo.tiers.audit() == [] and _objects(repo, Tier.WARM) == set()
+        assert {(p.kind, p.pack) for p in fsckop.fsck(repo).problems} == {("bad_chunk", oldest[0].hex())}, "fsck names it"
+    finally:
+        repo.close()

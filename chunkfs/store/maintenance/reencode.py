@@ -12,14 +12,23 @@ tier lock, and the old packs — hot home and write-back copy on warm alike — 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from chunkfs.store.maintenance.rewrite import PackRewrite, file_entries, live_entries
 from chunkfs.store.pack.files import pack_name
+from chunkfs.store.pack.format import Entry
 from chunkfs.store.tiering.tiers import Tiers
 from chunkfs.types import ChunkId, PackId, PackState, Tier, tier_name
+
+THREADS = min(8, os.cpu_count() or 1)
+"""Chunks re-encoded at once: zstd, the byte planes and BLAKE3 release the GIL, so a repack uses
+every core the node leaves to it (a mount's runs at the lowest priority: only idle ones)."""
 
 
 @dataclass
@@ -73,6 +82,7 @@ def _rewrite(
             return
         rw = PackRewrite(tiers.index, tiers.backend, dst, group, tiers.repo_path / "tmp", tiers.pack_size)
         retire: dict[PackId, list[ChunkId]] = {}
+        pool = ThreadPoolExecutor(THREADS, thread_name_prefix="chunkfs-reencode")
         try:
             for pack, info in infos.items():
                 if info.tier == Tier.HOT:
@@ -81,17 +91,16 @@ def _rewrite(
                     entries = file_entries(path)
                     with tiers.index.read() as t:
                         live = live_entries(t, pack, entries)
-                    with open(path, "rb") as f:
-                        for e in live:
-                            stored, flags = os.pread(f.fileno(), e.stored_len, e.offset), e.flags
-                            if tiers.transform is not None:
-                                stored, flags = tiers.transform(e.chunk, stored, e.raw_len, e.flags, level)
+                    with open(path, "rb") as f, contextlib.closing(_encoded(tiers, f, live, level, pool)) as chunks:
+                        for e, stored, flags in chunks:
                             rw.add(e.chunk, e.location(pack), stored, e.raw_len, flags)
                 retire[pack] = [e.chunk for e in entries]
                 progress(info.size)
         except BaseException:
             rw.abort()
             raise
+        finally:
+            pool.shutdown()
         rw.finish(retire)
     result.packs_in += len(infos)
     result.bytes_in += sum(i.size for i in infos.values())
@@ -101,3 +110,30 @@ def _rewrite(
     for info in infos.values():
         src, to = tier_name(info.tier), tier_name(dst)
         tiers.count(**{f"moved_packs_{src}_{to}": 1, f"moved_bytes_{src}_{to}": info.size})
+
+
+def _encoded(
+    tiers: Tiers, f: BinaryIO, live: list[Entry], level: int, pool: ThreadPoolExecutor,
+) -> Iterator[tuple[Entry, bytes, int]]:  # fmt: skip
+    """Each live entry of the pack open as ``f`` with its bytes re-encoded (stored bytes, flags), in
+    order; at most ``2 * THREADS`` chunks in flight, so memory stays a few chunks. Closed early
+    (an error), it waits for the chunks in flight: none reads ``f`` after it is closed."""
+
+    def one(e: Entry) -> tuple[Entry, bytes, int]:
+        stored = os.pread(f.fileno(), e.stored_len, e.offset)
+        if tiers.transform is None:
+            return e, stored, e.flags
+        return (e, *tiers.transform(e.chunk, stored, e.raw_len, e.flags, level))
+
+    window: collections.deque[Future] = collections.deque()
+    try:
+        for e in live:
+            window.append(pool.submit(one, e))
+            if len(window) >= 2 * THREADS:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for future in window:
+            future.cancel()
+        wait(window)
