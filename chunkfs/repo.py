@@ -13,12 +13,13 @@ A repository on disk::
 Background work (``start_background``, called by the mount daemon and by long
 writing commands): the uploader drains the write-back queue to the warm tier,
 and every ``lifecycle.interval`` the policies run (idle runs' open packs are
-sealed, packs move between tiers, re-encoded: in the tier mover's thread, at the lowest
-CPU priority), and at once whenever the hot disk is short of ``lifecycle.hot_min_free``; activity counters are saved every few seconds. With ``replication.replicas`` configured the replicator copies sealed
-packs to them (store/maintenance/replicas.py), and with a warm tier or replicas the index is
-backed up there every ``backup.interval`` and once more when it stops
-(store/maintenance/metabackup.py). Only a writable repository runs it (docs/tiers.md, "Who
-does what").
+sealed, packs move between tiers, re-encoded: in the tier mover's thread, at the
+lowest CPU priority), and at once whenever the hot disk is short of
+``lifecycle.hot_min_free``; activity counters are saved every few seconds. With
+``replication.replicas`` configured the replicator copies sealed packs to them
+(store/maintenance/replicas.py), and with a warm tier or replicas the index is backed up
+there every ``backup.interval`` and once more when it stops (store/maintenance/metabackup.py).
+Only a writable repository runs it (docs/tiers.md, "Who does what").
 
 The CLI, the FUSE daemon and the admin operations all go through
 ``Repository``. One process at a time opens a repository as its *maintainer*
