@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 
 import pytest
 import safetensors.torch
@@ -23,6 +24,7 @@ from helpers.tiers import (
 )
 
 from chunkfs import clock
+from chunkfs import repo as repo_module
 from chunkfs.background import LOWEST_PRIORITY
 from chunkfs.ops import fsck as fsckop
 from chunkfs.ops import tier as tierop
@@ -196,5 +198,27 @@ def test_a_damaged_chunk_stops_its_runs_re_encoding_and_nothing_is_lost(tmp_path
             pass
         assert repo.tiers.audit() == [] and _objects(repo, Tier.WARM) == set()
         assert {(p.kind, p.pack) for p in fsckop.fsck(repo).problems} == {("bad_chunk", oldest[0].hex())}, "fsck names it"
+    finally:
+        repo.close()
+
+
+def test_a_writers_background_work_re_encodes_a_complete_run_through_its_tier_mover(tmp_path, monkeypatch):
+    monkeypatch.setattr(repo_module, "COUNTERS_EVERY", 0.2)  # background rounds every 0.2 s, not 10
+    repo = _repo(tmp_path, interval=1)
+    try:
+        src = _bf16_run(tmp_path / "src")
+        import_run(repo, src, "/m/run1")
+        tierop.complete(repo, "/m/run1")
+        before, (hot_bytes, _) = _pack_ids(repo), _stored(repo)
+        repo.start_background()
+        deadline = time.monotonic() + 30
+        while packs_by_tier(repo)[Tier.HOT] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert repo.mover is not None and repo.mover.running
+        repo.stop_background()
+        assert repo.mover is None
+        assert packs_by_tier(repo)[Tier.HOT] == 0 and not _pack_ids(repo) & before
+        assert _stored(repo)[0] < 0.8 * hot_bytes
+        _check(repo, src, tmp_path, "out", len(_stored(repo)[1]))
     finally:
         repo.close()
