@@ -25,9 +25,11 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser(
         "tier",
         help="apply the tier policies, or move a run by hand",
-        description="Apply the lifecycle policies of chunkfs.toml: complete runs move from hot to warm, "
-        "old and unread runs from warm to cold (repacked, recompressed). `tier move PATH --to TIER` moves "
-        "one run (or every run under PATH) by hand. Safe to interrupt: a rerun finishes or undoes it.",
+        description="Apply the lifecycle policies of chunkfs.toml: complete runs move from hot to warm "
+        "(re-encoded smaller at lifecycle.warm_level), old and unread runs from warm to cold (repacked, "
+        "recompressed at cold_level). `tier move PATH --to TIER` moves one run (or every run under PATH) by "
+        "hand. Safe to interrupt: a rerun finishes or undoes it. Re-encoding costs CPU: on a busy node run "
+        "it as `nice chunkfs tier` (a mount does it at the lowest priority itself).",
     )
     repo_argument(p)
     p.add_argument("--dry-run", action="store_true", help="show what would move, move nothing")
