@@ -1,7 +1,7 @@
 """The re-encoding repack: one run's packs rewritten into new, smaller packs on warm or cold.
 
-The hot tier keeps chunks as ingest stored them (raw, or zstd at a low level where that
-was clearly worth it): reads and writes there must run at disk speed. When the lifecycle
+The hot tier keeps chunks as ingest stored them (raw, or zstd where a sample showed it
+clearly worth it): reads and writes there must run at disk speed. When the lifecycle
 policy sends a complete run on to warm (``lifecycle.warm_level``) or to cold
 (``cold_level``), its packs are not copied as they are: their live chunks are re-encoded
 (``Tiers.transform``: zstd at that level, byte planes first for float tensors, whichever
