@@ -71,9 +71,12 @@ def check_file(index_dir: Path) -> None:
     """Raise ``CorruptData`` (or ``NotFound``) unless ``INDEX_DIR/data.mdb`` looks whole."""
     path = Path(index_dir) / DATA
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(2 * 65536)
+            # the size after the meta pages: another process may commit in between, and a
+            # commit only grows the file before its meta page names the new end (never the
+            # other way round), so this order never takes a growing index for a truncated one
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise NotFound(f"{path}: the index is missing; {hint(index_dir)}") from None
     except OSError as e:

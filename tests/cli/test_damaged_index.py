@@ -16,6 +16,7 @@ import pytest
 from helpers.cli import chunkfs, cli_json
 
 from chunkfs.errors import CorruptData, NotFound
+from chunkfs.index import check
 from chunkfs.repo import Repository
 
 MiB = 1 << 20
@@ -118,3 +119,27 @@ def test_rebuild_salvages_a_readable_index_record_for_record(filled, tmp_path):
     with Repository(repo, writable=False) as r:
         assert sorted(r.ns.readdir(r.ns.resolve("/src/d2"))) == files
         assert r.history.last_commit() == last
+
+
+def test_an_index_growing_under_the_check_is_not_taken_for_a_truncated_one(tmp_path, monkeypatch):
+    """Another process commits between the check's look at the size and at the meta pages (a DCP
+    rank opening the repository while the mount daemon writes): the check used to take the size
+    first and call the grown index truncated; it must take the meta pages first."""
+    repo = Repository.create(tmp_path / "repo")
+    data = tmp_path / "repo" / "index" / "data.mdb"
+    real_open = open
+
+    def open_after_a_commit(path, *args, **kwargs):
+        if Path(path) == data:
+            for i in range(100):  # the other writer's commits, just as the file is opened
+                repo.ns.mkdir(1, f"d{i}-{'x' * 200}".encode(), 0o755, 0, 0)
+        return real_open(path, *args, **kwargs)
+
+    try:
+        before = data.stat().st_size
+        monkeypatch.setattr(check, "open", open_after_a_commit, raising=False)
+        check.check_file(data.parent)
+        assert data.stat().st_size > before, "the commits grew the index meanwhile"
+    finally:
+        monkeypatch.undo()
+        repo.close()
