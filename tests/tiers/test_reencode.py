@@ -77,12 +77,18 @@ def _repo(tmp_path, **lifecycle_settings) -> Repository:
     return Repository.create(tmp_path / "repo", settings=settings)
 
 
+def _complete_run(repo, tmp_path):
+    """The bf16 run imported as ``/m/run1`` and marked complete; its source directory."""
+    src = _bf16_run(tmp_path / "src")
+    import_run(repo, src, "/m/run1")
+    tierop.complete(repo, "/m/run1")
+    return src
+
+
 def test_a_bf16_run_is_re_encoded_on_its_way_to_warm_and_again_to_cold(tmp_path):
     repo = _repo(tmp_path)
     try:
-        src = _bf16_run(tmp_path / "src")
-        import_run(repo, src, "/m/run1")
-        tierop.complete(repo, "/m/run1")
+        src = _complete_run(repo, tmp_path)
         hot_bytes, kinds = _stored(repo)
         assert set(kinds) == {Compression.NONE}, "ingest leaves bf16 weights raw (zstd saves too little)"
         upload_copies(repo.tiers, sorted(_pack_ids(repo)))  # the write-back's copies, as a mount makes them
@@ -136,9 +142,7 @@ def test_warm_level_0_moves_the_packs_as_they_are(tmp_path):
 def test_a_stopped_round_keeps_what_it_re_encoded_and_the_next_round_does_the_rest(tmp_path):
     repo = _repo(tmp_path)
     try:
-        src = _bf16_run(tmp_path / "src")
-        import_run(repo, src, "/m/run1")
-        tierop.complete(repo, "/m/run1")
+        src = _complete_run(repo, tmp_path)
         packs = packs_by_tier(repo)[Tier.HOT]
         assert packs >= 3, "small packs: one batch each (a batch is about one pack's size)"
         asked = []
@@ -179,9 +183,7 @@ def test_a_mounts_tier_mover_runs_at_the_lowest_cpu_priority():
 def test_a_damaged_chunk_stops_its_runs_re_encoding_and_nothing_is_lost(tmp_path):
     repo = _repo(tmp_path)
     try:
-        src = _bf16_run(tmp_path / "src")
-        import_run(repo, src, "/m/run1")
-        tierop.complete(repo, "/m/run1")
+        _complete_run(repo, tmp_path)
         with repo.index.read() as t:
             oldest = min(t.packs(), key=lambda kv: kv[1].created_ns)
         path = repo.hot.path(pack_name(oldest[0]))
@@ -206,9 +208,7 @@ def test_a_writers_background_work_re_encodes_a_complete_run_through_its_tier_mo
     monkeypatch.setattr(repo_module, "COUNTERS_EVERY", 0.2)  # background rounds every 0.2 s, not 10
     repo = _repo(tmp_path, interval=1)
     try:
-        src = _bf16_run(tmp_path / "src")
-        import_run(repo, src, "/m/run1")
-        tierop.complete(repo, "/m/run1")
+        src = _complete_run(repo, tmp_path)
         before, (hot_bytes, _) = _pack_ids(repo), _stored(repo)
         repo.start_background()
         deadline = time.monotonic() + 30
