@@ -362,7 +362,10 @@ class Repository:
             if not got:
                 return lifecycle.Outcome()
         plan = lifecycle.plan(self.index, self.tiers, self.settings.lifecycle)
+        started = time.monotonic()
         outcome = lifecycle.apply(self.tiers, plan, stop=stop)
+        if outcome.moved:
+            log.info("tier policy: %s (%.1f s)", outcome.summary(), time.monotonic() - started)
         for problem in outcome.errors:
             log.error("tier policy: %s", problem)
         return outcome

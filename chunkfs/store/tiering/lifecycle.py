@@ -88,6 +88,13 @@ class Outcome:
     def add_written(self, dst: Tier, packs: int, nbytes: int) -> None:
         _tally(self.written, tier_name(dst), packs, nbytes)
 
+    def summary(self) -> str:
+        """One line for a log: what moved, and what re-encoding wrote ("" if nothing moved)."""
+        moved = [f"{key} {row['packs']} packs, {row['bytes'] / 1e6:.1f} MB" for key, row in sorted(self.moved.items())]
+        written = [f"re-encoded into {row['packs']} {tier} packs, {row['bytes'] / 1e6:.1f} MB"
+                   for tier, row in sorted(self.written.items())]  # fmt: skip
+        return "; ".join(moved + written)
+
 
 def _tally(table: dict[str, dict[str, int]], key: str, packs: int, nbytes: int) -> None:
     row = table.setdefault(key, {"packs": 0, "bytes": 0})
