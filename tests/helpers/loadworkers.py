@@ -7,16 +7,22 @@ are on a real node; each exits non-zero with one line per problem it saw.
   rename over), every third one also removing the previous ``wW.old`` and hard-linking
   the new file there; after each rename the temporary name must be gone and the saved
   file must keep its size while the next temporary is written.
-* ``lister DIR SECONDS``: ``listdir`` + ``lstat`` of every name, as ``ls -l`` and ``find`` do.
+* ``lister DIR SECONDS [STOPFILE]``: ``listdir`` + ``lstat`` of every name, as ``ls -l`` and ``find``
+  do, for SECONDS or until STOPFILE exists.
 * ``reader DIR SECONDS``: opens every ``*.bin`` and checks each byte it reads: a file is
   always one complete save, and the saves of one writer never go backwards.
+* ``verifier MANIFEST STOPFILE``: until STOPFILE exists, reads every file of MANIFEST (JSON:
+  path → SHA-256) whole and in random ranges, each byte checked, then drops the file's
+  pages so that the next pass asks the filesystem again; at least one whole pass.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import random
 import sys
 import time
 
@@ -75,10 +81,10 @@ def writer(d: str, w: int, n: int) -> list[str]:
     return problems
 
 
-def lister(d: str, seconds: float) -> list[str]:
+def lister(d: str, seconds: float, stopfile: str | None = None) -> list[str]:
     problems = []
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stopfile and os.path.exists(stopfile)):
         for name in os.listdir(d):
             try:
                 os.lstat(f"{d}/{name}")
@@ -112,12 +118,45 @@ def reader(d: str, seconds: float) -> list[str]:
     return problems
 
 
+def verifier(manifest: str, stopfile: str) -> list[str]:
+    problems: list[str] = []
+    with open(manifest) as f:
+        expected = json.load(f)
+    rng = random.Random(os.getpid())
+    passes = 0
+    while not passes or not os.path.exists(stopfile):
+        for path in rng.sample(sorted(expected), len(expected)):
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    ranges = []
+                    for _ in range(8):  # random ranges first, while no page of the file is cached
+                        start = rng.randrange(max(size, 1))
+                        ranges.append((start, os.pread(f.fileno(), rng.randrange(1, 3 << 20), start)))
+                    whole = f.read()
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError as e:
+                problems.append(f"{path}: {e}")
+                continue
+            for start, got in ranges:
+                if got != whole[start : start + len(got)]:
+                    problems.append(f"{path}: pass {passes}: {len(got)} bytes at {start} differ from a whole read")
+            if hashlib.sha256(whole).hexdigest() != expected[path]:
+                problems.append(f"{path}: pass {passes}: {len(whole)} bytes, not the bytes written")
+        passes += 1
+        if len(problems) > 20:
+            break
+    return problems
+
+
 if __name__ == "__main__":
     role, args = sys.argv[1], sys.argv[2:]
     if role == "writer":
         found = writer(args[0], int(args[1]), int(args[2]))
     elif role == "lister":
-        found = lister(args[0], float(args[1]))
+        found = lister(args[0], float(args[1]), *args[2:])
+    elif role == "verifier":
+        found = verifier(args[0], args[1])
     else:
         found = reader(args[0], float(args[1]))
     for line in found[:20]:

@@ -1,0 +1,104 @@
+"""A complete run re-encoded on its way to warm while the mount is busy (docs/tiers.md, "Re-encoding").
+
+The daemon's tier mover replaces every hot pack of the run by new, smaller packs on warm
+(S3 on loopback) and deletes the old ones, batch by batch, while other processes read the
+run's files (random ranges and whole, each byte checked, the page cache dropped after
+each file so that every pass asks the daemon again), list its directories, and trainers
+save checkpoints of another run by fsync + rename. Nobody may see a wrong byte or an
+error; afterwards the run reads back from warm alone, fsck finds every chunk intact, and
+the other run's saves are the last ones made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from helpers import loadworkers
+from helpers.cli import chunkfs
+from helpers.s3fixtures import aws_env, moto_server  # noqa: F401 (fixtures)
+from helpers.tiers import s3_url
+
+WORKERS = Path(loadworkers.__file__)
+RUN = "llama/run1"
+CHECKPOINTS = 6
+SAVES = 25  # per trainer of the other run
+
+
+def _bf16_checkpoint(path: Path, seed: int) -> None:
+    """A 16 MiB safetensors file of bf16 weights, as a trainer saves them."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {f"layers.{i}.weight": (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16) for i in range(8)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(weights, str(path))
+
+
+def _run_usage(m) -> dict:
+    rows = json.loads(chunkfs("du", f"/{RUN}", "--repo", m.repo, "--json").stdout)
+    return next(r for r in rows if r["run"] == f"/{RUN}")
+
+
+def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothing(
+    make_mount, moto_server, tmp_path  # noqa: F811 (fixture)
+):
+    m = make_mount(settings={
+        "chunking": {"chunk_size": 256 << 10, "min_chunk": 16 << 10},
+        "packs": {"target_size": 1 << 20},
+        "tiers": {"warm": s3_url("reencode-load"), "endpoint_url": moto_server.endpoint},
+        # runs complete only when marked; the daemon's own rounds apply the policies
+        "lifecycle": {"run_idle": 0, "seal_quiet": 0, "interval": 1, "hot_min_free": 0},
+    })  # fmt: skip
+    manifest = {}
+    for step in range(CHECKPOINTS):
+        path = m.path / RUN / f"checkpoint-{(step + 1) * 100}" / "model.safetensors"
+        _bf16_checkpoint(path, seed=step)
+        manifest[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    other = m.path / "other" / "job"
+    other.mkdir(parents=True)
+    stopfile = tmp_path / "stop"
+
+    def start(*args):
+        return subprocess.Popen([sys.executable, WORKERS, *map(str, args)], stdout=subprocess.PIPE, text=True)
+
+    procs = [start("verifier", tmp_path / "manifest.json", stopfile) for _ in range(2)]
+    procs += [start("lister", Path(p).parent, 300, stopfile) for p in list(manifest)[:2]]
+    procs += [start("writer", other, w, SAVES) for w in range(2)]
+    try:
+        chunkfs("run", "complete", m.path / RUN)
+        deadline = time.monotonic() + 120
+        while set((usage := _run_usage(m))["stored"]) != {"warm"}:
+            assert time.monotonic() < deadline, f"the run did not move to warm: {usage}"
+            assert all(p.poll() is None for p in procs[:2]), "a verifier stopped early"
+            time.sleep(0.5)
+    finally:
+        stopfile.touch()  # the verifiers finish the pass they are in, then stop
+    failures = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        if p.returncode:
+            failures.append(f"{p.args[2]} {p.args[3]}: {out}")
+    assert not failures, "\n".join(failures)
+
+    assert usage["stored"]["warm"] < 0.9 * usage["logical_bytes"], f"the run was not re-encoded: {usage}"
+    moved = r"tier policy: hot→warm \d+ packs, [\d.]+ MB; re-encoded into \d+ warm packs"
+    assert re.search(moved, m.log()), "the daemon's log does not say what its mover did"
+    # Every cached byte forgotten: the run reads back from the re-encoded warm packs alone.
+    cache_dir = Path(json.loads(chunkfs("status", "--repo", m.repo, "--json").stdout)["read_cache"]["dir"])
+    m.umount()
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    m.mount()
+    for path, digest in manifest.items():
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, f"{path} changed"
+    for w in range(2):
+        assert (other / f"w{w}.bin").read_bytes() == loadworkers.content(w, SAVES - 1)
+    report = json.loads(chunkfs("fsck", "--repo", m.repo, "--json").stdout)
+    assert report["problems"] == [], report["problems"]
