@@ -122,6 +122,29 @@ class Chunker:
             return False
         return i + 1 == len(parser.boundaries) or parser.boundaries[i + 1] >= end
 
+    def cut_before_skip(self, n: int) -> list[Piece] | None:
+        """Cut the pending bytes that end where a tensor of ``n`` bytes starts, so that ``skip``
+        may pass over it: the chunks these bytes (a tensor's zip headers, just written) become,
+        or None, with nothing changed, where the skip would still not be possible.
+
+        ``feed`` keeps them pending because only the bytes after them say whether the piece
+        they end at is big; the caller vouches that ``n`` bytes follow, and the cut rule looks
+        at the boundaries and at how far the stream reaches, never at the bytes: so these are
+        the chunks feeding the tensor would give."""
+        start, next_bound, end_of_stream = self._start, self._next_bound, self.offset
+        out = []
+        while self._start < end_of_stream:
+            end = self._next_end(end_of_stream + n)
+            if end is None or end > end_of_stream:
+                break
+            out.append(Piece(self._start, self._slice(self._start, end)))
+            self._start = end
+        if not self.can_skip(n):
+            self._start, self._next_bound = start, next_bound
+            return None
+        self._trim()
+        return out
+
     def skip(self, n: int) -> None:
         """Pass over ``n`` bytes whose chunks the caller already has, without seeing them (an
         incremental save splices an unchanged tensor's chunks); only where ``can_skip``."""
@@ -213,11 +236,12 @@ class Chunker:
             if parser.needed_from == need:
                 parser.give_up("parser needed more than the lookahead limit")
 
-    def _next_end(self) -> int | None:
-        """Where the chunk starting at ``_start`` ends, or None if not yet known."""
+    def _next_end(self, avail: int | None = None) -> int | None:
+        """Where the chunk starting at ``_start`` ends, or None if not yet known (``avail``: as if
+        the stream reached that far)."""
         parser = self._parser
         assert parser is not None
-        start, avail = self._start, self.offset
+        start, avail = self._start, self.offset if avail is None else avail
         if start >= avail:
             return None
         limit = start + self.chunk_size

@@ -44,6 +44,22 @@ def saves(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def hashed(monkeypatch):
+    """Counts the bytes that got a chunk hash (written chunks: a spliced one gets none)."""
+    from chunkfs.engine import codec
+
+    counted = [0]
+    real = codec.chunk_id
+
+    def counting(data):
+        counted[0] += memoryview(data).nbytes
+        return real(data)
+
+    monkeypatch.setattr(codec, "chunk_id", counting)
+    return counted
+
+
 def state_of(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     state = {f"layer{i}.weight": torch.randn(ROWS, COLS, generator=g) for i in range(6)}
@@ -78,7 +94,7 @@ def stored(repo_dir) -> int:
     return cli_json("stats", "--repo", repo_dir)["unique_bytes"]
 
 
-def test_unchanged_tensors_are_spliced_and_the_file_is_what_dcp_writes(repo_dir, tmp_path, saves):
+def test_unchanged_tensors_are_spliced_and_the_file_is_what_dcp_writes(repo_dir, tmp_path, saves, hashed):
     state = state_of(1)
     save(state, repo_dir, "/r/step-1")
     assert len(saves) == 7, "a first save: every tensor the full way"
@@ -86,9 +102,12 @@ def test_unchanged_tensors_are_spliced_and_the_file_is_what_dcp_writes(repo_dir,
     state["layer5.weight"].mul_(0.5)
     state["step"] = 2
     saves.clear()
-    before = stored(repo_dir)
+    before, hashed[0] = stored(repo_dir), 0
     save(state, repo_dir, "/r/step-2")
     assert sorted(saves) == sorted([(COLS,), (ROWS, COLS), (ROWS, COLS)]), "the two changed layers and the bias"
+    tensor = ROWS * COLS * 4
+    written = 2 * tensor + 4 * (tensor - (4 << 20)) + (64 << 10)  # changed layers, the rest past whole chunks
+    assert hashed[0] <= written, f"{hashed[0]} bytes chunk-hashed: unchanged chunks were not spliced"
     added = stored(repo_dir) - before
     assert added < 2 * ROWS * COLS * 4 * 1.1, f"{added} new bytes for two changed 5 MiB tensors"
 

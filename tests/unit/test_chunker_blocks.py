@@ -109,15 +109,16 @@ def test_a_non_byte_buffer_is_cut_by_its_bytes() -> None:
 
 
 class Tensors(BoundaryParser):
-    """Reports a tensor at 100 whose 3000 bytes it needs not see, as the torch-zip parser does."""
+    """Reports a tensor at ``header`` whose 3000 bytes it needs not see, as the torch-zip parser does."""
 
-    def __init__(self) -> None:
+    def __init__(self, header: int = 100) -> None:
         super().__init__()
-        self.boundaries = [100, 3100]
-        self.watermark = self.needed_from = 3100
+        self.end = header + 3000
+        self.boundaries = [header, self.end]
+        self.watermark = self.needed_from = self.end
 
     def feed(self, view: memoryview, start: int, eof: bool) -> None:
-        if start + len(view) > 3100:
+        if start + len(view) > self.end:
             self.watermark = self.needed_from = INFINITE
 
 
@@ -135,6 +136,26 @@ def test_skip_passes_over_whole_chunks_of_a_tensor_and_nothing_else() -> None:
     assert chunker.can_skip(2000)
     chunker.skip(2000)
     pieces += [Piece(100, tensor[:1000]), Piece(1100, tensor[1000:2000])]  # what the caller splices
+    pieces += chunker.feed(tensor[2000:3000]) + chunker.feed(b"t" * 50) + chunker.finish()
+    assert pieces == fed_pieces, "the same cuts as feeding every byte"
+
+
+def test_a_header_shorter_than_min_chunk_is_cut_before_the_skip_as_the_bytes_would_cut_it() -> None:
+    """A tensor's zip headers (tens of bytes) stay pending after ``feed``: only what follows says
+    whether the piece they end at is big. ``cut_before_skip`` cuts them as feeding the tensor
+    would; where the skip is impossible it changes nothing."""
+    tensor = bytes(range(256)) * 12
+    fed = Chunker(1000, 100, Tensors(header=40))
+    fed_pieces = fed.feed(b"h" * 40) + fed.feed(tensor[:3000]) + fed.feed(b"t" * 50) + fed.finish()
+
+    chunker = Chunker(1000, 100, Tensors(header=40))
+    pieces = chunker.feed(b"h" * 40)
+    assert pieces == [] and not chunker.can_skip(2000), "the header is pending"
+    assert chunker.cut_before_skip(1500) is None and chunker.pending() == (0, b"h" * 40), "not whole chunks"
+    pieces += chunker.cut_before_skip(2000)
+    assert pieces == [Piece(0, b"h" * 40)]
+    chunker.skip(2000)
+    pieces += [Piece(40, tensor[:1000]), Piece(1040, tensor[1000:2000])]  # what the caller splices
     pieces += chunker.feed(tensor[2000:3000]) + chunker.feed(b"t" * 50) + chunker.finish()
     assert pieces == fed_pieces, "the same cuts as feeding every byte"
 
