@@ -41,7 +41,7 @@ class Compression(enum.IntEnum):
     """How a chunk's bytes are stored (the low bits of its flags).
 
     The PLANES encodings are for float tensors, written only when packs are
-    recompressed for the cold tier: the bytes of each 2- or 4-byte element are
+    re-encoded on their way to warm or cold (docs/tiers.md): the bytes of each 2- or 4-byte element are
     split into planes (every element's byte 0, then every byte 1, ...), so the
     low-entropy sign/exponent bytes sit together where zstd can find them; bytes
     after the last whole element follow the planes unchanged. Then one zstd
