@@ -104,11 +104,18 @@ def register(sub, repo_argument) -> None:
         description="For every run (pack group) under PATH: its current files and their logical size, and "
         "the bytes of the run's own packs on each tier — every version's chunks, headers and the dead space "
         "gc has not repacked yet included (data shared with earlier runs counts where it was first stored). "
-        "So stored can exceed logical: `chunkfs stats` splits the repository's figures.",
+        "So stored can exceed logical: `chunkfs stats` splits the repository's figures. 'chunks' is the "
+        "stored size of the run's chunks over their raw size: what zstd and the byte planes of re-encoded "
+        "float chunks (docs/tiers.md) saved.",
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", nargs="?", default=None, help="default: the whole repository")
-    output.json_argument(p, "the figures")
+    p.add_argument(
+        "--encodings", action="store_true",
+        help="also each run's chunks per encoding: none, zstd, zstd after 2-byte planes (bf16/fp16), "
+        "after 4-byte planes (fp32)",
+    )  # fmt: skip
+    output.json_argument(p, "the figures (always with the encodings)")
     p.set_defaults(handler=cmd_du)
 
     p = sub.add_parser("index", help="index maintenance", description="Index maintenance.")
@@ -277,11 +284,23 @@ def cmd_du(args) -> int:
     h = output.human_bytes
     rows = [
         (r.run, str(r.files), h(r.logical_bytes), h(r.stored_bytes),
-         *(h(r.stored[t]) if t in r.stored else "" for t in ("hot", "warm", "cold")))
+         *(h(r.stored[t]) if t in r.stored else "" for t in ("hot", "warm", "cold")),
+         _ratio(sum(e["stored"] for e in r.encodings.values()), r.raw_bytes))
         for r in runs
     ]  # fmt: skip
-    output.print_rows(("run", "files", "logical", "stored", "hot", "warm", "cold"), rows)
+    output.print_rows(("run", "files", "logical", "stored", "hot", "warm", "cold", "chunks"), rows)
+    if args.encodings:
+        rows = [
+            (r.run, name, str(e["chunks"]), h(e["raw"]), h(e["stored"]), _ratio(e["stored"], e["raw"]))
+            for r in runs for name, e in r.encodings.items()
+        ]  # fmt: skip
+        output.out.print()
+        output.print_rows(("run", "encoding", "chunks", "raw", "stored", "stored/raw"), rows)
     return 0
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else ""
 
 
 def cmd_rebuild(args) -> int:

@@ -18,7 +18,7 @@ from chunkfs.ops.tier import _norm, open_packs, walk_files
 from chunkfs.repo import Repository, lock_holder
 from chunkfs.store.maintenance.metabackup import join_point
 from chunkfs.store.tiering.uploads import backlog
-from chunkfs.types import Tier, tier_name
+from chunkfs.types import Compression, Tier, flags_compression, tier_name
 
 
 @dataclass
@@ -125,23 +125,40 @@ def _cluster(repo: Repository, now: int) -> dict:
     return out
 
 
+ENCODINGS = {
+    Compression.NONE: "none",
+    Compression.ZSTD: "zstd",
+    Compression.ZSTD_PLANES2: "zstd_planes2",
+    Compression.ZSTD_PLANES4: "zstd_planes4",
+}
+"""How ``du`` names each encoding of stored chunks. No dtype is recorded per chunk: the byte-plane
+width the re-encoding chose from the data stands for it (2: bf16/fp16, 4: fp32)."""
+
+
 @dataclass
 class RunUsage:
     run: str
     files: int = 0
     logical_bytes: int = 0  # sizes of its files, as users see them
     stored: dict[str, int] = field(default_factory=dict)  # tier → bytes of the run's own packs there
+    encodings: dict[str, dict[str, int]] = field(default_factory=dict)  # encoding → chunks, raw, stored
 
     @property
     def stored_bytes(self) -> int:
         return sum(self.stored.values())
 
+    @property
+    def raw_bytes(self) -> int:
+        """The raw size of the chunks in the run's packs (what they hold, before compression)."""
+        return sum(e["raw"] for e in self.encodings.values())
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "stored_bytes": self.stored_bytes}
+        return {**asdict(self), "stored_bytes": self.stored_bytes, "raw_bytes": self.raw_bytes}
 
 
 def du(repo: Repository, path: str = "/") -> list[RunUsage]:
-    """Per run under ``path``: files and logical bytes, and the bytes of its packs per tier.
+    """Per run under ``path``: files and logical bytes, the bytes of its packs per tier, and its
+    chunks per encoding (raw and stored bytes: what compression and byte planes saved).
 
     A run's packs hold the data it brought: chunks it shares with earlier runs are
     counted where they were first stored (dedup), so ``stored`` can be far below
@@ -155,10 +172,21 @@ def du(repo: Repository, path: str = "/") -> list[RunUsage]:
         u.files += 1
         u.logical_bytes += repo.ns.getattr(ino).size
     stored: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    encodings: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
     with repo.index.read() as t:
-        for _, info in t.packs():
+        groups = {}
+        for pack, info in t.packs():
             stored[info.group][tier_name(info.tier)] += info.size
+            groups[pack] = info.group
+        for _, loc in t.chunks():
+            by_encoding = encodings[groups.get(loc.pack, "")]
+            e = by_encoding.setdefault(ENCODINGS[flags_compression(loc.flags)], {"chunks": 0, "raw": 0, "stored": 0})
+            e["chunks"] += 1
+            e["raw"] += loc.raw_len
+            e["stored"] += loc.stored_len
     for run, by_tier in stored.items():
         if run in runs or (path != "/" and (run == path or run.startswith(path + "/"))) or path == "/":
-            runs.setdefault(run, RunUsage(run)).stored = dict(by_tier)
+            u = runs.setdefault(run, RunUsage(run))
+            u.stored = dict(by_tier)
+            u.encodings = dict(sorted(encodings.get(run, {}).items()))
     return [runs[r] for r in sorted(runs)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 import time
 
 import pytest
 import safetensors.torch
 import torch
+from helpers.cli import chunkfs, cli_json
 from helpers.tiers import (
     deleted_packs_held_open,
     export_and_compare,
@@ -27,6 +29,7 @@ from chunkfs import clock
 from chunkfs import repo as repo_module
 from chunkfs.background import LOWEST_PRIORITY
 from chunkfs.ops import fsck as fsckop
+from chunkfs.ops import status as statusop
 from chunkfs.ops import tier as tierop
 from chunkfs.repo import Repository
 from chunkfs.store.pack.files import pack_name
@@ -122,6 +125,23 @@ def test_a_bf16_run_is_re_encoded_on_its_way_to_warm_and_again_to_cold(tmp_path)
         _check(repo, src, tmp_path, "cold", len(kinds))
     finally:
         repo.close()
+
+
+def test_du_shows_what_the_byte_planes_saved_per_encoding(tmp_path):
+    repo = _repo(tmp_path)
+    try:
+        _complete_run(repo, tmp_path)
+        (raw,) = statusop.du(repo, "/m/run1")
+        assert set(raw.encodings) == {"none"} and raw.encodings["none"]["stored"] == raw.raw_bytes
+        tierop.apply(repo, tierop.plan(repo))
+    finally:
+        repo.close()
+    (run,) = cli_json("du", "/m/run1", "--repo", tmp_path / "repo")
+    planes = run["encodings"]["zstd_planes2"]  # bf16: 2-byte elements
+    assert planes["chunks"] >= 6 and planes["stored"] < 0.8 * planes["raw"], run["encodings"]
+    assert run["raw_bytes"] == raw.raw_bytes, "the same chunks, re-encoded"
+    text = chunkfs("du", "/m/run1", "--repo", tmp_path / "repo", "--encodings").stdout
+    assert re.search(r"/m/run1\s+zstd_planes2\s+\d+", text), text
 
 
 def test_warm_level_0_moves_the_packs_as_they_are(tmp_path):
