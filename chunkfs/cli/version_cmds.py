@@ -27,8 +27,10 @@ def register(sub, repo_argument) -> None:
     p = sub.add_parser(
         "log",
         help="versions of a file or directory",
-        description="List every version of PATH, newest first: commit, time, size, whole-file BLAKE3, "
-        "writer. For a directory: its entries created and removed. Removed paths keep their history.",
+        description="List every version of PATH, newest first: commit, time, size, new (the bytes of "
+        "chunks the version before it at this path did not have: what a checkpoint saved over the last one "
+        "changed), whole-file BLAKE3, writer. For a directory: its entries created and removed. Removed "
+        "paths keep their history.",
     )
     repo_argument(p)
     p.add_argument("path", metavar="PATH", help="path in a mount, or a repository path with --repo")
@@ -96,8 +98,9 @@ def cmd_log(args) -> int:
         size = output.human_bytes(e.size) if e.event != "removed" else ""
         who = str(e.writer_uid) if e.writer_uid is not None else ""
         event = f"{e.event} (whole at @{e.whole_at})" if e.whole_at is not None else e.event
-        rows.append((str(e.commit), _time(e.time_ns), event, e.kind, size, e.blake3[:16], who, e.path))
-    output.print_rows(("commit", "time", "event", "kind", "size", "blake3", "uid", "path"), rows)
+        new = output.human_bytes(e.new_bytes) if e.new_bytes is not None else ""
+        rows.append((str(e.commit), _time(e.time_ns), event, e.kind, size, new, e.blake3[:16], who, e.path))
+    output.print_rows(("commit", "time", "event", "kind", "size", "new", "blake3", "uid", "path"), rows)
     return 0
 
 

@@ -12,6 +12,7 @@ for each path component and one for the inode's version, then its manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import stat
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from chunkfs import clock
 from chunkfs.errors import AlreadyExists, InvalidArgument, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace.journal import Journal
-from chunkfs.types import ROOT_INODE, Extent, Version
+from chunkfs.types import HOLE, ROOT_INODE, Extent, Version
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 """Tag names: safe as a directory name in .snapshots/, never starting with '@' (and, checked
@@ -42,6 +43,27 @@ class LogEntry:
     writer_uid: int | None
     kind: str  # "file", "directory", "symlink"
     whole_at: int | None = None  # a removed directory: the last commit at which it was whole
+    new_bytes: int | None = None  # a file: bytes of chunks the path's previous version lacked (None: unknown)
+
+
+def _with_new_bytes(t, entries: list[LogEntry]) -> list[LogEntry]:
+    """``entries`` (newest first) with each file version's ``new_bytes``: the bytes of its chunks
+    that the version before it at the same path did not have (a checkpoint saved over ``latest``:
+    what changed since the last save), each chunk once. Holes count as nothing; a version whose
+    content gc removed stays unknown."""
+    out, before = [], set()
+    for e in reversed(entries):  # oldest first
+        if e.kind == "file" and e.event != "removed":
+            v = t.version_at(e.ino, e.commit)
+            extents = t.manifest_get(v.record.manifest) if v is not None and v.record.manifest else []
+            if extents is None:
+                before = set()
+            else:
+                lengths = {x.chunk: x.length for x in extents if x.chunk != HOLE}  # a repeated chunk is stored once
+                e = dataclasses.replace(e, new_bytes=sum(n for c, n in lengths.items() if c not in before))
+                before = set(lengths)
+        out.append(e)
+    return out[::-1]
 
 
 def _kind(mode: int) -> str:
@@ -201,8 +223,8 @@ class History:
                 if rec is not None and stat.S_ISDIR(rec.record.mode) and child not in dirs_seen:
                     dirs_seen.add(child)
                     entries += self._dir_changes(t, child, path)
-        entries.sort(key=lambda e: (e.commit, e.event != "removed"), reverse=True)
-        return entries
+            entries.sort(key=lambda e: (e.commit, e.event != "removed"), reverse=True)
+            return _with_new_bytes(t, entries)
 
     def _arrival(self, t, child: int, commit: int, path: str, until: int | None = None) -> list[LogEntry]:
         """The entry for inode ``child`` getting name ``path`` at ``commit`` (the name's next

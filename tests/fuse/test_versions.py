@@ -121,6 +121,26 @@ def test_atomic_replace_versions(mnt):
         assert ("removed", f".tmp-{k}") in events
 
 
+def test_log_says_what_each_save_over_latest_changed(mnt):
+    """A trainer saving over ``latest`` by rename, one of eight 1 MiB tensors changed each time:
+    ``chunkfs log`` counts about that one tensor as new in each version after the first."""
+    target = mnt / "run" / "latest.safetensors"
+    target.parent.mkdir()
+    weights = {f"layer{i}": torch.randn(512, 512, generator=torch.Generator().manual_seed(i)) for i in range(8)}
+    for k in range(3):
+        if k:
+            weights[f"layer{k}"] = weights[f"layer{k}"] + 1
+        st.save_file(weights, target.with_name(".tmp"))
+        os.replace(target.with_name(".tmp"), target)
+    versions = file_versions(target)
+    tensor = 512 * 512 * 4
+    assert versions[-1]["new_bytes"] == versions[-1]["size"], "the first save is all new"
+    for v in versions[:-1]:
+        assert tensor <= v["new_bytes"] < tensor + (64 << 10), v
+    table = chunkfs("log", target).stdout
+    assert " new " in table.splitlines()[0] and "1.00 MiB" in table, table
+
+
 def test_shell_rewrite_is_one_version(mnt):
     """``echo x > file``: the shell opens with O_TRUNC, dup2()s and closes the first descriptor
     (a FLUSH) before writing: the truncation alone must not become a version of its own."""
