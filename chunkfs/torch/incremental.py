@@ -120,25 +120,58 @@ def save_tensor(stream: WriteStream, key: tuple, tensor: torch.Tensor) -> None:
         return
     digest = blake3.blake3(data).digest()
     layout = _layout(tensor)
-    with _lock:
-        last = _remembered.get(key)
-    if last is not None and last.digest == digest and last.layout == layout and last.chunks:
+    last = _unchanged(key, digest, layout)
+    if last is not None:
         stream.write(last.head)
         remembered = Remembered(digest, layout, last.head, last.tail, stream.tell())
-        whole = sum(e.length for e in last.chunks)
-        if stream.splice(data[:whole], last.chunks):
-            stream.write(data[whole:])
-            stream.write(last.tail)
-            return
-        stream.write(data)  # the cuts do not line up here, or gc took a chunk: the bytes themselves
+        spliced = _splice_or_write(stream, data, last.chunks)
         stream.write(last.tail)
+        if spliced:
+            return
     else:
         recorder = _Recorder(stream, data)
         torch.save(tensor, recorder)
         if recorder.data_offset is None or recorder.ambiguous:
             return  # torch wrote the storage in pieces or copied it: nothing to splice next time
         remembered = Remembered(digest, layout, b"".join(recorder.head), b"".join(recorder.tail), recorder.data_offset)
-    nbytes, chunk_size = data.nbytes, stream.chunk_size
+    _remember_on_commit(stream, key, remembered, data.nbytes)
+
+
+def save_bytes(stream: WriteStream, key: tuple, data: memoryview) -> None:
+    """Write a tensor's raw bytes (a safetensors file's data: no archive around them), spliced
+    from this process's last save of ``key`` when they hash the same."""
+    if data.nbytes < stream.chunk_size:
+        stream.write(data)
+        return
+    digest = blake3.blake3(data).digest()
+    last = _unchanged(key, digest, ())
+    remembered = Remembered(digest, (), b"", b"", stream.tell())
+    if last is None:
+        stream.write(data)
+    elif _splice_or_write(stream, data, last.chunks):
+        return
+    _remember_on_commit(stream, key, remembered, data.nbytes)
+
+
+def _unchanged(key: tuple, digest: bytes, layout: tuple) -> Remembered | None:
+    """This process's last save of ``key``, if it had these bytes and this layout and its chunks are known."""
+    with _lock:
+        last = _remembered.get(key)
+    return last if last is not None and last.digest == digest and last.layout == layout and last.chunks else None
+
+
+def _splice_or_write(stream: WriteStream, data: memoryview, chunks: list[Extent]) -> bool:
+    """Write ``data`` as its remembered whole ``chunks`` and the bytes after them; True if spliced."""
+    whole = sum(e.length for e in chunks)
+    if stream.splice(data[:whole], chunks):
+        stream.write(data[whole:])
+        return True
+    stream.write(data)  # the cuts do not line up here, or gc took a chunk: the bytes themselves
+    return False
+
+
+def _remember_on_commit(stream: WriteStream, key: tuple, remembered: Remembered, nbytes: int) -> None:
+    chunk_size = stream.chunk_size
     stream.on_commit(lambda extents: _remember(key, remembered, nbytes, extents, chunk_size))
 
 

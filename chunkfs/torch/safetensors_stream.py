@@ -32,9 +32,11 @@ _NAMES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_
           torch.complex64: "C64", torch.float64: "F64", torch.int64: "I64", torch.uint64: "U64"}  # fmt: skip
 
 
-def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> tuple[bytes, list[memoryview]] | None:
-    """(the file's first bytes — length and header —, each tensor's bytes in file order), or None
-    for what only safetensors itself can write."""
+def layout(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
+) -> tuple[bytes, list[tuple[str, memoryview]]] | None:
+    """(the file's first bytes — length and header —, each tensor's name and bytes in file
+    order), or None for what only safetensors itself can write."""
     if any(t.dtype not in _NAMES or t.layout != torch.strided or t.device.type != "cpu" for t in tensors.values()):
         return None
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -51,7 +53,7 @@ def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) ->
         t = tensors[name]
         header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
         start = t.storage_offset() * t.element_size()
-        views.append(storage_bytes(t)[start : start + t.nbytes] if t.nbytes else memoryview(b""))
+        views.append((name, storage_bytes(t)[start : start + t.nbytes] if t.nbytes else memoryview(b"")))
         offset += t.nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)

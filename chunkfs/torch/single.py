@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from chunkfs.repo import Repository
-from chunkfs.torch import safetensors_stream
+from chunkfs.torch import incremental, safetensors_stream
 from chunkfs.torch.files import ReadStream, WriteStream, locate
 
 
@@ -61,7 +61,9 @@ def save_file(
     repo: str | os.PathLike | None = None,
 ) -> None:
     """safetensors' ``save_file``, written into the repository by this process: the same bytes,
-    streamed from the tensors' memory (safetensors_stream.py) rather than built in memory first."""
+    streamed from the tensors' memory (safetensors_stream.py) rather than built in memory first.
+    A tensor whose bytes this process saved before under the same file name (``model.safetensors``
+    of the previous step) and tensor name is spliced from that save (incremental.py)."""
     planned = safetensors_stream.layout(tensors, metadata)
     if planned is None:
         from safetensors.torch import save as serialize
@@ -70,8 +72,9 @@ def save_file(
     head, views = planned
     with _writing(filename, repo) as stream:
         stream.write(head)
-        for view in views:
-            stream.write(view)
+        for name, view in views:
+            key = (str(stream.repo.path), os.path.basename(filename), name)  # the file's name, step after step
+            incremental.save_bytes(stream, key, view)
 
 
 def load_file(

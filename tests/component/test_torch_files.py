@@ -189,3 +189,39 @@ def test_save_file_streams_safetensors_bytes_and_keeps_its_rules(repo_dir, tmp_p
         ct.save_file({"t": torch.zeros(3, 4).t()}, "/st/bad.safetensors", repo=repo_dir)
     with pytest.raises(RuntimeError, match="share memory"):
         ct.save_file({"a": big, "b": big[2:5]}, "/st/bad.safetensors", repo=repo_dir)
+
+
+def test_save_file_splices_the_tensors_the_last_save_of_that_file_name_had(repo_dir, monkeypatch):
+    """``save_file`` step after step (``…/step-N/model.safetensors``): a tensor with the bytes it
+    had at the last save is spliced, not chunk-hashed; one changed by any means (a write
+    through a numpy view does not bump ``_version``) is written; the file is safetensors'."""
+    import torch
+    from safetensors.torch import save as serialize
+
+    from chunkfs.engine import codec
+    from chunkfs.torch import incremental, load_file, save_file
+
+    incremental.forget_all()
+    hashed = [0]
+    real = codec.chunk_id
+
+    def counting(data):
+        hashed[0] += memoryview(data).nbytes
+        return real(data)
+
+    monkeypatch.setattr(codec, "chunk_id", counting)
+    g = torch.Generator().manual_seed(2)
+    state = {f"t{i}": torch.randn(1024, 1024, generator=g) for i in range(6)}  # 4 MiB each: one whole chunk
+    state["bias"] = torch.randn(16, generator=g)
+    save_file(state, "/st/step-1/model.safetensors", repo=repo_dir)
+    assert hashed[0] >= 6 * (4 << 20), "a first save hashes everything"
+
+    state["t2"].numpy()[3, :] = 42.0  # _version unchanged: only the bytes tell
+    state["t5"].add_(1)
+    hashed[0] = 0
+    save_file(state, "/st/step-2/model.safetensors", repo=repo_dir)
+    assert 2 * (4 << 20) <= hashed[0] < 2 * (4 << 20) + (64 << 10), f"{hashed[0]} bytes hashed for two changed tensors"
+    assert read(repo_dir, "/st/step-2/model.safetensors") == serialize(state)
+    loaded = load_file("/st/step-2/model.safetensors", repo=repo_dir)
+    assert all(torch.equal(loaded[k], t) for k, t in state.items())
+    incremental.forget_all()
