@@ -41,9 +41,37 @@ def _reading(path: str | os.PathLike, repo: str | os.PathLike | None) -> Iterato
 
 
 def save(obj: Any, path: str | os.PathLike, *, repo: str | os.PathLike | None = None, **kwargs) -> None:
-    """``torch.save(obj, path, **kwargs)``, written into the repository by this process."""
+    """``torch.save(obj, path, **kwargs)``, written into the repository by this process. Each
+    storage torch writes (one write of its memory) whose bytes this process wrote before as the
+    same storage of a file of this name is spliced from that save (incremental.py)."""
     with _writing(path, repo) as stream:
-        torch.save(obj, stream, **kwargs)
+        torch.save(obj, _Storages(stream, (str(stream.repo.path), os.path.basename(path))), **kwargs)
+
+
+class _Storages:
+    """What ``torch.save`` writes into: its archive's small records go to the stream as they are;
+    a write of at least a chunk (a storage's bytes: torch writes each in one piece, from its
+    memory) goes through ``incremental.save_bytes``, keyed by the file's name and its place
+    among them — the digest check makes any key safe, the place makes it usually right."""
+
+    def __init__(self, stream: WriteStream, key: tuple) -> None:
+        self.stream = stream
+        self._key = key
+        self._storages = 0
+
+    def write(self, b) -> int:
+        view = memoryview(b)
+        if view.nbytes < self.stream.chunk_size or not view.c_contiguous:
+            return self.stream.write(b)
+        self._storages += 1
+        incremental.save_bytes(self.stream, (*self._key, self._storages), view.cast("B"))
+        return view.nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.stream.tell()
 
 
 def load(path: str | os.PathLike, *, repo: str | os.PathLike | None = None, **kwargs) -> Any:

@@ -191,16 +191,35 @@ def test_save_file_streams_safetensors_bytes_and_keeps_its_rules(repo_dir, tmp_p
         ct.save_file({"a": big, "b": big[2:5]}, "/st/bad.safetensors", repo=repo_dir)
 
 
-def test_save_file_splices_the_tensors_the_last_save_of_that_file_name_had(repo_dir, monkeypatch):
-    """``save_file`` step after step (``…/step-N/model.safetensors``): a tensor with the bytes it
-    had at the last save is spliced, not chunk-hashed; one changed by any means (a write
-    through a numpy view does not bump ``_version``) is written; the file is safetensors'."""
+def _torch_bytes(state) -> bytes:
     import torch
-    from safetensors.torch import save as serialize
 
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _safetensors_bytes(state) -> bytes:
+    from safetensors.torch import save
+
+    return save(state)
+
+
+@pytest.mark.parametrize(
+    ("saver", "loader", "original"),
+    [("save_file", "load_file", _safetensors_bytes), ("save", "load", _torch_bytes)],
+)
+def test_single_process_saves_splice_what_the_last_save_of_that_file_name_had(repo_dir, monkeypatch, saver, loader, original):
+    """``save_file`` / ``save`` step after step (``…/step-N/model…``): a tensor with the bytes it
+    had at the last save is spliced, not chunk-hashed; one changed by any means (a write
+    through a numpy view does not bump ``_version``) is written; the file is the original's."""
+    import torch
+
+    import chunkfs.torch
     from chunkfs.engine import codec
-    from chunkfs.torch import incremental, load_file, save_file
+    from chunkfs.torch import incremental
 
+    save, load = getattr(chunkfs.torch, saver), getattr(chunkfs.torch, loader)
     incremental.forget_all()
     hashed = [0]
     real = codec.chunk_id
@@ -213,15 +232,15 @@ def test_save_file_splices_the_tensors_the_last_save_of_that_file_name_had(repo_
     g = torch.Generator().manual_seed(2)
     state = {f"t{i}": torch.randn(1024, 1024, generator=g) for i in range(6)}  # 4 MiB each: one whole chunk
     state["bias"] = torch.randn(16, generator=g)
-    save_file(state, "/st/step-1/model.safetensors", repo=repo_dir)
+    save(state, "/st/step-1/model", repo=repo_dir)
     assert hashed[0] >= 6 * (4 << 20), "a first save hashes everything"
 
     state["t2"].numpy()[3, :] = 42.0  # _version unchanged: only the bytes tell
     state["t5"].add_(1)
     hashed[0] = 0
-    save_file(state, "/st/step-2/model.safetensors", repo=repo_dir)
+    save(state, "/st/step-2/model", repo=repo_dir)
     assert 2 * (4 << 20) <= hashed[0] < 2 * (4 << 20) + (64 << 10), f"{hashed[0]} bytes hashed for two changed tensors"
-    assert read(repo_dir, "/st/step-2/model.safetensors") == serialize(state)
-    loaded = load_file("/st/step-2/model.safetensors", repo=repo_dir)
+    assert read(repo_dir, "/st/step-2/model") == original(state)
+    loaded = load("/st/step-2/model", repo=repo_dir)
     assert all(torch.equal(loaded[k], t) for k, t in state.items())
     incremental.forget_all()
