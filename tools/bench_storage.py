@@ -14,10 +14,17 @@ Checkpoint series are generated with torch as real files (``--checkpoints`` each
 * ``frozen-backbone-s20``: backbone ``requires_grad=False``, only the head trained; full model (and the
   head's optimizer state) saved every 20 steps;
 * ``lora-s20``: rank-8 adapters on every MLP matrix, base frozen; adapter-only safetensors every 20 steps;
+* ``dcp4-fp32-adamw-s20`` (4-rank DCP, fp32 + AdamW): the fp32 model fine-tuned as above (AdamW, lr 1e-4)
+  from the pretrained weights; every 20 steps 4 gloo ranks (CPU processes, ``torch.multiprocessing``) each
+  hold a row shard (DTensor ``Shard(0)``) of every weight and of its AdamW ``exp_avg`` and ``exp_avg_sq``
+  (the per-parameter ``step`` and the param groups replicated) and save them with ``dcp.save`` and DCP's
+  plain ``FileSystemWriter``: ``__0_0.distcp`` … ``__3_0.distcp`` and ``.metadata`` per checkpoint. (The
+  training runs in this process, which hands each checkpoint's full state to the ranks through a staging
+  file; the ranks shard and save it after the training, so the bytes are those of a sharded run's saves);
 * ``big-bf16-10pct``: one bf16 safetensors file (``--big-mib``, default 256 MiB, random-normal) written
   once and then rewritten with 10% of its tensors (by bytes) changed each time.
 
-(No DCP series: ``tools/bench_dcp.py`` covers DCP saves.)
+(``tools/bench_dcp.py`` measures the speed of DCP saves; here only what they take once stored.)
 
 Each series is imported (``ops.transfer.import_tree``, one step directory at a time, as ``chunkfs
 import`` does) into a fresh repository whose warm tier is a local directory, under
@@ -32,18 +39,22 @@ compressed whole, zstd level 3, no dedup), exact dedup (warm_level 0), chunkfs (
 per-tensor "ideal" computed here: per tensor per checkpoint, 0 if the same bytes were seen before in the
 series (exact dedup), else the smallest of zstd-3 of its bytes, of its byte planes (the i-th byte of every
 element together) and of the byte planes of its XOR with the same tensor of the previous checkpoint; plus
-the files' non-tensor bytes (headers, pickles) as they are. Also the time ``chunkfs tier`` took for each
+the files' non-tensor bytes (headers, pickles) as they are. A DCP checkpoint's tensors are found through
+its ``.metadata`` (each item's file, offset and length), each item loaded from its byte range. Also the time ``chunkfs tier`` took for each
 setting (the re-encoding cost) and the MB/s of hot packs it re-encoded.
 
     python tools/bench_storage.py            # defaults: a few minutes on 2 cores
     python tools/bench_storage.py --quick    # tiny sizes, a smoke run (< 1 minute)
     python tools/bench_storage.py --scale 2 --big-mib 1024 --json
+    python tools/bench_storage.py --only dcp4-fp32-adamw-s20   # generates and measures that series alone
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import io
 import json
 import os
 import shutil
@@ -72,6 +83,10 @@ from chunkfs.repo import Repository
 
 SPACINGS = (3, 20, 100)
 OTHER_SPACING = 20
+DCP_RANKS = 4
+DCP_SERIES = f"dcp{DCP_RANKS}-fp32-adamw-s{OTHER_SPACING}"
+SERIES = (*(f"finetune-fp32-s{s}" for s in SPACINGS), "finetune-bf16-s20", "frozen-backbone-s20", "lora-s20",
+          "big-bf16-10pct", DCP_SERIES)  # fmt: skip
 
 # -- the model and its training --------------------------------------------------------------------
 
@@ -143,8 +158,66 @@ def save_full(where: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None
     save_file(sd, str(where / "model.safetensors"))
 
 
+def stage_state(where: Path, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """The full state a DCP rank shards: weights and AdamW state by parameter name (as DCP's
+    ``get_state_dict`` names them), the param groups with names for the parameters."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    names = {p: n for n, p in model.named_parameters()}
+    state = {n: {k: v.detach().clone() for k, v in opt.state[p].items()} for p, n in names.items() if p in opt.state}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
+              for g in opt.param_groups]  # fmt: skip
+    model_sd = {n: p.detach().contiguous() for n, p in model.named_parameters()}
+    torch.save({"model": model_sd, "optim": {"state": state, "param_groups": groups}}, where)
+
+
+def dcp_rank(rank: int, world: int, port: int, stage: str, dest: str) -> None:
+    """One of ``world`` gloo ranks: for each staged checkpoint (oldest first), its row shard (DTensor,
+    ``Shard(0)``, torch.chunk's split) of every weight, ``exp_avg`` and ``exp_avg_sq``, the scalar ``step``
+    tensors and the param groups replicated, saved by ``dcp.save`` with DCP's plain FileSystemWriter."""
+    import warnings
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import DTensor, Shard, init_device_mesh
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=30))  # fmt: skip
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+
+        def shard(t: torch.Tensor) -> torch.Tensor | DTensor:
+            if t.dim() == 0:
+                return t
+            pieces = t.chunk(world)
+            local = pieces[rank] if rank < len(pieces) else t[:0]
+            return DTensor.from_local(local.clone(), mesh, [Shard(0)], shape=t.shape, stride=t.stride())
+
+        for staged in sorted(Path(stage).glob("step-*.pt")):
+            full = torch.load(staged, map_location="cpu", weights_only=True, mmap=True)
+            state = {
+                "model": {k: shard(v) for k, v in full["model"].items()},
+                "optim": {"state": {n: {k: shard(v) for k, v in st.items()} for n, st in full["optim"]["state"].items()},
+                          "param_groups": full["optim"]["param_groups"]},
+            }  # fmt: skip
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(Path(dest) / staged.stem))
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def generate(src: Path, args: argparse.Namespace) -> dict[str, str]:
-    """Write every series under ``src/<series>/step-K/``; return {series: what it is}."""
+    """Write every series (those of ``--only``) under ``src/<series>/step-K/``; return {series: what it is}."""
+    wanted = set(args.only.split(",")) if args.only else set(SERIES)
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     d, vocab, layers, n = args.hidden, args.vocab, args.layers, args.checkpoints
@@ -159,19 +232,21 @@ def generate(src: Path, args: argparse.Namespace) -> dict[str, str]:
     base = copy.deepcopy(model.state_dict())
     kinds: dict[str, str] = {}
 
-    t0 = time.perf_counter()
-    last = n * max(SPACINGS)
-    bl.log(f"fine-tuning fp32 for {last} steps, saving every {', '.join(map(str, SPACINGS))}")
-    task = Task(vocab, 11, 5, seed=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-    for step in range(1, last + 1):
-        task.step(model, opt)
-        for s in SPACINGS:
-            if step % s == 0 and step // s <= n:
-                save_full(src / f"finetune-fp32-s{s}" / f"step-{step:04d}", model, opt)
-    for s in SPACINGS:
-        kinds[f"finetune-fp32-s{s}"] = f"full fine-tune fp32, AdamW lr 1e-4, every {s} steps: .pt (+optimizer) + safetensors"
-    bl.log(f"  {time.perf_counter() - t0:.0f} s")
+    spacings = [s for s in SPACINGS if f"finetune-fp32-s{s}" in wanted]
+    if spacings:
+        t0 = time.perf_counter()
+        last = n * max(spacings)
+        bl.log(f"fine-tuning fp32 for {last} steps, saving every {', '.join(map(str, spacings))}")
+        task = Task(vocab, 11, 5, seed=2)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+        for step in range(1, last + 1):
+            task.step(model, opt)
+            for s in spacings:
+                if step % s == 0 and step // s <= n:
+                    save_full(src / f"finetune-fp32-s{s}" / f"step-{step:04d}", model, opt)
+        for s in spacings:
+            kinds[f"finetune-fp32-s{s}"] = f"full fine-tune fp32, AdamW lr 1e-4, every {s} steps: .pt (+optimizer) + safetensors"
+        bl.log(f"  {time.perf_counter() - t0:.0f} s")
 
     def run(name: str, model: nn.Module, what: str, save, shadow: nn.Module | None = None) -> None:
         trained = [p for p in model.parameters() if p.requires_grad]
@@ -189,37 +264,55 @@ def generate(src: Path, args: argparse.Namespace) -> dict[str, str]:
         m.load_state_dict(base)
         return m
 
-    run("finetune-bf16-s20", fresh().to(torch.bfloat16),
-        "full fine-tune, pure bf16 (weights and AdamW moments bf16), every 20 steps: .pt + safetensors", save_full,
-        shadow=fresh())
-    frozen = fresh()
-    for name, p in frozen.named_parameters():
-        p.requires_grad_(name.startswith("head."))
-    run("frozen-backbone-s20", frozen, "fp32, backbone frozen, head trained, full model every 20 steps", save_full)
-    lora = fresh()
-    lora.requires_grad_(False)
-    for b in lora.blocks:
-        b[1], b[3] = LoRA(b[1]), LoRA(b[3])
+    if "finetune-bf16-s20" in wanted:
+        run("finetune-bf16-s20", fresh().to(torch.bfloat16),
+            "full fine-tune, pure bf16 (weights and AdamW moments bf16), every 20 steps: .pt + safetensors", save_full,
+            shadow=fresh())  # fmt: skip
+    if "frozen-backbone-s20" in wanted:
+        frozen = fresh()
+        for name, p in frozen.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+        run("frozen-backbone-s20", frozen, "fp32, backbone frozen, head trained, full model every 20 steps", save_full)
+    if "lora-s20" in wanted:
+        lora = fresh()
+        lora.requires_grad_(False)
+        for b in lora.blocks:
+            b[1], b[3] = LoRA(b[1]), LoRA(b[3])
 
-    def save_adapter(where: Path, model: nn.Module, _opt) -> None:
-        where.mkdir(parents=True)
-        adapter = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
-        save_file(adapter, str(where / "adapter_model.safetensors"))
+        def save_adapter(where: Path, model: nn.Module, _opt) -> None:
+            where.mkdir(parents=True)
+            adapter = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
+            save_file(adapter, str(where / "adapter_model.safetensors"))
 
-    run("lora-s20", lora, "rank-8 LoRA on the MLPs, fp32, adapter-only safetensors every 20 steps", save_adapter)
+        run("lora-s20", lora, "rank-8 LoRA on the MLPs, fp32, adapter-only safetensors every 20 steps", save_adapter)
 
     name = "big-bf16-10pct"
-    bl.log(f"{name}: {args.big_mib} MiB × {n}")
-    shapes = bl.transformer_layout(args.big_mib * bl.MiB)
-    _, spans = bl.safetensors_header(shapes)
-    prev = None
-    for k in range(1, n + 1):
-        (src / name / f"step-{k:04d}").mkdir(parents=True)
-        path = src / name / f"step-{k:04d}" / "model.safetensors"
-        change = bl.pick_fraction(spans, 0.10, seed=100 + k) if prev else frozenset()
-        bl.write_safetensors(path, shapes, seed=k, base=prev, change=change)
-        prev = path
-    kinds[name] = f"one bf16 safetensors file of {args.big_mib} MiB, 10% of its tensors new in each version"
+    if name in wanted:
+        bl.log(f"{name}: {args.big_mib} MiB × {n}")
+        shapes = bl.transformer_layout(args.big_mib * bl.MiB)
+        _, spans = bl.safetensors_header(shapes)
+        prev = None
+        for k in range(1, n + 1):
+            (src / name / f"step-{k:04d}").mkdir(parents=True)
+            path = src / name / f"step-{k:04d}" / "model.safetensors"
+            change = bl.pick_fraction(spans, 0.10, seed=100 + k) if prev else frozenset()
+            bl.write_safetensors(path, shapes, seed=k, base=prev, change=change)
+            prev = path
+        kinds[name] = f"one bf16 safetensors file of {args.big_mib} MiB, 10% of its tensors new in each version"
+
+    if DCP_SERIES in wanted:
+        # Trained here (the fine-tune code of the other series), each checkpoint's full state staged to a
+        # file; then DCP_RANKS gloo processes shard and save every checkpoint with DCP, as a sharded run would.
+        stage = src.parent / "dcp-stage"
+        run(DCP_SERIES, fresh(), "", lambda where, model, opt: stage_state(stage / f"{where.name}.pt", model, opt))
+        t0 = time.perf_counter()
+        torch.multiprocessing.spawn(dcp_rank, args=(DCP_RANKS, free_port(), str(stage), str(src / DCP_SERIES)),
+                                    nprocs=DCP_RANKS, join=True)  # fmt: skip
+        shutil.rmtree(stage)
+        bl.log(f"{DCP_SERIES}: {DCP_RANKS} ranks saved {n} DCP checkpoints in {time.perf_counter() - t0:.0f} s")
+        kinds[DCP_SERIES] = (f"{DCP_RANKS}-rank DCP (fp32 + AdamW), s{OTHER_SPACING}: full fine-tune fp32, AdamW lr 1e-4, "
+                             f"{DCP_RANKS} gloo ranks each saving a row shard of the weights and moments "
+                             f"(DTensor Shard(0), dcp.save, FileSystemWriter) every {OTHER_SPACING} steps")  # fmt: skip
     return kinds
 
 
@@ -253,6 +346,32 @@ def tensors_of(path: Path) -> dict[str, tuple[np.ndarray, int]]:
             for k, t in flat.items()}  # fmt: skip
 
 
+def dcp_tensors_of(step: Path) -> dict[str, tuple[np.ndarray, int]]:
+    """{fqn@chunk offset: (its bytes as uint8, element width)} of the tensors of a DCP checkpoint directory.
+
+    Parsed with DCP's own index rather than by torch.load of the files (a ``.distcp`` file is one
+    ``torch.save`` archive per item, back to back, which torch.load cannot read whole, and ``.metadata`` is
+    a plain pickle): ``.metadata`` gives every item's file, offset and length, and each tensor item is
+    loaded from its byte range. The keys leave out the rank file, so a shard meets its predecessor
+    wherever DCP put it; the archives' zip headers and pickles count as non-tensor bytes."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    md = FileSystemReader(str(step)).read_metadata()
+    files: dict[str, bytes] = {}
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    for index, info in md.storage_data.items():
+        if not isinstance(md.state_dict_metadata[index.fqn], TensorStorageMetadata):
+            continue
+        if info.relative_path not in files:
+            files[info.relative_path] = (step / info.relative_path).read_bytes()
+        blob = memoryview(files[info.relative_path])[info.offset : info.offset + info.length]
+        t = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        out[f"{index.fqn}@{','.join(map(str, index.offset))}"] = (
+            t.contiguous().reshape(-1).view(torch.uint8).numpy(), t.element_size())
+    return out
+
+
 def planes(raw: np.ndarray, width: int) -> bytes | np.ndarray:
     """The tensor's bytes as byte planes, by chunkfs's own transform (engine/codec.py)."""
     return raw if width == 1 else codec.to_planes(raw.tobytes(), width)
@@ -263,11 +382,14 @@ def ideal(steps: list[Path], cctx: zstandard.ZstdCompressor) -> int:
     prev: dict[str, tuple[np.ndarray, int]] = {}
     total = 0
     for step in steps:
+        files = sorted(p for p in step.rglob("*") if p.is_file())
         cur: dict[str, tuple[np.ndarray, int]] = {}
-        for f in sorted(p for p in step.rglob("*") if p.is_file()):
-            tensors = tensors_of(f)
-            total += f.stat().st_size - sum(raw.size for raw, _ in tensors.values())  # headers, pickles
-            cur.update(tensors)
+        if (step / ".metadata").is_file():  # a DCP checkpoint
+            cur = dcp_tensors_of(step)
+        else:
+            for f in files:
+                cur.update(tensors_of(f))
+        total += sum(f.stat().st_size for f in files) - sum(raw.size for raw, _ in cur.values())  # headers, pickles
         for key, (raw, w) in cur.items():
             digest = blake3(raw).digest()
             if digest in seen:
@@ -341,10 +463,13 @@ def main() -> int:
     ap.add_argument("--big-mib", type=int, help="size of the big-bf16 file (default 256, --quick 8)")
     ap.add_argument("--checkpoints", type=int, default=6, help="checkpoints per series (default 6)")
     ap.add_argument("--warm-level", type=int, help="warm_level of the chunkfs setting (default: chunkfs's default)")
-    ap.add_argument("--only", help="comma-separated series names (default: all)")
+    ap.add_argument("--only", help=f"comma-separated series names, only these generated and measured (default: all: "
+                                   f"{', '.join(SERIES)})")
     ap.add_argument("--dir", type=Path, help="work directory (default: a temporary one, removed)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
+    if args.only and (unknown := set(args.only.split(",")) - set(SERIES)):
+        ap.error(f"unknown series: {', '.join(sorted(unknown))} (known: {', '.join(SERIES)})")
     args.hidden = max(16, int((64 if args.quick else 448) * args.scale) // 16 * 16)
     args.vocab, args.layers = (512, 2) if args.quick else (1024, 4)
     args.pretrain_steps = 10 if args.quick else 50
