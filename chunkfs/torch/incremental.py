@@ -18,6 +18,10 @@ changed one, chunks gc has taken since, a file whose cuts do not line up — goe
 way (``torch.save``), and that save is remembered for the next one. What is remembered
 (``Remembered``) is per process and per (repository, file name, item): a training process
 saving step after step into one repository.
+
+``save_bytes`` is the same rule for bytes with no archive of their own around them: the
+tensors of a safetensors file (``save_file``) and the storages ``torch.save`` writes for
+``save`` (single.py).
 """
 
 from __future__ import annotations
