@@ -264,6 +264,8 @@ def cmd_stats(args) -> int:
             *((f"on {t}", h(n)) for t, n in bytes_by_tier.items()),
             ("dedup ratio", f"{s.dedup_ratio:.2f}x"),
             ("compression ratio", f"{s.compression_ratio:.2f}x"),
+            *((f"  {name}", f"{e['chunks']} chunks, {h(e['raw'])} stored as {h(e['stored'])}")
+              for name, e in s.encodings.items()),
             ("stored / every version", f"{s.stored_fraction:.1%}"),
             ("index", h(s.index_bytes)),
         ],

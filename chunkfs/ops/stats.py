@@ -34,7 +34,24 @@ from dataclasses import asdict, dataclass, field
 
 from chunkfs.repo import Repository
 from chunkfs.store.pack import format as packfmt
-from chunkfs.types import HOLE, PackState
+from chunkfs.types import HOLE, ChunkLocation, Compression, PackState, flags_compression
+
+ENCODINGS = {
+    Compression.NONE: "none",
+    Compression.ZSTD: "zstd",
+    Compression.ZSTD_PLANES2: "zstd_planes2",
+    Compression.ZSTD_PLANES4: "zstd_planes4",
+}
+"""How ``stats`` and ``du`` name each encoding of stored chunks. No dtype is recorded per chunk:
+the byte-plane width the re-encoding chose from the data stands for it (2: bf16/fp16, 4: fp32)."""
+
+
+def count_encoding(table: dict[str, dict[str, int]], loc: ChunkLocation) -> None:
+    """Add one chunk to ``table``: encoding name → chunks, raw and stored bytes."""
+    row = table.setdefault(ENCODINGS[flags_compression(loc.flags)], {"chunks": 0, "raw": 0, "stored": 0})
+    row["chunks"] += 1
+    row["raw"] += loc.raw_len
+    row["stored"] += loc.stored_len
 
 
 @dataclass
@@ -56,6 +73,7 @@ class Stats:
     dead_bytes: int
     packs_by_tier: dict[str, int] = field(default_factory=dict)
     index_bytes: int = 0
+    encodings: dict[str, dict[str, int]] = field(default_factory=dict)  # name → chunks, raw, stored (count_encoding)
 
     @property
     def dedup_ratio(self) -> float:
@@ -99,8 +117,10 @@ def collect(repo: Repository) -> Stats:
         history.discard(HOLE)
         unique = current_unique = history_unique = stored = chunks = 0
         in_pack: dict[bytes, int] = {}
+        encodings: dict[str, dict[str, int]] = {}
         for chunk, loc in t.chunks():
             chunks += 1
+            count_encoding(encodings, loc)
             unique += loc.raw_len
             stored += loc.stored_len
             in_pack[loc.pack] = in_pack.get(loc.pack, 0) + 1
@@ -139,4 +159,5 @@ def collect(repo: Repository) -> Stats:
         dead_bytes=pack_bytes - stored - condemned - overhead,
         packs_by_tier=by_tier,
         index_bytes=repo.index.used_bytes(),
+        encodings=dict(sorted(encodings.items())),
     )

@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 
 from chunkfs import clock
 from chunkfs.errors import ChunkfsError
+from chunkfs.ops.stats import count_encoding
 from chunkfs.ops.tier import _norm, open_packs, walk_files
 from chunkfs.repo import Repository, lock_holder
 from chunkfs.store.maintenance.metabackup import join_point
 from chunkfs.store.tiering.uploads import backlog
-from chunkfs.types import Compression, Tier, flags_compression, tier_name
+from chunkfs.types import Tier, tier_name
 
 
 @dataclass
@@ -125,23 +126,13 @@ def _cluster(repo: Repository, now: int) -> dict:
     return out
 
 
-ENCODINGS = {
-    Compression.NONE: "none",
-    Compression.ZSTD: "zstd",
-    Compression.ZSTD_PLANES2: "zstd_planes2",
-    Compression.ZSTD_PLANES4: "zstd_planes4",
-}
-"""How ``du`` names each encoding of stored chunks. No dtype is recorded per chunk: the byte-plane
-width the re-encoding chose from the data stands for it (2: bf16/fp16, 4: fp32)."""
-
-
 @dataclass
 class RunUsage:
     run: str
     files: int = 0
     logical_bytes: int = 0  # sizes of its files, as users see them
     stored: dict[str, int] = field(default_factory=dict)  # tier → bytes of the run's own packs there
-    encodings: dict[str, dict[str, int]] = field(default_factory=dict)  # encoding → chunks, raw, stored
+    encodings: dict[str, dict[str, int]] = field(default_factory=dict)  # name → chunks, raw, stored (count_encoding)
 
     @property
     def stored_bytes(self) -> int:
@@ -179,11 +170,7 @@ def du(repo: Repository, path: str = "/") -> list[RunUsage]:
             stored[info.group][tier_name(info.tier)] += info.size
             groups[pack] = info.group
         for _, loc in t.chunks():
-            by_encoding = encodings[groups.get(loc.pack, "")]
-            e = by_encoding.setdefault(ENCODINGS[flags_compression(loc.flags)], {"chunks": 0, "raw": 0, "stored": 0})
-            e["chunks"] += 1
-            e["raw"] += loc.raw_len
-            e["stored"] += loc.stored_len
+            count_encoding(encodings[groups.get(loc.pack, "")], loc)
     for run, by_tier in stored.items():
         if run in runs or (path != "/" and (run == path or run.startswith(path + "/"))) or path == "/":
             u = runs.setdefault(run, RunUsage(run))

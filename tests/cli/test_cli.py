@@ -126,7 +126,7 @@ STATS_KEYS = {
     "files", "logical_bytes", "versions", "versions_bytes", "unique_bytes", "current_unique_bytes",
     "history_unique_bytes", "unreferenced_bytes", "stored_bytes", "condemned_bytes", "chunks", "packs",
     "pack_bytes", "overhead_bytes", "dead_bytes", "packs_by_tier", "bytes_by_tier", "index_bytes",
-    "dedup_ratio", "compression_ratio", "stored_fraction",
+    "dedup_ratio", "compression_ratio", "stored_fraction", "encodings",
 }  # fmt: skip
 
 
@@ -159,6 +159,9 @@ def test_stats_json_keys_and_values(repo, checkpoints):
     assert s["packs_by_tier"] == {"hot": s["packs"]} and s["pack_bytes"] > s["stored_bytes"]
     assert_stats_add_up(s)
     assert s["index_bytes"] > 0 and s["chunks"] > 0
+    assert sum(e["chunks"] for e in s["encodings"].values()) == s["chunks"]
+    assert sum(e["raw"] for e in s["encodings"].values()) == s["unique_bytes"]
+    assert sum(e["stored"] for e in s["encodings"].values()) == s["stored_bytes"]
 
 
 def test_stats_add_up_with_history_overwrites_and_deletes(repo, checkpoints, tmp_path):

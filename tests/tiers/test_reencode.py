@@ -127,7 +127,7 @@ def test_a_bf16_run_is_re_encoded_on_its_way_to_warm_and_again_to_cold(tmp_path)
         repo.close()
 
 
-def test_du_shows_what_the_byte_planes_saved_per_encoding(tmp_path):
+def test_du_and_stats_show_what_the_byte_planes_saved_per_encoding(tmp_path):
     repo = _repo(tmp_path)
     try:
         _complete_run(repo, tmp_path)
@@ -142,6 +142,7 @@ def test_du_shows_what_the_byte_planes_saved_per_encoding(tmp_path):
     assert run["raw_bytes"] == raw.raw_bytes, "the same chunks, re-encoded"
     text = chunkfs("du", "/m/run1", "--repo", tmp_path / "repo", "--encodings").stdout
     assert re.search(r"/m/run1\s+zstd_planes2\s+\d+", text), text
+    assert cli_json("stats", "--repo", tmp_path / "repo")["encodings"] == run["encodings"], "one run: the same figures"
 
 
 def test_warm_level_0_moves_the_packs_as_they_are(tmp_path):
