@@ -27,6 +27,7 @@ tensors of a safetensors file (``save_file``) and the storages ``torch.save`` wr
 from __future__ import annotations
 
 import bisect
+import collections
 import ctypes
 import threading
 from dataclasses import dataclass, field
@@ -52,7 +53,12 @@ class Remembered:
     chunks: list[Extent] = field(default_factory=list)  # the whole chunks of the tensor's bytes
 
 
-_remembered: dict[tuple, Remembered] = {}
+REMEMBERED_MAX = 100_000
+"""Items remembered at most, the least recently saved forgotten first: a process that names its
+files by step (``model-step100.safetensors``) never saves one name twice, and what it
+remembered must not grow with the length of the run."""
+
+_remembered: collections.OrderedDict[tuple, Remembered] = collections.OrderedDict()
 _lock = threading.Lock()
 
 
@@ -161,6 +167,8 @@ def _unchanged(key: tuple, digest: bytes, layout: tuple) -> Remembered | None:
     """This process's last save of ``key``, if it had these bytes and this layout and its chunks are known."""
     with _lock:
         last = _remembered.get(key)
+        if last is not None:
+            _remembered.move_to_end(key)  # used again: the last to forget
     return last if last is not None and last.digest == digest and last.layout == layout and last.chunks else None
 
 
@@ -192,6 +200,9 @@ def _remember(key: tuple, remembered: Remembered, nbytes: int, extents: list[Ext
     remembered.chunks = chunks
     with _lock:
         _remembered[key] = remembered
+        _remembered.move_to_end(key)
+        while len(_remembered) > REMEMBERED_MAX:
+            _remembered.popitem(last=False)
 
 
 def forget_all() -> None:

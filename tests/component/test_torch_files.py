@@ -244,3 +244,20 @@ def test_single_process_saves_splice_what_the_last_save_of_that_file_name_had(re
     loaded = load("/st/step-2/model", repo=repo_dir)
     assert all(torch.equal(loaded[k], t) for k, t in state.items())
     incremental.forget_all()
+
+
+def test_what_a_process_remembers_stays_bounded_when_every_save_has_a_new_name(repo_dir, monkeypatch):
+    """A process naming its files by step never saves one name twice: the least recently saved
+    items are forgotten beyond ``REMEMBERED_MAX``, and the newest still splice."""
+    import torch
+
+    from chunkfs.torch import incremental, save_file
+
+    incremental.forget_all()
+    monkeypatch.setattr(incremental, "REMEMBERED_MAX", 3)
+    tensor = {"w": torch.randn(1024, 1024, generator=torch.Generator().manual_seed(3))}  # one whole chunk
+    for step in range(5):
+        save_file(tensor, f"/named/model-step{step}.safetensors", repo=repo_dir)
+    names = [key[1] for key in incremental._remembered]
+    assert names == [f"model-step{s}.safetensors" for s in (2, 3, 4)], names
+    incremental.forget_all()
