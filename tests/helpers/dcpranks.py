@@ -14,7 +14,7 @@ ACTION (``PATH``: the checkpoint directory; with ``REPO``, a path inside that re
   ``FileSystemReader``) and check every value against step STEP's state.
 * ``save_twice STEP``: ``save`` of step STEP - 1 into ``PATH-prev``, then of STEP into PATH, in
   one process: the second save must splice the unchanged tensors that span whole chunks
-  (incremental.py), i.e. not ``torch.save`` them.
+  (incremental.py): neither ``torch.save`` them nor write their bytes.
 * ``die STEP``, ``async_die STEP``: ``save`` / ``async_save``, but rank 1 kills itself (SIGKILL)
   half-way through writing its file (in ``async_save``, DCP's background writer thread).
 
@@ -115,6 +115,20 @@ def count_big_saves() -> list:
     return saved
 
 
+def count_splices() -> list:
+    """From now on, one True for each splice of stored chunks that succeeded (False: refused)."""
+    from chunkfs.engine.file import FileContent
+
+    done, real = [], FileContent.splice
+
+    def counting(self, *args):
+        done.append(real(self, *args))
+        return done[-1]
+
+    FileContent.splice = counting
+    return done
+
+
 def main(argv: list[str]) -> None:
     action, world, rank, port, path, step = argv[0], int(argv[1]), int(argv[2]), argv[3], argv[4], int(argv[5])
     repo = argv[6] if len(argv) > 6 else None
@@ -132,10 +146,12 @@ def main(argv: list[str]) -> None:
             dcp.save(sharded(step, mesh), storage_writer=writer)
     elif action == "save_twice":
         dcp.save(sharded(step - 1, mesh), storage_writer=chunkfs.torch.Writer(f"{path}-prev", repo=repo))
-        saved = count_big_saves()
+        saved, spliced = count_big_saves(), count_splices()
         dcp.save(sharded(step, mesh), storage_writer=chunkfs.torch.Writer(path, repo=repo))
         if saved:
             raise SystemExit(f"unchanged tensors of whole chunks went through torch.save again: {saved}")
+        if not spliced or not all(spliced):
+            raise SystemExit(f"unchanged tensors of whole chunks were not spliced: {spliced}")
     elif action == "plain_save":
         dcp.save(sharded(step, mesh), storage_writer=dcp.FileSystemWriter(path))
     elif action in ("load", "plain_load"):
