@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 from helpers.cli import chunkfs
+from helpers.repos import count_chunk_hashing
 
 from chunkfs.errors import UsageError
 from chunkfs.repo import Repository
@@ -216,19 +217,11 @@ def test_single_process_saves_splice_what_the_last_save_of_that_file_name_had(re
     import torch
 
     import chunkfs.torch
-    from chunkfs.engine import codec
     from chunkfs.torch import incremental
 
     save, load = getattr(chunkfs.torch, saver), getattr(chunkfs.torch, loader)
     incremental.forget_all()
-    hashed = [0]
-    real = codec.chunk_id
-
-    def counting(data):
-        hashed[0] += memoryview(data).nbytes
-        return real(data)
-
-    monkeypatch.setattr(codec, "chunk_id", counting)
+    hashed = count_chunk_hashing(monkeypatch)
     g = torch.Generator().manual_seed(2)
     state = {f"t{i}": torch.randn(1024, 1024, generator=g) for i in range(6)}  # 4 MiB each: one whole chunk
     state["bias"] = torch.randn(16, generator=g)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.cli import chunkfs
+from helpers.repos import count_chunk_hashing
 
 from chunkfs.repo import Repository
 
@@ -47,17 +48,7 @@ def saves(monkeypatch):
 @pytest.fixture
 def hashed(monkeypatch):
     """Counts the bytes that got a chunk hash (written chunks: a spliced one gets none)."""
-    from chunkfs.engine import codec
-
-    counted = [0]
-    real = codec.chunk_id
-
-    def counting(data):
-        counted[0] += memoryview(data).nbytes
-        return real(data)
-
-    monkeypatch.setattr(codec, "chunk_id", counting)
-    return counted
+    return count_chunk_hashing(monkeypatch)
 
 
 def state_of(seed: int) -> dict:

@@ -10,14 +10,9 @@ next ``open(tmp, O_CREAT|O_TRUNC)`` truncated the committed checkpoint.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 from helpers import loadworkers
-
-WORKERS = Path(loadworkers.__file__)
 
 
 def test_listing_never_brings_back_a_renamed_name(mnt):
@@ -86,18 +81,10 @@ def test_writers_listers_readers_under_load(mnt):
     d = mnt / "load"
     d.mkdir()
     steps, seconds = 40, 20.0
-
-    def start(*args):
-        return subprocess.Popen([sys.executable, WORKERS, *map(str, args)], stdout=subprocess.PIPE, text=True)
-
-    procs = [start("writer", d, w, steps) for w in range(3)]
-    procs += [start("lister", d, seconds / 2) for _ in range(2)]
-    procs += [start("reader", d, seconds / 2) for _ in range(2)]
-    failures = []
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        if p.returncode:
-            failures.append(f"{p.args[2]}: {out}")
+    procs = [loadworkers.spawn("writer", d, w, steps) for w in range(3)]
+    procs += [loadworkers.spawn("lister", d, seconds / 2) for _ in range(2)]
+    procs += [loadworkers.spawn("reader", d, seconds / 2) for _ in range(2)]
+    failures = loadworkers.failures(procs)
     assert not failures, "\n".join(failures)
     mnt.remount()
     for w in range(3):

@@ -14,9 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +24,6 @@ from helpers.cli import chunkfs
 from helpers.s3fixtures import aws_env, moto_server  # noqa: F401 (fixtures)
 from helpers.tiers import s3_url
 
-WORKERS = Path(loadworkers.__file__)
 RUN = "llama/run1"
 CHECKPOINTS = 6
 SAVES = 25  # per trainer of the other run
@@ -39,11 +35,6 @@ def _bf16_checkpoint(path: Path, seed: int) -> None:
     weights = {f"layers.{i}.weight": (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16) for i in range(8)}
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(weights, str(path))
-
-
-def _run_usage(m) -> dict:
-    rows = json.loads(chunkfs("du", f"/{RUN}", "--repo", m.repo, "--json").stdout)
-    return next(r for r in rows if r["run"] == f"/{RUN}")
 
 
 def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothing(
@@ -65,37 +56,25 @@ def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothin
     other = m.path / "other" / "job"
     other.mkdir(parents=True)
     stopfile = tmp_path / "stop"
-
-    def start(*args):
-        return subprocess.Popen([sys.executable, WORKERS, *map(str, args)], stdout=subprocess.PIPE, text=True)
-
-    procs = [start("verifier", tmp_path / "manifest.json", stopfile) for _ in range(2)]
-    procs += [start("lister", Path(p).parent, 300, stopfile) for p in list(manifest)[:2]]
-    procs += [start("writer", other, w, SAVES) for w in range(2)]
+    procs = [loadworkers.spawn("verifier", tmp_path / "manifest.json", stopfile) for _ in range(2)]
+    procs += [loadworkers.spawn("lister", Path(p).parent, 300, stopfile) for p in list(manifest)[:2]]
+    procs += [loadworkers.spawn("writer", other, w, SAVES) for w in range(2)]
     try:
         chunkfs("run", "complete", m.path / RUN)
         deadline = time.monotonic() + 120
-        while set((usage := _run_usage(m))["stored"]) != {"warm"}:
+        while set((usage := m.run_usage(f"/{RUN}"))["stored"]) != {"warm"}:
             assert time.monotonic() < deadline, f"the run did not move to warm: {usage}"
             assert all(p.poll() is None for p in procs[:2]), "a verifier stopped early"
             time.sleep(0.5)
     finally:
         stopfile.touch()  # the verifiers finish the pass they are in, then stop
-    failures = []
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        if p.returncode:
-            failures.append(f"{p.args[2]} {p.args[3]}: {out}")
+    failures = loadworkers.failures(procs)
     assert not failures, "\n".join(failures)
 
     assert usage["stored"]["warm"] < 0.9 * usage["logical_bytes"], f"the run was not re-encoded: {usage}"
     moved = r"tier policy: hot→warm \d+ packs, [\d.]+ MB; re-encoded into \d+ warm packs"
     assert re.search(moved, m.log()), "the daemon's log does not say what its mover did"
-    # Every cached byte forgotten: the run reads back from the re-encoded warm packs alone.
-    cache_dir = Path(json.loads(chunkfs("status", "--repo", m.repo, "--json").stdout)["read_cache"]["dir"])
-    m.umount()
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    m.mount()
+    m.remount_cold()  # the run reads back from the re-encoded warm packs alone
     for path, digest in manifest.items():
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, f"{path} changed"
     for w in range(2):

@@ -68,8 +68,7 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 def _run_stored(m) -> dict[str, int]:
     """Bytes of the run's packs per tier, as `chunkfs du` reports them."""
-    rows = json.loads(chunkfs("du", f"/{RUN}", "--repo", m.repo, "--json").stdout)
-    return next(r["stored"] for r in rows if r["run"] == f"/{RUN}")
+    return m.run_usage(f"/{RUN}")["stored"]
 
 
 def _hot_packs(m) -> list[Path]:
@@ -90,15 +89,6 @@ def _complete_and_tier_to_warm(m) -> None:
     assert _hot_packs(m) == [], "hot copies were not evicted"
 
 
-def _drop_caches(m) -> None:
-    """Forget every cached byte: unmount (the daemon's memory, the kernel's page cache), empty the
-    disk read cache, mount again."""
-    cache_dir = Path(_status(m)["read_cache"]["dir"])
-    m.umount()
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    m.mount()
-
-
 def _remote_read_bytes(port: int) -> float:
     """The daemon's counter of bytes fetched from warm (the repository's, over every process)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -115,7 +105,7 @@ def test_run_tiered_to_warm_reads_back_through_the_mount_from_s3(
     src = _write_run(m, tmp_path)
     _complete_and_tier_to_warm(m)
 
-    _drop_caches(m)
+    m.remount_cold()
     before = _remote_read_bytes(port)
     same_tree(src, m.path / RUN)
     assert _remote_read_bytes(port) > before, "the checkpoint was not fetched from the warm tier"
@@ -130,7 +120,7 @@ def test_prefetch_pin_then_read_through_the_mount_makes_no_s3_request(
     src = _write_run(m, tmp_path)
     _complete_and_tier_to_warm(m)
 
-    _drop_caches(m)
+    m.remount_cold()
     result = json.loads(chunkfs("prefetch", m.path / RUN, "--pin", "--json").stdout)
     assert result["fetched_bytes"] > 0 and result["pinned"]
     m.remount()  # forget what the daemon itself may hold: only the pinned disk cache is left
@@ -161,7 +151,7 @@ def test_writes_go_on_while_s3_is_down_and_the_queue_drains_after(
     chunkfs("tier", "--repo", m.repo, "--check")
 
     _complete_and_tier_to_warm(m)  # nothing was lost: the run reads back from S3 alone
-    _drop_caches(m)
+    m.remount_cold()
     same_tree(src, m.path / RUN)
 
 
@@ -175,7 +165,7 @@ def test_archived_cold_run_fails_fast_through_the_mount_until_thawed(
     _complete_and_tier_to_warm(m)
     chunkfs("tier", "move", m.path / RUN, "--to", "cold")
     assert set(_run_stored(m)) == {"cold"}
-    _drop_caches(m)
+    m.remount_cold()
 
     started = time.monotonic()
     with pytest.raises(OSError) as refused:
@@ -205,7 +195,7 @@ def test_the_daemon_makes_room_on_a_full_hot_disk(
     _wait(lambda: free_percent() >= 50, 90, "the daemon to evict uploaded packs")
     stored = _run_stored(m)
     assert stored["warm"] > 0 and stored.get("hot", 0) > 0, "only what was needed left hot"
-    _drop_caches(m)
+    m.remount_cold()
     same_tree(src, m.path / RUN)
 
 

@@ -23,11 +23,28 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 
 SIZE = 1 << 20
 HEADER = 16
+
+
+def spawn(role: str, *args) -> subprocess.Popen:
+    """Start this module as a process of ``role`` (the test's side)."""
+    return subprocess.Popen([sys.executable, __file__, role, *map(str, args)], stdout=subprocess.PIPE, text=True)
+
+
+def failures(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    """Wait for every process; one line per process that found problems: its role, first argument
+    and what it printed."""
+    found = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        if p.returncode:
+            found.append(f"{p.args[2]} {p.args[3]}: {out}")
+    return found
 
 
 def content(writer: int, step: int) -> bytes:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -124,6 +125,19 @@ class Mount:
 
     def stats(self) -> dict:
         return json.loads(chunkfs("stats", "--repo", self.repo, "--json").stdout)
+
+    def run_usage(self, run: str) -> dict:
+        """`chunkfs du RUN --json`'s row of ``run`` (a repository path: files, logical, stored per tier, …)."""
+        rows = json.loads(chunkfs("du", run, "--repo", self.repo, "--json").stdout)
+        return next(r for r in rows if r["run"] == run)
+
+    def remount_cold(self) -> None:
+        """Forget every cached byte: unmount (the daemon's memory, the kernel's page cache), empty the
+        disk read cache, mount again — what is read next comes from the tiers."""
+        status = json.loads(chunkfs("status", "--repo", self.repo, "--json").stdout)
+        self.umount()
+        shutil.rmtree(status["read_cache"]["dir"], ignore_errors=True)
+        self.mount()
 
     def cleanup(self) -> list[str]:
         """Unmount however possible; return what went wrong (empty if ``chunkfs umount`` worked)."""

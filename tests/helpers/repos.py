@@ -121,3 +121,19 @@ def pack_path(repo: Repository, pack: bytes) -> Path:
 
 def data_chunks(extents: list[Extent]) -> list[bytes]:
     return [e.chunk for e in extents if e.chunk != HOLE]
+
+
+def count_chunk_hashing(monkeypatch) -> list[int]:
+    """From now on (for the test), ``[n]``: the bytes that got a chunk hash — chunks written or
+    deduplicated; a spliced chunk (an unchanged tensor of an incremental save) gets none."""
+    from chunkfs.engine import codec
+
+    counted = [0]
+    real = codec.chunk_id
+
+    def counting(data):
+        counted[0] += memoryview(data).nbytes
+        return real(data)
+
+    monkeypatch.setattr(codec, "chunk_id", counting)
+    return counted
