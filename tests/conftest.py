@@ -6,8 +6,20 @@ import os
 import subprocess
 
 import pytest
+from helpers import watchdog
 
 from chunkfs import clock
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    """A test past its timeout: its mounts' stacks and logs, then the suite goes on (helpers/watchdog.py)."""
+    return watchdog.arm(item, settings)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item):
+    return watchdog.disarm(item)
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,11 @@ every open file, seals the open packs and releases the repository.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,6 +135,7 @@ def serve(
     read commands.
     """
     mountpoint = mountpoint.resolve()
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # docs/operations.md
     read_only = "ro" in fuse_options(repo_path, options)
     try:
         check_mountpoint(mountpoint, options)

@@ -30,6 +30,7 @@ depended on it.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -147,6 +148,7 @@ def _answer(conn: Connection, files: dict[int, _File], msg: tuple) -> None:
 def main(argv: list[str]) -> int:
     path, sock_fd, ring_fd, ring_size, number = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the daemon's to handle: it stops us in order
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # a stuck worker's stacks
     logging.basicConfig(level=logging.INFO, format=f"chunkfs-writer-{number}: %(levelname)s: %(message)s")
     conn = Connection(int(sock_fd))
     ring = Ring(int(ring_size), fd=int(ring_fd))

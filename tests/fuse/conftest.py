@@ -88,6 +88,8 @@ def make_mount(request, tmp_path, mount_root):
         problems += m.cleanup()
     for m in mounts:
         problems += [f"{m.log_path}: {line}" for line in m.log_problems()]
+    if getattr(request.node, "_chunkfs_timed_out", False):
+        problems.append("the test ran past its timeout: its daemons were killed (helpers/watchdog.py)")
     if problems and not getattr(request.node, "_chunkfs_failed", False):
         pytest.fail("after the test:\n" + "\n".join(problems), pytrace=False)
 

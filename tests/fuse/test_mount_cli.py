@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import CHUNKFS, chunkfs
 from helpers.mount import Mount, is_mounted, wait_dead
+from helpers.watchdog import with_descendants
 
 from chunkfs.errors import Conflict, NotADirectory, NotFound, UsageError
 
@@ -105,6 +106,22 @@ def test_daemon_stops_on_signal(mnt):
     assert not is_mounted(mnt.path)
     mnt.mount()
     assert (mnt / "open-at-stop").read_bytes() == b"committed by the daemon at shutdown"
+
+
+def test_sigusr1_writes_every_process_stacks_to_the_log_and_the_mount_serves_on(mnt):
+    """docs/operations.md, "A mount that seems stuck": the daemon and each engine worker."""
+    (mnt / "f").write_bytes(b"x" * 100_000)
+    pids = with_descendants([mnt.daemon_pid()])
+    assert len(pids) >= 2, f"no engine worker below the daemon: {pids}"
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while mnt.log().count("most recent call first") < len(pids):  # one line per thread; ≥ 1 per process
+        assert time.monotonic() < deadline, mnt.log()[-3000:]
+        time.sleep(0.2)
+    assert "chunkfs/fs/mount.py" in mnt.log() and "chunkfs/writers/worker.py" in mnt.log()
+    (mnt / "g").write_bytes(b"y" * 100_000)
+    assert (mnt / "f").read_bytes() == b"x" * 100_000 and (mnt / "g").read_bytes() == b"y" * 100_000
 
 
 def test_plain_umount(mnt):
