@@ -22,21 +22,33 @@ order, like any change (docs/multinode.md, "gc across nodes"):
    it), is referenced nowhere: a **sweep** entry lists them. Each node forgets them, deletes its *own* packs that nothing in its index
    locates any more (on every tier) and forgets other nodes' (their warm objects are
    their owners' to delete: only the owner knows every chunk in them).
+
+A node that re-encodes its packs on the way to warm (store/maintenance/rewrite.py) journals
+a **relocate** change: the chunks it moved, published with their new locations, and the
+packs it retired with the chunks each held. Every node applying it points those chunks
+(live or condemned) at the new places where it located them in a retired pack, and forgets
+a retired pack nothing here locates any more. The owner keeps each retired pack's warm
+object (``meta/retiring``) until every member's heartbeat says it has applied the log past
+that change, then deletes it (``delete_retired``); a read that looked the old place up just
+before still finds it, or follows the chunk to its new one (store/pack/store.py).
 """
 
 from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Callable
 
 from chunkfs import clock
 from chunkfs.index import Txn
 from chunkfs.namespace import prune
 from chunkfs.namespace.paths import Paths
 from chunkfs.store.maintenance import sweep
+from chunkfs.store.maintenance.rewrite import delete_old, located_at
 from chunkfs.store.pack.store import lease_alive
+from chunkfs.store.tiering.lock import OLD
 from chunkfs.store.tiering.tiers import Tiers
-from chunkfs.types import PackState, Tier
+from chunkfs.types import ChunkLocation, PackState, Tier
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +125,60 @@ def delete_empty_packs(tiers: Tiers) -> int:
         for pack in foreign:
             t.foreign_delete(pack)
     return len(empty)
+
+
+def apply_relocate(t: Txn, op: dict, located: dict[bytes, ChunkLocation]) -> None:
+    """Apply another node's ``relocate`` change inside ``t``: its moved chunks (``located``: the
+    entry's locations) wherever this node placed them in a retired pack, then forget each retired
+    pack that nothing here locates any more (its object is its node's to delete)."""
+    retire = {bytes.fromhex(p): [bytes.fromhex(c) for c in chunks] for p, chunks in op["retire"].items()}
+    for chunk in (bytes.fromhex(c) for c in op["chunks"]):
+        new = located.get(chunk)
+        if new is None:
+            continue
+        current = t.chunk_get(chunk)
+        if current is not None and bytes(current.pack) in retire:
+            t.chunk_put(chunk, new)
+        condemned = t.condemned_location(chunk)
+        if condemned is not None and bytes(condemned.pack) in retire:
+            t.condemned_move(chunk, new)
+    for pack, chunks in retire.items():
+        if t.foreign(pack) and not any(located_at(t, c, pack) for c in chunks):
+            t.pack_delete(pack)
+            t.foreign_delete(pack)
+
+
+def delete_retired(tiers: Tiers, members: Callable[[], dict[str, dict]]) -> int:
+    """Delete the warm objects of this node's retired packs that every member (``members()``: their
+    heartbeats, read only when a pack waits) has relocated away from; returns how many. A retired pack's position is the log
+    entry this node had applied when it first saw its relocate change published: that entry
+    carried it or came after it."""
+    index = tiers.index
+    with index.read() as t:
+        retiring = t.retiring()
+        if not retiring:
+            return 0
+        oldest = t.outbox(1)
+        applied = t.applied_get()
+        forgotten = t.forgotten()
+    unpublished_since = oldest[0][1] if oldest else None
+    noted = {p: (ns, pos) for p, (ns, pos) in retiring.items()
+             if pos == 0 and (unpublished_since is None or ns < unpublished_since)}  # fmt: skip
+    if noted:
+        with index.write() as t:
+            for pack, (ns, _) in noted.items():
+                t.retiring_put(pack, ns, applied)
+        retiring.update({p: (ns, applied) for p, (ns, _) in noted.items()})
+    floor = min((int(m.get("applied", 0)) for n, m in members().items() if n not in forgotten), default=0)
+    done = [p for p, (_, pos) in retiring.items() if 0 < pos <= floor]
+    if not done:
+        return 0
+    with tiers.lock.hold():
+        now = clock.now_ns()
+        with index.write() as t:
+            for pack in done:
+                t.retiring_delete(pack)
+                t.move_put(pack, Tier.WARM, OLD, now)
+        delete_old(index, tiers.backend, [(p, Tier.WARM) for p in done])
+    log.info("deleted %d re-encoded packs from warm: every node has relocated their chunks", len(done))
+    return len(done)

@@ -87,6 +87,7 @@ class Cluster(BackgroundThread):
         self.node = doc["node"]
         self.url = doc["url"]
         self.origin = bool(doc.get("origin"))
+        self.tiers = tiers
         self.index = tiers.index
         self.shared = SharedLog(tiers.backend(Tier.WARM))
         self.replayer = Replayer(tiers, ns, self.shared, self.node, sidecar)
@@ -135,6 +136,12 @@ class Cluster(BackgroundThread):
         age = (clock.now_ns() - oldest[0][1]) / 1e9 if oldest else 0.0
         return count, max(0.0, age)
 
+    def beat(self) -> None:
+        """The heartbeat, then the warm objects of re-encoded packs every member has relocated
+        from deleted (cluster/maintenance.py, ``delete_retired``)."""
+        self.heartbeat()
+        maintenance.delete_retired(self.tiers, self.shared.members)
+
     def heartbeat(self) -> None:
         count, age = self.pending()
         with self.index.read() as t:
@@ -171,7 +178,7 @@ class Cluster(BackgroundThread):
             try:
                 self.sync()
                 if time.monotonic() >= next_beat:
-                    self.heartbeat()
+                    self.beat()
                     next_beat = time.monotonic() + HEARTBEAT
                 if self.error is not None:
                     log.warning("shared log at %s reachable again", self.url)

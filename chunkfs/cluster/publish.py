@@ -75,10 +75,10 @@ class Publisher:
         self.waiting = ""
         with self.index.read() as t:
             for seq, time_ns, op in t.outbox(MAX_OPS):
-                held = self._locate(t, op, packs, chunks) if op["op"] == "content" else None
+                held = self._locate(t, op, packs, chunks) if op["op"] in ("content", "relocate") else None
                 if held is not None:
                     self._unblock(held, time_ns)
-                    keep = _before_creation(ops, op["path"])
+                    keep = _before_creation(ops, op["path"]) if "path" in op else len(ops)
                     del ops[keep:], seqs[keep:]
                     break
                 ops.append(op)
@@ -92,24 +92,29 @@ class Publisher:
         return entry, seqs
 
     def _locate(self, t: Txn, op: dict, packs: dict, chunks: dict) -> tuple[str, PackInfo | None] | None:
-        """Add the locations of a content's chunks; None when all are on warm, else what holds it back."""
+        """Add the locations of the chunks a content names (or a relocate moved); None when all
+        are on warm, else what holds it back."""
+        relocate = op["op"] == "relocate"
+        what = op.get("path", "relocated chunks")
         found = {}
-        for extent in decode_extents(op["extents"]):
-            chunk = bytes(extent.chunk)
+        named = (bytes.fromhex(c) for c in op["chunks"]) if relocate else (bytes(e.chunk) for e in decode_extents(op["extents"]))
+        for chunk in named:
             if chunk == HOLE or chunk in chunks or chunk in found:
                 continue
             # condemned here since the change (a gc entry dropped the version; docs/multinode.md): its
             # bytes stay until a sweep, which waits for this publish, and every node applying it revives it
             loc = t.chunk_get(chunk) or t.condemned_location(chunk)
+            if loc is None and relocate:  # swept since: no node locates it any more
+                continue
             if loc is None:
-                return (f"chunk {chunk.hex()[:16]} of {op['path']} is not in the index", None)
+                return (f"chunk {chunk.hex()[:16]} of {what} is not in the index", None)
             info = packs.get(bytes(loc.pack)) or t.pack_get(loc.pack)
             if info is None:
-                return (f"pack {bytes(loc.pack).hex()} of {op['path']} is not in the index", None)
+                return (f"pack {bytes(loc.pack).hex()} of {what} is not in the index", None)
             if info.state != PackState.SEALED:
-                return (f"{op['path']}: pack {bytes(loc.pack).hex()} is still open", info)
+                return (f"{what}: pack {bytes(loc.pack).hex()} is still open", info)
             if info.tier == Tier.HOT and t.copy_get(loc.pack, Tier.WARM) is None:
-                return (f"{op['path']}: pack {bytes(loc.pack).hex()} is not on the warm tier yet", info)
+                return (f"{what}: pack {bytes(loc.pack).hex()} is not on the warm tier yet", info)
             packs[bytes(loc.pack)] = info
             found[chunk] = loc
         chunks.update(found)

@@ -14,7 +14,8 @@ still recorded in the file's history, followed by the local content again.
 
 An entry of this node's own (the publisher wrote it, then the node died before it noted
 that) only drops the journal records it carries. gc and sweep entries (any node's, this
-one's included) are applied by ``maintenance.py``; a ``keep`` change resurrects chunks.
+one's included) are applied by ``maintenance.py``; a ``keep`` change resurrects chunks, a
+``relocate`` moves them to the packs their node re-encoded them into (maintenance.py).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED = (AlreadyExists, InvalidArgument, IsADirectory, NameTooLong, NoAttribute, NotADirectory, NotEmpty, NotFound)
 """What the tree here may answer a replayed change with: the change is skipped (and logged)."""
-NOT_OF_A_PATH = ("keep", "tag", "untag")
+NOT_OF_A_PATH = ("keep", "tag", "untag", "relocate")
 """Changes that do not change the object at their path (a local one does not hold remote ones back)."""
 
 
@@ -154,6 +155,9 @@ class Replayer:
             for chunk, loc in entry.chunks.items():
                 if t.chunk_get(chunk) is None:
                     t.chunk_put(chunk, loc)
+            for op in entry.ops:
+                if op["op"] == "relocate":  # the node re-encoded packs: their chunks' new places
+                    maintenance.apply_relocate(t, op, entry.chunks)
             pending = _pending_paths([op for _, _, op in t.outbox()])
         ready = [self._prepare(op, pending) for op in entry.ops]
         with self.index.batch(), self.ns.journal.replaying():
@@ -194,6 +198,8 @@ class Replayer:
             return
         if op["op"] in ("tag", "untag"):
             self._tag(op)
+            return
+        if op["op"] == "relocate":  # applied with the entry's locations (``_apply``)
             return
         kind, path = op["op"], op["path"]
         if kind == "content":

@@ -212,6 +212,12 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
     whose backup a join started from, or that forgot that node): a pack another node wrote. Only a pack's own node deletes its objects (this node's index does not
     know every chunk in a foreign pack); applying a sweep entry here only forgets it.
 
+``meta/retiring/<pack id>`` → journaled ns i64 | log position u64: this node's pack whose
+    chunks a re-encoding moved (store/maintenance/rewrite.py) while other nodes may still
+    read its warm object: kept on warm until every member has applied the ``relocate``
+    change journaled at that time (position: the log entry this node had applied when it
+    saw the change published, 0 until then), then deleted (cluster/maintenance.py).
+
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
     Written in the transaction of the change itself (``namespace/journal.py``), so a
     change is never committed without its journal entry; removed in the transaction
@@ -306,6 +312,7 @@ META_CLUSTER_ERROR = b"cluster_error"
 META_CLUSTER_GC = b"cluster_gc"
 META_FOREIGN = b"foreign/"
 META_FORGOTTEN = b"forgotten/"
+META_RETIRING = b"retiring/"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -683,6 +690,14 @@ def encode_move(kind: int, started_ns: int) -> bytes:
 
 def decode_move(b: bytes) -> tuple[int, int]:
     return _MOVE.unpack(b)
+
+
+def encode_retiring(journaled_ns: int, position: int) -> bytes:
+    return _I64.pack(journaled_ns) + _U64.pack(position)
+
+
+def decode_retiring(b: bytes) -> tuple[int, int]:
+    return _I64.unpack_from(b)[0], _U64.unpack_from(b, _I64.size)[0]
 
 
 def decode_path(b: bytes) -> str:

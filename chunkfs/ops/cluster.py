@@ -105,7 +105,7 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
 
     Only a backup taken with nothing left to publish is used: every change in it is then in
     the log, and every chunk it names is on warm. Its node's own state goes: the membership
-    (this node's record instead), the upload queue, gc leases, and every pack that lived on
+    (this node's record instead), the upload queue, gc leases, its retiring packs, and every pack that lived on
     that node's disk only (with the chunk locations in them; none is named by a published
     change); packs with a warm copy get warm as their home, and every pack of that node is
     marked as its (foreign here: only it deletes them). False (and nothing changed) when
@@ -129,6 +129,8 @@ def _start_from_backup(path: Path, backend: Backend, member: dict) -> bool:
                 t.gc_state_clear()
                 t.cluster_put(member)
                 t.cluster_error_put(0, None)
+                for pack in t.retiring():  # that node's to delete, once every member relocated
+                    t.retiring_delete(pack)
                 gone = set()
                 for pack, info in list(t.packs()):
                     if t.foreign(pack):  # another member's already

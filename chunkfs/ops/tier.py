@@ -107,7 +107,7 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
         for src in Tier:
             chosen = [(p, i) for p, i in packs if i.tier == src and src != to and i.state == PackState.SEALED]
             if chosen:
-                level = lifecycle.repack_level(repo.tiers, repo.settings.lifecycle, src, to)
+                level = lifecycle.repack_level(repo.settings.lifecycle, src, to)
                 size = sum(i.size for _, i in chosen)
                 actions.append(lifecycle.Action(run, src, to, [p for p, _ in chosen], size, "by hand", level))
     with repo.tiers.lock.hold():
@@ -301,7 +301,7 @@ def sync(
                 result.uploaded_bytes += repo.uploader.drain(progress)
                 if repo.cluster is not None:
                     result.published = repo.cluster.sync()[0]
-                    repo.cluster.heartbeat()  # `chunkfs status` on every node shows this one
+                    repo.cluster.beat()  # `chunkfs status` on every node shows this one
                 _replicate_and_back_up(repo, notice)
                 _note_waiting(repo, result)
             return result

@@ -26,6 +26,7 @@ from chunkfs.ops import tier as tierop
 from chunkfs.ops.drill import drill
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import ROOT_INODE, Tier
 
 
@@ -35,17 +36,10 @@ def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_
     with Repository(a) as repo:
         transfer.import_tree(repo, run, "/llama/run1")
     assert sync(a).published > 0
-    with Repository(a) as repo:  # a complete run moves to warm as it is: other nodes read its packs by id
-        tierop.complete(repo, "/llama/run1")
-        with repo.index.read() as t:
-            before = {p: i.size for p, i in t.packs()}
-        actions = tierop.plan(repo)
-        assert [(x.dst, x.level) for x in actions] == [(Tier.WARM, 0)]
-        tierop.apply(repo, actions)
-        with repo.index.read() as t:
-            assert {p: i.size for p, i in t.packs()} == before and {i.tier for _, i in t.packs()} == {Tier.WARM}
     for node in (b, c):
         sync(node)
+    _re_encode_and_relocate(a, (b, c), run, tmp_path)
+    for node in (b, c):
         same_tree(run, export(node, "/llama/run1", tmp_path / f"out-{node.name}"))
     with Repository(c) as repo:  # fsck and drills run on any node, over other nodes' packs on warm
         report = fsck(repo)
@@ -67,6 +61,42 @@ def test_changes_published_on_one_node_are_applied_on_the_others(tmp_path, moto_
             names = {n for n, _, _ in repo.ns.readdir(repo.ns.resolve("/llama/run1"))}
         assert b"renamed" in names and first not in names and b"copied" in names
         same_tree(run / min(os.listdir(run)), export(node, "/llama/run1/copied", tmp_path / f"c-{node.name}"))
+
+
+def _re_encode_and_relocate(a, others, run, tmp_path) -> None:
+    """Node ``a`` re-encodes its complete run on the way to warm (new packs); the other nodes,
+    which read its old packs on warm, keep reading them until they apply its relocate change,
+    then read the new ones; ``a`` deletes the old objects once every member has applied it."""
+    with Repository(a) as repo:
+        tierop.complete(repo, "/llama/run1")
+        with repo.index.read() as t:
+            before = {p for p, _ in t.packs()}
+        actions = tierop.plan(repo)
+        assert [(x.dst, x.level) for x in actions] == [(Tier.WARM, 3)]
+        tierop.apply(repo, actions)
+        with repo.index.read() as t:
+            after = {p for p, i in t.packs() if i.tier == Tier.WARM}
+            assert after and after.isdisjoint(before) and set(t.retiring()) == before
+        warm = repo.tiers.backend(Tier.WARM)
+        old = {pack_name(p) for p in before}
+        assert old <= set(warm.list("packs/")), "kept on warm: the other nodes read them there"
+    for node in others:  # not applied yet: the old places
+        same_tree(run, export(node, "/llama/run1", tmp_path / f"before-{node.name}"))
+    sync(a)  # publishes the relocate change; the others have not applied it: nothing deleted
+    assert old <= set(warm.list("packs/"))
+    for node in others:
+        sync(node)
+        with Repository(node) as repo:
+            with repo.index.read() as t:
+                assert {bytes(loc.pack) for _, loc in t.chunks()} & before == set(), "every chunk relocated"
+                assert not {p for p, _ in t.packs()} & before, "the retired packs forgotten"
+            repo.drop_caches()
+            transfer.export_tree(repo, "/llama/run1", tmp_path / f"after-{node.name}")
+        same_tree(run, tmp_path / f"after-{node.name}")
+    sync(a)  # every member has applied it: the old objects go
+    assert not old & set(warm.list("packs/"))
+    with Repository(a) as repo, repo.index.read() as t:
+        assert t.retiring() == {}
 
 
 def test_two_nodes_writing_one_path_converge_and_keep_both_versions(tmp_path, moto_server):

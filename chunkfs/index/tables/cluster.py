@@ -1,5 +1,5 @@
 """Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``meta/cluster_gc``,
-``meta/foreign/…``, ``meta/forgotten/…``, ``outbox`` (keys.py, "Cluster")."""
+``meta/foreign/…``, ``meta/forgotten/…``, ``meta/retiring/…``, ``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -86,3 +86,16 @@ class ClusterTables(BaseTables):
     def forgotten(self) -> set[str]:
         """The members removed for good (``chunkfs forget-node``)."""
         return {bytes(k[len(keys.META_FORGOTTEN) :]).decode() for k, _ in self._prefix("meta", keys.META_FORGOTTEN)}
+
+    def retiring_put(self, pack: bytes, journaled_ns: int, position: int = 0) -> None:
+        self._put("meta", keys.META_RETIRING + bytes(pack), keys.encode_retiring(journaled_ns, position))
+
+    def retiring(self) -> dict[bytes, tuple[int, int]]:
+        """This node's packs kept on warm for other nodes: pack → (journaled ns, log position or 0)."""
+        return {
+            bytes(k[len(keys.META_RETIRING) :]): keys.decode_retiring(bytes(v))
+            for k, v in self._prefix("meta", keys.META_RETIRING)
+        }
+
+    def retiring_delete(self, pack: bytes) -> None:
+        self._delete("meta", keys.META_RETIRING + bytes(pack))

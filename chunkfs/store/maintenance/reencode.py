@@ -7,7 +7,9 @@ policy sends a complete run on to warm (``lifecycle.warm_level``) or to cold
 (``Tiers.transform``: zstd at that level, byte planes first for float tensors, whichever
 stores the chunk smallest) into new packs of that run only, through the one pack rewrite
 (rewrite.py): every chunk location and pack home switches in one transaction, under the
-tier lock, and the old packs — hot home and write-back copy on warm alike — are deleted.
+tier lock, and the old packs — hot home and write-back copy on warm alike — are deleted
+(in a shared repository the warm object once every node has learnt the new locations:
+rewrite.py, ``relocate``).
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def _rewrite(
         infos = {p: i for p, i in infos.items() if i is not None and i.state == PackState.SEALED and i.tier != dst}
         if not infos:
             return
-        rw = PackRewrite(tiers.index, tiers.backend, dst, group, tiers.repo_path / "tmp", tiers.pack_size)
+        rw = PackRewrite(
+            tiers.index, tiers.backend, dst, group, tiers.repo_path / "tmp", tiers.pack_size, relocate=tiers.shared
+        )
         retire: dict[PackId, list[ChunkId]] = {}
         pool = ThreadPoolExecutor(THREADS, thread_name_prefix="chunkfs-reencode")
         try:

@@ -14,6 +14,13 @@ lock (store/tiering/tiers.py) with the crash notes of ``moves`` (keys.py):
    on its home tier and on every copy.
 4. **Delete** the old objects, dropping each OLD note once its object is gone.
 
+In a shared repository (``relocate``) other nodes read this node's packs on warm by the
+locations its log entries gave them: step 3 also journals a ``relocate`` change (the moved
+chunks, the retired packs and their chunks; published with the new locations, applied by
+every node: cluster/maintenance.py), and an old pack's warm object is not noted OLD but
+*retiring* (keys.py, ``meta/retiring``): it is deleted once every member has applied that
+change. Its other objects (the hot home: no other node reads it) go at once.
+
 Killed anywhere, whoever next takes the tier lock resolves the notes: a NEW object
 the index does not place is deleted (undone), an OLD one is deleted (finished).
 
@@ -95,7 +102,7 @@ class PackRewrite:
 
     def __init__(
         self, index: Index, backend_of: Callable[[Tier], Backend], tier: Tier, group: str, tmpdir: Path,
-        pack_size: int, *, write_back: bool = False,
+        pack_size: int, *, write_back: bool = False, relocate: bool = False,
     ) -> None:  # fmt: skip
         """``backend_of``: the backend of a tier (``Tiers.backend``): new packs go to ``tier``'s,
         retired ones are deleted from wherever they are. ``group``: the pack group (run) of the
@@ -108,6 +115,7 @@ class PackRewrite:
         self.tmpdir = tmpdir
         self.pack_size = pack_size
         self.write_back = write_back  # a new hot pack joins the write-back queue
+        self.relocate = relocate  # a shared repository: other nodes learn the moves from the log
         self._builders: dict[str, PackBuilder] = {}
         self._built: list[tuple[PackId, int, int, str]] = []  # (pack, size, chunks, group), on the tier, verified
         self._moved: dict[ChunkId, tuple[ChunkLocation | None, ChunkLocation]] = {}  # chunk → (old, new)
@@ -178,27 +186,39 @@ class PackRewrite:
                 if self.write_back and self.tier == Tier.HOT:
                     t.upload_put(pack, now)
                 self.result.new_packs.append(pack)
+            switched = []
             for chunk, (old, new) in self._moved.items():
                 current = t.chunk_get(chunk)
                 if current == old or (old is None and current is None):
                     t.chunk_put(chunk, new)
+                    switched.append(chunk)
                 condemned = t.condemned_get(chunk)
                 if condemned is not None and condemned[2] == old:
                     t.condemned_move(chunk, new)
+                    switched.append(chunk)
+            retired: dict[str, list[str]] = {}
             for pack, chunks in retire.items():
                 info = t.pack_get(pack)
                 if info is None:
                     continue
+                chunks = list(chunks)
                 if any(located_at(t, c, pack) for c in chunks):
                     self.result.kept.append(pack)
                     continue
                 for tier in homes(t, pack, info):
                     t.copy_delete(pack, tier)
+                    if self.relocate and tier == Tier.WARM:
+                        t.retiring_put(pack, now)  # other nodes may read it until they relocate
+                        continue
                     t.move_put(pack, tier, OLD, now)
                     old_objects.append((pack, tier))
                 t.pack_delete(pack)
                 t.upload_delete(pack)
                 self.result.retired.append(pack)
+                retired[bytes(pack).hex()] = [bytes(c).hex() for c in chunks]
+            if self.relocate and retired:
+                moved = sorted({bytes(c).hex() for c in switched})
+                t.outbox_put(now, {"op": "relocate", "chunks": moved, "retire": retired})
         self._built.clear()
         self._moved.clear()
         return old_objects
@@ -206,16 +226,22 @@ class PackRewrite:
     def delete(self, objects: list[tuple[PackId, Tier]]) -> None:
         """Step 4: delete the old objects, dropping each OLD note once its object is gone (an object
         that cannot be deleted now keeps its note: the next holder of the tier lock retries)."""
-        for pack, tier in objects:
-            try:
-                self.backend_of(tier).delete(pack_name(pack))
-            except ChunkfsError as e:
-                log.warning("cannot delete pack %s on the %s tier yet: %s", pack.hex(), tier.name.lower(), e)
-                continue
-            with self.index.write() as t:
-                t.move_delete(pack, tier)
+        delete_old(self.index, self.backend_of, objects)
 
     def finish(self, retire: dict[PackId, Iterable[ChunkId]]) -> RewriteResult:
         """Steps 2 to 4 at once."""
         self.delete(self.switch(retire))
         return self.result
+
+
+def delete_old(index: Index, backend_of: Callable[[Tier], Backend], objects: list[tuple[PackId, Tier]]) -> None:
+    """Delete objects noted OLD, dropping each note once its object is gone (one that cannot be
+    deleted now keeps its note: the next holder of the tier lock retries). Under the tier lock."""
+    for pack, tier in objects:
+        try:
+            backend_of(tier).delete(pack_name(pack))
+        except ChunkfsError as e:
+            log.warning("cannot delete pack %s on the %s tier yet: %s", pack.hex(), tier.name.lower(), e)
+            continue
+        with index.write() as t:
+            t.move_delete(pack, tier)

@@ -7,8 +7,8 @@ Runs are pack groups (``PackInfo.group``: the run directory). The rules
   *complete*: marked by ``chunkfs run complete``, or no new data reached its
   packs for ``run_idle`` seconds. Only sealed packs move; a run a user moved
   to hot by hand (``tier move --to hot``) stays until marked complete again.
-  On the way its packs are re-encoded (``warm_level``; maintenance/reencode.py)
-  unless other nodes read them (a shared repository: they move as they are).
+  On the way its packs are re-encoded (``warm_level``; maintenance/reencode.py;
+  in a shared repository the other nodes relocate their chunks from the log).
 - **warm → cold** for warm packs older than ``cold_after_days`` of a run not
   read for ``cold_idle_days``: repacked, recompressed, one run per pack.
 - **hot pressure**: when the hot disk has less than ``hot_min_free`` percent
@@ -102,16 +102,16 @@ def _tally(table: dict[str, dict[str, int]], key: str, packs: int, nbytes: int) 
     row["bytes"] += nbytes
 
 
-def repack_level(tiers: Tiers, settings: LifecycleSettings, src: Tier, dst: Tier) -> int:
+def repack_level(settings: LifecycleSettings, src: Tier, dst: Tier) -> int:
     """The zstd level a move from ``src`` to ``dst`` re-encodes at (0: the packs move as they are).
 
-    To cold always (``cold_level``); from hot to warm at ``warm_level``, except where other
-    nodes read the warm packs (a shared repository: new pack ids would be unknown to them).
-    Nothing else is rewritten: evictions under hot pressure must cost a HEAD, not CPU, and
-    packs coming back warmer keep the encoding they had."""
+    To cold always (``cold_level``); from hot to warm at ``warm_level`` (in a shared
+    repository too: other nodes learn the new locations from the log, rewrite.py). Nothing
+    else is rewritten: evictions under hot pressure must cost a HEAD, not CPU, and packs
+    coming back warmer keep the encoding they had."""
     if dst == Tier.COLD:
         return settings.cold_level
-    if src == Tier.HOT and dst == Tier.WARM and not tiers.shared:
+    if src == Tier.HOT and dst == Tier.WARM:
         return settings.warm_level
     return 0
 
@@ -196,7 +196,7 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
         nxt = tiers.next_tier(Tier.HOT)
         why = is_complete(rec, packs, settings, now)
         if hot and nxt is not None and why and rec.held != Tier.HOT:
-            level = repack_level(tiers, settings, Tier.HOT, nxt)
+            level = repack_level(settings, Tier.HOT, nxt)
             actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why, level))
         if tiers.configured(Tier.COLD) and tiers.configured(Tier.WARM) and settings.cold_after_days:
             age = settings.cold_after_days * DAY_NS
