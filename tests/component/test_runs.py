@@ -37,5 +37,6 @@ def test_run_of():
     default = re.compile(config.RegistrySettings().step_pattern)
     assert run_of("/llama/run1/checkpoint-500/model.bin", default) == "/llama/run1"
     assert run_of("/llama/run1/checkpoint-500/global_step500/x", default) == "/llama/run1", "DeepSpeed's layout"
+    assert run_of("/llama/run1/checkpoint-1/model.bin", default) == "/llama/run1", "a run named like its first step"
     assert run_of("/scratch/notes.txt", default) == "/scratch"
     assert run_of("/500/x", default) == "/500", "a checkpoint needs a directory above it"

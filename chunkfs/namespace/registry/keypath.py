@@ -55,7 +55,8 @@ def run_of(path: str, pattern: re.Pattern[str]) -> str:
     for i in range(len(dirs) - 1, 0, -1):
         step = step_of(dirs[i], pattern)
         if step is not None:
-            if i > 1 and step_of(dirs[i - 1], pattern) == step:  # checkpoint-500/global_step500 (DeepSpeed)
+            # DeepSpeed's checkpoint-500/global_step500 is one checkpoint; run1/checkpoint-1 is a run's
+            if i > 1 and dirs[i].startswith("global_step") and step_of(dirs[i - 1], pattern) == step:
                 i -= 1
             return "/" + "/".join(dirs[:i])
     return "/" + "/".join(dirs)
