@@ -266,6 +266,8 @@ def cmd_status(args) -> int:
         rows.append(("not published", f"{k['pending_changes']} changes, oldest {k['oldest_pending_s']:.0f}s{why}"))
         if k["error"]:
             rows.append(("shared log error", k["error"]))
+        if k["retiring_packs"]:
+            rows.append(("retiring", f"{k['retiring_packs']} re-encoded packs kept on warm until every node relocated"))
         j = k.get("join_point")
         rows.append(("joins start", f"after log entry {j['position']} (a metadata backup {j['age_s']:.0f}s old)"
                      if j else "at the log's first entry (no metadata backup to start from)"))  # fmt: skip

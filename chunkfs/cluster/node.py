@@ -63,6 +63,7 @@ class ClusterStatus:
     oldest_pending_s: float
     waiting: str
     error: str | None
+    retiring_packs: int  # re-encoded packs kept on warm until every member relocated (maintenance.py)
     members: dict[str, dict] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -159,6 +160,7 @@ class Cluster(BackgroundThread):
         with self.index.read() as t:
             applied = t.applied_get()
             error = t.cluster_error()
+            retiring = len(t.retiring())
         found = {}
         if members:
             try:
@@ -168,7 +170,9 @@ class Cluster(BackgroundThread):
         # what holds the oldest change back: known to the process that publishes (the mount's
         # daemon says it in its heartbeat)
         waiting = self.publisher.waiting or found.get(self.node, {}).get("waiting", "")
-        return ClusterStatus(self.node, self.url, applied, count, round(age, 1), waiting, error[1] if error else None, found)
+        return ClusterStatus(
+            self.node, self.url, applied, count, round(age, 1), waiting, error[1] if error else None, retiring, found
+        )
 
     # -- the sync thread -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ show up elsewhere, and what survives a node killed -9.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,12 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import loadworkers
 from helpers.cli import chunkfs
 from helpers.repos import same_tree
 from helpers.s3fixtures import aws_env, moto_server  # noqa: F401 (fixtures)
 from helpers.s3servers import BUCKET, admin_client
-from helpers.tiers import s3_url, write_run
+from helpers.tiers import bf16_checkpoint, s3_url, write_run
 from moto.server import ThreadedMotoServer
+
+from chunkfs.repo import Repository
+from chunkfs.store.pack.files import pack_name
+from chunkfs.types import Tier
 
 SETTINGS = {
     "chunking": {"chunk_size": 256 << 10, "min_chunk": 16 << 10},
@@ -287,3 +293,48 @@ def test_gc_on_one_node_while_two_others_write_loses_nothing(make_mount, moto_se
             assert np.array_equal(np.load(m.path / Path(name).parent / "shared.npy"), shared), f"{name} on {m.repo.name}"
         report = json.loads(chunkfs("fsck", "--repo", m.repo, "--json").stdout)
         assert report["ok"], (m.repo.name, report)
+
+
+def test_a_run_re_encoded_on_one_node_reads_on_the_other_throughout(make_mount, moto_server, tmp_path):  # noqa: F811
+    """node0's tier mover re-encodes a complete run into new warm packs while verifier processes
+    read it through node1: node1 reads the old packs until it applies node0's relocate change,
+    the new ones after; node0 deletes the old warm objects once both nodes have applied it;
+    node1 then reads every byte from a cold cache, and fsck is clean on both."""
+    lifecycle = {**SETTINGS["lifecycle"], "interval": 1}  # node0's own mover applies the policies
+    a, b = _cluster(make_mount, moto_server.endpoint, 2, first={"lifecycle": lifecycle})
+    manifest = {}
+    for step in range(3):
+        path = a.path / "llama" / "run1" / f"checkpoint-{(step + 1) * 100}" / "model.safetensors"
+        bf16_checkpoint(path, seed=step)
+        there = b.path / path.relative_to(a.path)
+        _wait_same(path, there, "node1")
+        manifest[str(there)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with Repository(a.repo, writable=False) as repo, repo.index.read() as t:
+        old = {pack_name(p) for p, i in t.packs() if i.group == "/llama/run1"}
+    assert len(old) >= 3 * 16, "1 MiB packs of three 16 MiB checkpoints"
+    stopfile = tmp_path / "stop"
+    verifiers = [loadworkers.spawn("verifier", tmp_path / "manifest.json", stopfile) for _ in range(2)]
+    try:
+        chunkfs("run", "complete", a.path / "llama" / "run1")
+        deadline = time.monotonic() + 120
+        while True:
+            status = json.loads(chunkfs("status", "--repo", a.repo, "--json").stdout)["cluster"]
+            stored = a.run_usage("/llama/run1")["stored"]
+            if set(stored) == {"warm"} and status["retiring_packs"] == 0:
+                break
+            assert time.monotonic() < deadline, f"not re-encoded and relocated everywhere: {stored}, {status}"
+            assert all(p.poll() is None for p in verifiers), "a verifier stopped early"
+            time.sleep(0.5)
+    finally:
+        stopfile.touch()
+    failures = loadworkers.failures(verifiers)
+    assert not failures, "\n".join(failures)
+    with Repository(a.repo, writable=False) as repo:
+        assert not old & set(repo.tiers.backend(Tier.WARM).list("packs/")), "the old packs are deleted from warm"
+    b.remount_cold()
+    for path, digest in manifest.items():
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, f"{path} changed"
+    for m in (a, b):
+        report = json.loads(chunkfs("fsck", "--repo", m.repo, "--json").stdout)
+        assert report["problems"] == [], report["problems"]

@@ -17,24 +17,14 @@ import re
 import time
 from pathlib import Path
 
-import safetensors.torch
-import torch
 from helpers import loadworkers
 from helpers.cli import chunkfs
 from helpers.s3fixtures import aws_env, moto_server  # noqa: F401 (fixtures)
-from helpers.tiers import s3_url
+from helpers.tiers import bf16_checkpoint, s3_url
 
 RUN = "llama/run1"
 CHECKPOINTS = 6
 SAVES = 25  # per trainer of the other run
-
-
-def _bf16_checkpoint(path: Path, seed: int) -> None:
-    """A 16 MiB safetensors file of bf16 weights, as a trainer saves them."""
-    g = torch.Generator().manual_seed(seed)
-    weights = {f"layers.{i}.weight": (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16) for i in range(8)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(weights, str(path))
 
 
 def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothing(
@@ -50,7 +40,7 @@ def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothin
     manifest = {}
     for step in range(CHECKPOINTS):
         path = m.path / RUN / f"checkpoint-{(step + 1) * 100}" / "model.safetensors"
-        _bf16_checkpoint(path, seed=step)
+        bf16_checkpoint(path, seed=step)
         manifest[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     other = m.path / "other" / "job"

@@ -58,6 +58,17 @@ def write_run(src: Path, run: str = "run1", steps: int = 2, seed: int = 0) -> Pa
     return root
 
 
+def bf16_checkpoint(path: Path, seed: int) -> None:
+    """A 16 MiB safetensors file of bf16 weights, as a trainer saves them (re-encoding shrinks it)."""
+    import safetensors.torch
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    weights = {f"layers.{i}.weight": (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16) for i in range(8)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(weights, str(path))
+
+
 def import_run(repo: Repository, src_run: Path, dest: str) -> None:
     transfer.import_tree(repo, src_run, dest)
 
