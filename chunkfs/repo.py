@@ -55,7 +55,15 @@ from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
 from chunkfs.engine.memory import tame_malloc
-from chunkfs.errors import AlreadyExists, ChunkfsError, ConfigError, Conflict, CorruptData, NotFound
+from chunkfs.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    ChunkfsError,
+    ConfigError,
+    Conflict,
+    CorruptData,
+    NotFound,
+)
 from chunkfs.index import Index
 from chunkfs.namespace import Namespace
 from chunkfs.namespace.history import History
@@ -363,12 +371,49 @@ class Repository:
                 return lifecycle.Outcome()
         plan = lifecycle.plan(self.index, self.tiers, self.settings.lifecycle)
         started = time.monotonic()
-        outcome = lifecycle.apply(self.tiers, plan, stop=stop)
+        outcome = self.apply_tier_actions(plan, stop=stop, background=True)
         if outcome.moved:
             log.info("tier policy: %s (%.1f s)", outcome.summary(), time.monotonic() - started)
         for problem in outcome.errors:
             log.error("tier policy: %s", problem)
         return outcome
+
+    def apply_tier_actions(
+        self, actions: list[lifecycle.Action], progress: Callable[[int], None] = lambda n: None,
+        stop: Callable[[], bool] = lambda: False, *, background: bool = False,
+    ) -> lifecycle.Outcome:  # fmt: skip
+        """``lifecycle.apply`` of ``actions``. In a shared repository its re-encodings (every other
+        node then relocates their chunks: docs/multinode.md) run on one node at a time, under the
+        cluster's maintenance lease, renewed between batches; plain moves never wait for it (an
+        eviction under hot pressure must not). While another node holds the lease: ``Conflict``
+        naming it (after waiting for a metadata backup to end), or, for the mount's ``background``
+        rounds, the re-encodings wait for a later round."""
+        reencode = [a for a in actions if a.level]
+        if self.cluster is None or not reencode:
+            return lifecycle.apply(self.tiers, actions, progress, stop)
+        outcome = lifecycle.apply(self.tiers, [a for a in actions if not a.level], progress, stop)
+        with contextlib.ExitStack() as held:
+            try:
+                lease = held.enter_context(
+                    self.cluster.shared.lease(self.cluster.node, cluster_log.TIER_MOVER, wait=not background)
+                )
+            except (Conflict, BackendUnavailable) as e:
+                if not background:
+                    raise
+                log.info("tier policy: the re-encodings wait for a later round: %s", e)
+                return outcome
+
+            def stop_or_lost() -> bool:
+                if stop():
+                    return True
+                try:
+                    lease.renew()
+                except Conflict as e:  # it expired during a batch and another node took it
+                    log.warning("tier policy: %s", e)
+                    return True
+                return False
+
+            return outcome.merge(lifecycle.apply(self.tiers, reencode, progress, stop_or_lost))
 
     # -- activity counters --------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ def register(sub, repo_argument) -> None:
         "(re-encoded smaller at lifecycle.warm_level), old and unread runs from warm to cold (repacked, "
         "recompressed at cold_level). `tier move PATH --to TIER` moves one run (or every run under PATH) by "
         "hand. Safe to interrupt: a rerun finishes or undoes it. Re-encoding costs CPU: on a busy node run "
-        "it as `nice chunkfs tier` (a mount does it at the lowest priority itself).",
+        "it as `nice chunkfs tier` (a mount does it at the lowest priority itself). In a shared repository "
+        "re-encodings run on one node at a time: this fails, naming the node, while another holds the "
+        "cluster's maintenance lease (its gc, backup or tier mover).",
     )
     repo_argument(p)
     p.add_argument("--dry-run", action="store_true", help="show what would move, move nothing")

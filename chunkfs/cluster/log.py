@@ -45,6 +45,7 @@ LEASES = PREFIX + "lease/"
 LOG_START = PREFIX + "log-start.json"
 LEASE_TTL = 60.0
 BACKUP = "metadata backup"  # what a metadata backup holds the lease for: others wait for it
+TIER_MOVER = "tier mover"  # a node's re-encoding moves (the others then relocate their chunks)
 FORMAT = 1
 
 

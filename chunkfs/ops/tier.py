@@ -90,7 +90,7 @@ def apply(repo: Repository, actions: list[lifecycle.Action], progress: Progress 
     """Perform planned actions (each pack move or repack is crash-safe; a rerun finishes or undoes one
     that was interrupted)."""
     with repo.tiers.lock.hold():  # also finishes what a killed run left
-        return lifecycle.apply(repo.tiers, actions, progress)
+        return repo.apply_tier_actions(actions, progress)
 
 
 def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: None) -> lifecycle.Outcome:
@@ -111,7 +111,7 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
                 size = sum(i.size for _, i in chosen)
                 actions.append(lifecycle.Action(run, src, to, [p for p, _ in chosen], size, "by hand", level))
     with repo.tiers.lock.hold():
-        outcome = lifecycle.apply(repo.tiers, actions, progress)
+        outcome = repo.apply_tier_actions(actions, progress)
         with repo.index.write() as t:
             for run in runs:
                 rec = t.run_get(run)

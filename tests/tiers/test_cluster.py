@@ -99,6 +99,24 @@ def _re_encode_and_relocate(a, others, run, tmp_path) -> None:
         assert t.retiring() == {}
 
 
+def test_re_encoding_moves_run_on_one_node_at_a_time(tmp_path, moto_server):
+    """The re-encodings of tier moves hold the cluster's maintenance lease: `chunkfs tier` names
+    the node that holds it, a mount's round leaves them for a later one."""
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint, 2)
+    with Repository(a) as repo:
+        transfer.import_tree(repo, write_run(tmp_path / "src", steps=1), "/llama/run1")
+    sync(a)
+    with Repository(a) as repo:
+        tierop.complete(repo, "/llama/run1")
+        with Repository(b) as other, other.cluster.shared.lease(other.cluster.node, "gc"):
+            with pytest.raises(Conflict, match="gc on node"):
+                tierop.apply(repo, tierop.plan(repo))
+            assert repo.run_policies().written == {}, "a mount's round does not wait for the lease"
+            with repo.index.read() as t:
+                assert {i.tier for _, i in t.packs()} == {Tier.HOT}
+        assert repo.run_policies().written["warm"]["packs"] > 0, "once it is free"
+
+
 def test_two_nodes_writing_one_path_converge_and_keep_both_versions(tmp_path, moto_server):
     _, (a, b) = nodes(tmp_path, moto_server.endpoint)
     for node, text in ((a, b"from a\n" * 1000), (b, b"from b\n" * 1000)):

@@ -88,6 +88,14 @@ class Outcome:
     def add_written(self, dst: Tier, packs: int, nbytes: int) -> None:
         _tally(self.written, tier_name(dst), packs, nbytes)
 
+    def merge(self, other: Outcome) -> Outcome:
+        """This outcome with ``other``'s added (two ``apply`` calls of one round)."""
+        for table, theirs in ((self.moved, other.moved), (self.written, other.written)):
+            for key, row in theirs.items():
+                _tally(table, key, row["packs"], row["bytes"])
+        self.errors += other.errors
+        return self
+
     def summary(self) -> str:
         """One line for a log: what moved, and what re-encoding wrote ("" if nothing moved)."""
         moved = [f"{key} {row['packs']} packs, {row['bytes'] / 1e6:.1f} MB" for key, row in sorted(self.moved.items())]
