@@ -174,6 +174,7 @@ def reclaim_orphans(
             known = {(p, i.tier) for p, i in t.packs()}
             known |= {(p, tier) for p, tier, _, _ in t.copies()}
             known |= {(p, tier) for p, tier, _, _ in t.moves()}
+            known |= {(p, Tier.WARM) for p in t.retiring()}  # other nodes may still read them
         now = time.time()
         for tier in Tier:
             if not tiers.configured(tier):
