@@ -403,14 +403,19 @@ class Repository:
                 log.info("tier policy: the re-encodings wait for a later round: %s", e)
                 return outcome
 
+            renewed = [time.monotonic()]
+
             def stop_or_lost() -> bool:
                 if stop():
                     return True
+                if time.monotonic() - renewed[0] < cluster_log.LEASE_TTL / 4:
+                    return False
                 try:
                     lease.renew()
                 except Conflict as e:  # it expired during a batch and another node took it
                     log.warning("tier policy: %s", e)
                     return True
+                renewed[0] = time.monotonic()
                 return False
 
             return outcome.merge(lifecycle.apply(self.tiers, reencode, progress, stop_or_lost))

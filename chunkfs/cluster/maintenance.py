@@ -149,10 +149,10 @@ def apply_relocate(t: Txn, op: dict, located: dict[bytes, ChunkLocation]) -> Non
 
 
 def delete_retired(tiers: Tiers, members: Callable[[], dict[str, dict]]) -> int:
-    """Delete the warm objects of this node's retired packs that every member (``members()``: their
-    heartbeats, read only when a pack waits) has relocated away from; returns how many. A retired pack's position is the log
-    entry this node had applied when it first saw its relocate change published: that entry
-    carried it or came after it."""
+    """Delete the warm objects of this node's retired packs that every member (``members()``:
+    their heartbeats, read only when a pack waits) has relocated away from; returns how many.
+    A retired pack's position is the log entry this node had applied when it first saw its
+    relocate change published: that entry carried it or came after it."""
     index = tiers.index
     with index.read() as t:
         retiring = t.retiring()
@@ -173,7 +173,9 @@ def delete_retired(tiers: Tiers, members: Callable[[], dict[str, dict]]) -> int:
     done = [p for p, (_, pos) in retiring.items() if 0 < pos <= floor]
     if not done:
         return 0
-    with tiers.lock.hold():
+    with tiers.lock.hold(blocking=False) as got:
+        if not got:  # a tier move's batch: the next heartbeat tries again
+            return 0
         now = clock.now_ns()
         with index.write() as t:
             for pack in done:

@@ -97,7 +97,10 @@ class Publisher:
         relocate = op["op"] == "relocate"
         what = op.get("path", "relocated chunks")
         found = {}
-        named = (bytes.fromhex(c) for c in op["chunks"]) if relocate else (bytes(e.chunk) for e in decode_extents(op["extents"]))
+        if relocate:
+            named = (bytes.fromhex(c) for c in op["chunks"])
+        else:
+            named = (bytes(e.chunk) for e in decode_extents(op["extents"]))
         for chunk in named:
             if chunk == HOLE or chunk in chunks or chunk in found:
                 continue
