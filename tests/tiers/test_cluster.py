@@ -82,9 +82,10 @@ def _re_encode_and_relocate(a, others, run, tmp_path) -> None:
         assert old <= set(warm.list("packs/")), "kept on warm: the other nodes read them there"
     for node in others:  # not applied yet: the old places
         same_tree(run, export(node, "/llama/run1", tmp_path / f"before-{node.name}"))
-    sync(a)  # publishes the relocate change; the others have not applied it: nothing deleted
-    assert old <= set(warm.list("packs/"))
+    sync(a)  # publishes the relocate change
     for node in others:
+        sync(a)  # a member has not applied it yet (down, or behind): the old objects stay
+        assert old <= set(warm.list("packs/")), f"deleted before {node.name} applied the change"
         sync(node)
         with Repository(node) as repo:
             with repo.index.read() as t:
