@@ -152,8 +152,9 @@ class Replayer:
                 if t.pack_get(pack) is None:  # another node's (only it deletes the objects)
                     t.pack_put(pack, info)
                     t.foreign_put(pack, entry.node)
-            for chunk, loc in entry.chunks.items():
-                if t.chunk_get(chunk) is None:
+            named = {bytes(e.chunk) for op in entry.ops if op["op"] == "content" for e in decode_extents(op["extents"])}
+            for chunk, loc in entry.chunks.items():  # a chunk only a relocate names is none of ours
+                if chunk in named and t.chunk_get(chunk) is None:
                     t.chunk_put(chunk, loc)
             for op in entry.ops:
                 if op["op"] == "relocate":  # the node re-encoded packs: their chunks' new places
