@@ -50,6 +50,7 @@ from typing import Self
 
 from chunkfs import clock, config
 from chunkfs.cluster import log as cluster_log
+from chunkfs.cluster import maintenance as cluster_maintenance
 from chunkfs.cluster.node import NO_COLD, Cluster
 from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
@@ -361,8 +362,9 @@ class Repository:
         return self.packs.seal_groups(complete, now - self.settings.lifecycle.seal_quiet * 1_000_000_000)
 
     def run_policies(self, stop: Callable[[], bool] = lambda: False) -> lifecycle.Outcome:
-        """Seal the open packs of complete runs, then apply the lifecycle policies — unless the tier
-        lock is busy: a `chunkfs tier` running elsewhere does it. Each move and each batch of a
+        """Seal the open packs of complete runs, then apply the lifecycle policies (in a shared
+        repository, also repack what a gc sweep left sparse) — unless the tier lock is busy: a
+        `chunkfs tier` running elsewhere does it. Each move and each batch of a
         repack takes the lock on its own, so that uploads and evictions go on in between;
         ``stop()`` ends the round between two of them."""
         self.seal_complete()
@@ -372,6 +374,8 @@ class Repository:
         plan = lifecycle.plan(self.index, self.tiers, self.settings.lifecycle)
         started = time.monotonic()
         outcome = self.apply_tier_actions(plan, stop=stop, background=True)
+        if not stop():
+            self.repack_after_sweep(background=True)
         if outcome.moved:
             log.info("tier policy: %s (%.1f s)", outcome.summary(), time.monotonic() - started)
         for problem in outcome.errors:
@@ -384,7 +388,7 @@ class Repository:
     ) -> lifecycle.Outcome:  # fmt: skip
         """``lifecycle.apply`` of ``actions``. In a shared repository its re-encodings (every other
         node then relocates their chunks: docs/multinode.md) run on one node at a time, under the
-        cluster's maintenance lease, renewed between batches; plain moves never wait for it (an
+        cluster's maintenance lease (``Cluster.mover_lease``); plain moves never wait for it (an
         eviction under hot pressure must not). While another node holds the lease: ``Conflict``
         naming it (after waiting for a metadata backup to end), or, for the mount's ``background``
         rounds, the re-encodings wait for a later round."""
@@ -392,33 +396,48 @@ class Repository:
         if self.cluster is None or not reencode:
             return lifecycle.apply(self.tiers, actions, progress, stop)
         outcome = lifecycle.apply(self.tiers, [a for a in actions if not a.level], progress, stop)
-        with contextlib.ExitStack() as held:
+        with self._mover_lease(background) as lost:
+            if lost is not None:
+                outcome.merge(lifecycle.apply(self.tiers, reencode, progress, lambda: stop() or lost()))
+        return outcome
+
+    def repack_after_sweep(self, *, background: bool = False) -> bool:
+        """In a shared repository, once a sweep entry was applied here: repack this node's packs it
+        left sparse (``cluster/maintenance.py``, ``repack_sparse``), under the mover's lease like
+        re-encodings. Whether it ran."""
+        if self.cluster is None:
+            return False
+        with self.index.read() as t:
+            due = t.repack_due()
+        if not due:
+            return False
+        with self._mover_lease(background) as lost:
+            if lost is None:
+                return False
+            started = time.monotonic()
+            r = cluster_maintenance.repack_sparse(self.tiers, self.settings.gc.repack_below, self.packs.write_back, lost)
+            with self.index.write() as t:
+                if t.repack_due() == due:  # no newer sweep meanwhile
+                    t.repack_due_clear()
+        if r.packs_repacked:
+            log.info("after a gc sweep: %d sparse packs (%.1f MB) repacked into %d (%.1f MB) in %.1f s",
+                     r.packs_repacked, r.bytes_repacked_in / 1e6, r.packs_written, r.bytes_repacked_out / 1e6,
+                     time.monotonic() - started)  # fmt: skip
+        return True
+
+    @contextlib.contextmanager
+    def _mover_lease(self, background: bool) -> Iterator[Callable[[], bool] | None]:
+        """``Cluster.mover_lease``; for a mount's ``background`` round, None instead of an error
+        while another node holds it or the store cannot be reached (the next round tries again)."""
+        with contextlib.ExitStack() as stack:
             try:
-                lease = held.enter_context(
-                    self.cluster.shared.lease(self.cluster.node, cluster_log.TIER_MOVER, wait=not background)
-                )
+                lost = stack.enter_context(self.cluster.mover_lease(wait=not background))
             except (Conflict, BackendUnavailable) as e:
                 if not background:
                     raise
-                log.info("tier policy: the re-encodings wait for a later round: %s", e)
-                return outcome
-
-            renewed = [time.monotonic()]
-
-            def stop_or_lost() -> bool:
-                if stop():
-                    return True
-                if time.monotonic() - renewed[0] < cluster_log.LEASE_TTL / 4:
-                    return False
-                try:
-                    lease.renew()
-                except Conflict as e:  # it expired during a batch and another node took it
-                    log.warning("tier policy: %s", e)
-                    return True
-                renewed[0] = time.monotonic()
-                return False
-
-            return outcome.merge(lifecycle.apply(self.tiers, reencode, progress, stop_or_lost))
+                log.info("tier mover: waits for a later round: %s", e)
+                lost = None
+            yield lost
 
     # -- activity counters --------------------------------------------------------------------
 

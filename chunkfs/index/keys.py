@@ -218,6 +218,11 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
     change journaled at that time (position: the log entry this node had applied when it
     saw the change published, 0 until then), then deleted (cluster/maintenance.py).
 
+``meta/cluster_repack`` → time ns i64: when this node applied a sweep entry whose packs it
+    has not yet looked at for repacking (its tier mover rewrites those of its own packs that
+    the sweep left mostly dead, through relocate changes; cluster/maintenance.py). Absent:
+    none due.
+
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.
     Written in the transaction of the change itself (``namespace/journal.py``), so a
     change is never committed without its journal entry; removed in the transaction
@@ -313,6 +318,7 @@ META_CLUSTER_GC = b"cluster_gc"
 META_FOREIGN = b"foreign/"
 META_FORGOTTEN = b"forgotten/"
 META_RETIRING = b"retiring/"
+META_CLUSTER_REPACK = b"cluster_repack"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

@@ -88,9 +88,12 @@ def plan(repo: Repository, now: int | None = None) -> list[lifecycle.Action]:
 
 def apply(repo: Repository, actions: list[lifecycle.Action], progress: Progress = lambda n: None) -> lifecycle.Outcome:
     """Perform planned actions (each pack move or repack is crash-safe; a rerun finishes or undoes one
-    that was interrupted)."""
+    that was interrupted); in a shared repository, then repack this node's packs a gc sweep left
+    sparse."""
     with repo.tiers.lock.hold():  # also finishes what a killed run left
-        return repo.apply_tier_actions(actions, progress)
+        outcome = repo.apply_tier_actions(actions, progress)
+    repo.repack_after_sweep()  # a shared repository's packs a gc sweep left sparse
+    return outcome
 
 
 def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: None) -> lifecycle.Outcome:

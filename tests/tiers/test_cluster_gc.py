@@ -28,6 +28,7 @@ from chunkfs.ops import gc, retention, shared_gc, tier, transfer
 from chunkfs.ops.fsck import fsck
 from chunkfs.repo import Repository
 from chunkfs.store.maintenance import metabackup
+from chunkfs.store.pack.files import pack_name
 from chunkfs.types import Tier
 
 
@@ -101,6 +102,44 @@ def test_gc_on_one_node_reclaims_what_no_node_needs_on_every_node(tmp_path, moto
                 repo.history.log("/run/gone.bin")
             with repo.index.read() as t:
                 assert t.condemned_count() == 0, node.name
+    _check((a, b, c), {"/run/kept.bin": kept}, tmp_path)
+
+
+def test_packs_a_sweep_left_sparse_are_repacked_by_their_node_and_the_others_follow(tmp_path, moto_server):
+    _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "gone.bin").write_bytes(os.urandom(600_000))
+    (src / "kept.bin").write_bytes(kept := os.urandom(200_000))
+    with Repository(a) as repo:  # one pack holds both
+        transfer.import_tree(repo, src, "/run")
+        with repo.index.read() as t:
+            (old,) = [p for p, _ in t.packs()]
+    _all_sync(a, b, c)
+    with Repository(b) as repo:
+        repo.ns.unlink(repo.ns.resolve("/run"), b"gone.bin")
+    _all_sync(b, a, c)
+    _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
+    _all_sync(a, b)  # a applies the sweep: its pack is a quarter live
+    with Repository(b) as repo:  # a's pack, foreign here: b only follows
+        repo.repack_after_sweep()
+        with repo.index.read() as t:
+            assert t.pack_get(old) is not None and t.retiring() == {}
+    with Repository(a) as repo:
+        assert repo.repack_after_sweep()
+        assert not repo.repack_after_sweep(), "done until the next sweep"
+        with repo.index.read() as t:
+            assert t.pack_get(old) is None and set(t.retiring()) == {old}
+            (new,) = [p for p, _ in t.packs()]
+            assert t.pack_get(new).size < 400_000
+    assert pack_name(old) in _warm_packs(a), "b and c still read it there"
+    _check((b, c), {"/run/kept.bin": kept}, tmp_path)
+    _all_sync(a, b, c)  # a publishes the relocate change (once its new pack is on warm); b and c apply it
+    _all_sync(a)  # every member has: a deletes the old object
+    assert pack_name(old) not in _warm_packs(a)
+    for node in (b, c):
+        with Repository(node, writable=False) as repo, repo.index.read() as t:
+            assert t.pack_get(old) is None and t.pack_get(new) is not None, node.name
     _check((a, b, c), {"/run/kept.bin": kept}, tmp_path)
 
 

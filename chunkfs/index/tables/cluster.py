@@ -1,5 +1,6 @@
 """Cluster: ``meta/cluster``, ``meta/cluster_applied``, ``meta/cluster_error``, ``meta/cluster_gc``,
-``meta/foreign/…``, ``meta/forgotten/…``, ``meta/retiring/…``, ``outbox`` (keys.py, "Cluster")."""
+``meta/cluster_repack``, ``meta/foreign/…``, ``meta/forgotten/…``, ``meta/retiring/…``,
+``outbox`` (keys.py, "Cluster")."""
 
 from __future__ import annotations
 
@@ -99,3 +100,14 @@ class ClusterTables(BaseTables):
 
     def retiring_delete(self, pack: bytes) -> None:
         self._delete("meta", keys.META_RETIRING + bytes(pack))
+
+    def repack_due(self) -> int:
+        """When a sweep applied here left this node's packs to look at for repacking (0: none)."""
+        raw = self._get("meta", keys.META_CLUSTER_REPACK)
+        return keys.decode_i64(raw) if raw is not None else 0
+
+    def repack_due_put(self, time_ns: int) -> None:
+        self._put("meta", keys.META_CLUSTER_REPACK, keys.encode_i64(time_ns))
+
+    def repack_due_clear(self) -> None:
+        self._delete("meta", keys.META_CLUSTER_REPACK)

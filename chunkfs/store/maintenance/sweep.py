@@ -119,13 +119,14 @@ def delete_packs(tiers: Tiers, index: Index, packs: list[PackId], hook: Hook, re
 
 
 def repack(tiers: Tiers, index: Index, tier: Tier, group: str, packs: list[PackId], *, write_back: bool,
-           progress: Callable[[int], None], hook: Hook, result: SweepResult) -> None:
+           progress: Callable[[int], None], hook: Hook, result: SweepResult, relocate: bool = False) -> None:
     """Rewrite the live chunks of ``packs`` (one group's, on ``tier``) into new packs on the same tier
-    (store/maintenance/rewrite.py: switch every location and drop the old packs in one transaction, then delete them)."""
+    (store/maintenance/rewrite.py: switch every location and drop the old packs in one transaction, then
+    delete them; ``relocate``: a shared repository's, whose other nodes follow the chunks through the log)."""
     with tiers.lock.hold():
         backend = tiers.backend(tier)
         rw = PackRewrite(index, tiers.backend, tier, group, tiers.repo_path / "tmp", tiers.pack_size,
-                         write_back=write_back)  # fmt: skip
+                         write_back=write_back, relocate=relocate)  # fmt: skip
         retire: dict[PackId, list[ChunkId]] = {}
         try:
             for pack in packs:
