@@ -86,12 +86,15 @@ def make_mount(request, tmp_path, mount_root):
     problems = []
     for m in mounts:
         problems += m.cleanup()
+    logs = []
     for m in mounts:
-        problems += [f"{m.log_path}: {line}" for line in m.log_problems()]
+        if found := m.log_problems():
+            problems += [f"{m.log_path}: {line}" for line in found]
+            logs.append(f"--- the end of {m.log_path}:\n{m.log()[-6000:]}")  # the traceback's lines too
     if getattr(request.node, "_chunkfs_timed_out", False):
         problems.append("the test ran past its timeout: its daemons were killed (helpers/watchdog.py)")
     if problems and not getattr(request.node, "_chunkfs_failed", False):
-        pytest.fail("after the test:\n" + "\n".join(problems), pytrace=False)
+        pytest.fail("after the test:\n" + "\n".join(problems + logs), pytrace=False)
 
 
 @pytest.fixture
