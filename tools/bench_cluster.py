@@ -15,7 +15,10 @@ then every node applies the others' entries. Then a new node joins and replays t
 log; then ``chunkfs gc --keep-last 2`` runs on node 0 while the other nodes sync once a
 second (as their mounts would): its time from the gc entry to the last node's sweep, what
 it dropped and freed on warm, and how far it truncated the log; and a node joins again
-(from the creating node's metadata backup, after the truncation). The figures per checkpoint are log bytes and entries, publish and replay times;
+(from the creating node's metadata backup, after the truncation); then every node's tier
+mover re-encodes its packs of the run on the way to warm, one node at a time, and the
+others follow the relocate changes until the old warm objects are deleted. The figures per
+checkpoint are log bytes and entries, publish and replay times;
 the log's size is extrapolated to docs/multinode.md's 70B-parameter case (1 TB a
 checkpoint, 16 nodes, 1,000 checkpoints) by bytes of log per chunk. Figures go in
 docs/multinode.md.
@@ -118,6 +121,44 @@ def _gc(nodes: list[Path]) -> dict:
             "log_truncated": r.cluster.get("log_truncated", {}).get("entries", 0)}  # fmt: skip
 
 
+def _reencode(nodes: list[Path]) -> dict:
+    """Every node's tier mover re-encodes its packs of the (complete) run on the way to warm, one
+    node at a time (the lease), then every node syncs until the old warm objects are gone: the
+    relocate changes' log bytes, the re-encoding and apply times, warm bytes before and after."""
+    warm_before = _warm_bytes(nodes[0])
+    with Repository(nodes[0], writable=False) as repo:
+        entries_before, bytes_before = _log_bytes(repo)
+    moved = reencode_s = 0.0
+    for node in nodes:
+        with Repository(node) as repo:
+            tier.complete(repo, "/bench/run")
+            with repo.index.read() as t:
+                own_hot = {p for p, i in t.packs() if i.tier == Tier.HOT}
+                chunks = sum(1 for _, loc in t.chunks() if bytes(loc.pack) in own_hot)
+            seconds, _ = bl.timed(tier.apply, repo, tier.plan(repo))
+        moved += chunks
+        reencode_s += seconds
+        tier.sync(node)  # publishes its relocate changes once the new packs are on warm
+    apply = [bl.timed(tier.sync, node)[0] for node in nodes]
+    t0 = time.monotonic()
+    while True:
+        for node in nodes:
+            tier.sync(node)
+        retiring = 0
+        for node in nodes:
+            with Repository(node, writable=False) as repo, repo.index.read() as t:
+                retiring += len(t.retiring())
+        if not retiring or time.monotonic() - t0 > 120:
+            break
+        time.sleep(1)
+    with Repository(nodes[0], writable=False) as repo:
+        entries, nbytes = _log_bytes(repo)
+    return {"chunks_relocated": moved, "reencode_s": reencode_s, "apply_s": bl.median(apply),
+            "log_entries": entries - entries_before, "log_bytes": nbytes - bytes_before,
+            "retired_left": retiring, "deleted_after_s": time.monotonic() - t0,
+            "warm_before": warm_before, "warm_after": _warm_bytes(nodes[0])}  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=4)
@@ -175,6 +216,7 @@ def main() -> int:
         t0 = time.monotonic()
         clusterop.join(work / "after-gc", url, endpoint_url=endpoint)[0].close()
         collected["join_after_s"] = time.monotonic() - t0
+        relocated = _reencode([*nodes, work / "late", work / "after-gc"])  # every member follows
     finally:
         stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -187,7 +229,7 @@ def main() -> int:
     result = {
         "version": bl.code_version(), "nodes": args.nodes, "checkpoints": args.checkpoints, "shard_bytes": size,
         "changed": args.changed, "chunk_size": chunk, "rows": rows, "join_s": join_s, "join_position": position,
-        "index_bytes": index_bytes, "log_bytes_per_chunk": per_chunk, "gc": collected,
+        "index_bytes": index_bytes, "log_bytes_per_chunk": per_chunk, "gc": collected, "reencode": relocated,
         "extrapolated_70b": {"log_bytes_per_checkpoint": per_chunk * big_chunks,
                              "log_bytes_1000_checkpoints": per_chunk * big_chunks * BIG["checkpoints"]},
     }  # fmt: skip
@@ -204,6 +246,13 @@ def main() -> int:
           f"{collected['warm_before'] / 2**20:.0f} → {collected['warm_after'] / 2**20:.0f} MiB once every node "
           f"applied it; log truncated by {collected['log_truncated']} entries); a node joined after it in "
           f"{collected['join_after_s']:.2f} s")  # fmt: skip
+    r = relocated
+    print(f"every node re-encodes its packs of the run on the way to warm, one at a time: {r['reencode_s']:.1f} s "
+          f"in all, {r['chunks_relocated']:.0f} chunks relocated in {r['log_entries']} log entries, "
+          f"{r['log_bytes'] / 1024:.0f} KiB ({r['log_bytes'] / max(1, r['chunks_relocated']):.0f} B a chunk); "
+          f"applied in {r['apply_s']:.2f} s a node (median); the old warm objects deleted "
+          f"{r['deleted_after_s']:.1f} s later ({r['retired_left']} left); warm "
+          f"{r['warm_before'] / 2**20:.0f} → {r['warm_after'] / 2**20:.0f} MiB")  # fmt: skip
     big = result["extrapolated_70b"]
     print(f"70B case ({BIG['nodes']} nodes, 1 TB a checkpoint, {chunk >> 20} MiB chunks): "
           f"~{big['log_bytes_per_checkpoint'] / 1e6:.0f} MB of log a checkpoint, "
