@@ -50,7 +50,7 @@ from typing import Self
 
 from chunkfs import clock, config
 from chunkfs.cluster import log as cluster_log
-from chunkfs.cluster import maintenance as cluster_maintenance
+from chunkfs.cluster import mover
 from chunkfs.cluster.node import NO_COLD, Cluster
 from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
@@ -58,7 +58,6 @@ from chunkfs.engine.file import FileContent
 from chunkfs.engine.memory import tame_malloc
 from chunkfs.errors import (
     AlreadyExists,
-    BackendUnavailable,
     ChunkfsError,
     ConfigError,
     Conflict,
@@ -386,58 +385,20 @@ class Repository:
         self, actions: list[lifecycle.Action], progress: Callable[[int], None] = lambda n: None,
         stop: Callable[[], bool] = lambda: False, *, background: bool = False,
     ) -> lifecycle.Outcome:  # fmt: skip
-        """``lifecycle.apply`` of ``actions``. In a shared repository its re-encodings (every other
-        node then relocates their chunks: docs/multinode.md) run on one node at a time, under the
-        cluster's maintenance lease (``Cluster.mover_lease``); plain moves never wait for it (an
-        eviction under hot pressure must not). While another node holds the lease: ``Conflict``
-        naming it (after waiting for a metadata backup to end), or, for the mount's ``background``
-        rounds, the re-encodings wait for a later round."""
-        reencode = [a for a in actions if a.level]
-        if self.cluster is None or not reencode:
+        """``lifecycle.apply`` of ``actions``; in a shared repository its re-encodings run on one node
+        at a time (cluster/mover.py: ``Conflict`` naming the node that holds the lease, or for a
+        mount's ``background`` round, a later round)."""
+        if self.cluster is None:
             return lifecycle.apply(self.tiers, actions, progress, stop)
-        outcome = lifecycle.apply(self.tiers, [a for a in actions if not a.level], progress, stop)
-        with self._mover_lease(background) as lost:
-            if lost is not None:
-                outcome.merge(lifecycle.apply(self.tiers, reencode, progress, lambda: stop() or lost()))
-        return outcome
+        return mover.apply(self.cluster, self.tiers, actions, progress, stop, background=background)
 
     def repack_after_sweep(self, *, background: bool = False) -> bool:
-        """In a shared repository, once a sweep entry was applied here: repack this node's packs it
-        left sparse (``cluster/maintenance.py``, ``repack_sparse``), under the mover's lease like
-        re-encodings. Whether it ran."""
+        """In a shared repository, once a gc sweep was applied here, repack this node's packs it left
+        sparse (cluster/mover.py); whether it ran."""
         if self.cluster is None:
             return False
-        with self.index.read() as t:
-            due = t.repack_due()
-        if not due:
-            return False
-        with self._mover_lease(background) as lost:
-            if lost is None:
-                return False
-            started = time.monotonic()
-            r = cluster_maintenance.repack_sparse(self.tiers, self.settings.gc.repack_below, self.packs.write_back, lost)
-            with self.index.write() as t:
-                if t.repack_due() == due:  # no newer sweep meanwhile
-                    t.repack_due_clear()
-        if r.packs_repacked:
-            log.info("after a gc sweep: %d sparse packs (%.1f MB) repacked into %d (%.1f MB) in %.1f s",
-                     r.packs_repacked, r.bytes_repacked_in / 1e6, r.packs_written, r.bytes_repacked_out / 1e6,
-                     time.monotonic() - started)  # fmt: skip
-        return True
-
-    @contextlib.contextmanager
-    def _mover_lease(self, background: bool) -> Iterator[Callable[[], bool] | None]:
-        """``Cluster.mover_lease``; for a mount's ``background`` round, None instead of an error
-        while another node holds it or the store cannot be reached (the next round tries again)."""
-        with contextlib.ExitStack() as stack:
-            try:
-                lost = stack.enter_context(self.cluster.mover_lease(wait=not background))
-            except (Conflict, BackendUnavailable) as e:
-                if not background:
-                    raise
-                log.info("tier mover: waits for a later round: %s", e)
-                lost = None
-            yield lost
+        repack_below = self.settings.gc.repack_below
+        return mover.repack_after_sweep(self.cluster, self.tiers, repack_below, self.packs.write_back, background=background)
 
     # -- activity counters --------------------------------------------------------------------
 

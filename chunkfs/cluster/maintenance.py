@@ -108,28 +108,6 @@ def apply_sweep(t: Txn, body: dict) -> None:
     t.repack_due_put(clock.now_ns())  # this node's mover then repacks what the sweep left sparse
 
 
-def repack_sparse(tiers: Tiers, threshold: float, write_back: bool, lost: Callable[[], bool]) -> sweep.SweepResult:
-    """After a sweep: rewrite this node's sealed packs whose live part fell under ``threshold``
-    (``gc.repack_below``) into new packs, one run and tier at a time, through relocate changes
-    (rewrite.py): the other nodes follow the chunks, and the old warm objects wait for them.
-    Stops between two runs once ``lost()`` says the maintenance lease was lost."""
-    result = sweep.SweepResult()
-    usage = sweep.usage(tiers.index)
-    groups: dict[tuple[Tier, str], list] = {}
-    with tiers.index.read() as t:
-        for pack, u in usage.items():
-            if (u.info.state == PackState.SEALED and u.dead_bytes and u.fraction < threshold
-                    and (u.live_chunks or u.condemned) and not t.foreign(pack)):  # fmt: skip
-                groups.setdefault((u.info.tier, u.info.group), []).append(pack)
-    for (tier, group), packs in sorted(groups.items()):
-        if lost():
-            break
-        packs.sort(key=lambda p: usage[p].info.created_ns)
-        sweep.repack(tiers, tiers.index, tier, group, packs, write_back=write_back, progress=lambda n: None,
-                     hook=lambda step: None, result=result, relocate=True)  # fmt: skip
-    return result
-
-
 def delete_empty_packs(tiers: Tiers) -> int:
     """After a sweep: delete this node's sealed packs that nothing in its index locates any
     more, on every tier, and forget other nodes' (sparing their warm object); returns how many."""

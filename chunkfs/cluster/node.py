@@ -12,22 +12,21 @@ locally meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkfs import clock
 from chunkfs.background import BackgroundThread
 from chunkfs.cluster import entries, maintenance
-from chunkfs.cluster.log import LEASE_TTL, TIER_MOVER, SharedLog
+from chunkfs.cluster.log import SharedLog
 from chunkfs.cluster.publish import Publisher
 from chunkfs.cluster.replay import Replayer
-from chunkfs.errors import BackendUnavailable, ChunkfsError, Conflict
+from chunkfs.errors import BackendUnavailable, ChunkfsError
 from chunkfs.namespace.tree import Namespace
 from chunkfs.store.tiering.tiers import Tiers
 from chunkfs.types import Extent, Tier
@@ -119,30 +118,6 @@ class Cluster(BackgroundThread):
                 )
             self.wake()  # a round now: someone waits for a publish
             time.sleep(WAIT_POLL)
-
-    @contextlib.contextmanager
-    def mover_lease(self, *, wait: bool) -> Iterator[Callable[[], bool]]:
-        """Hold the maintenance lease for this node's tier mover: its re-encodings and repacks,
-        which every other node then follows (relocate changes), run on one node at a time.
-        Yields ``lost()``, to ask between two batches: it renews the lease every quarter of its
-        life, and says True once another node took it over (it expired during a long batch).
-        ``Conflict`` naming the holder, or ``BackendUnavailable``, when it cannot be taken."""
-        with self.shared.lease(self.node, TIER_MOVER, wait=wait) as lease:
-            renewed = time.monotonic()
-
-            def lost() -> bool:
-                nonlocal renewed
-                if time.monotonic() - renewed < LEASE_TTL / 4:
-                    return False
-                try:
-                    lease.renew()
-                except Conflict as e:
-                    log.warning("tier mover: %s", e)
-                    return True
-                renewed = time.monotonic()
-                return False
-
-            yield lost
 
     def publish_maintenance(self, kind: str, body: dict) -> int:
         """Append a gc or sweep entry (``maintenance.py``) at the first free position of the log;

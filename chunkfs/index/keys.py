@@ -220,7 +220,7 @@ Cluster (docs/multinode.md): a repository shared by several nodes through its wa
 
 ``meta/cluster_repack`` → time ns i64: when this node applied a sweep entry whose packs it
     has not yet looked at for repacking (its tier mover rewrites those of its own packs that
-    the sweep left mostly dead, through relocate changes; cluster/maintenance.py). Absent:
+    the sweep left mostly dead, through relocate changes; cluster/mover.py). Absent:
     none due.
 
 ``outbox``    sequence u64 → time ns i64 | compact JSON object of one namespace change.

@@ -18,7 +18,7 @@ protocol and the argument). Here, under the cluster's maintenance lease:
    itself dies.)
 
 Repacks do not run here: each node repacks its own packs that a sweep left sparse, in its tier
-mover, through relocate changes (cluster/maintenance.py, ``repack_sparse``). Orphan sweeps do
+mover, through relocate changes (cluster/mover.py, ``repack_sparse``). Orphan sweeps do
 not run in a shared repository (other nodes' packs on warm are not orphans). A member that stays unready (down,
 or a file open for writing since before the entry) only delays the sweep: the next gc
 finishes it; a member gone for good is removed with ``chunkfs forget-node`` (ops/cluster.py).
