@@ -11,13 +11,13 @@ from helpers import watchdog
 from chunkfs import clock
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: pytest-timeout is a test extra
 def pytest_timeout_set_timer(item, settings):
     """A test past its timeout: its mounts' stacks and logs, then the suite goes on (helpers/watchdog.py)."""
     return watchdog.arm(item, settings)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_cancel_timer(item):
     return watchdog.disarm(item)
 

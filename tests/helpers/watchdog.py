@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest_timeout
 
 GRACE = 60.0
 LOG_TAIL = 400
@@ -28,6 +27,8 @@ LOG_TAIL = 400
 
 
 def arm(item, settings) -> bool:
+    import pytest_timeout  # only ever called by it
+
     timers = [
         threading.Timer(settings.timeout, _unstick, (item, settings.timeout)),
         threading.Timer(settings.timeout + GRACE, pytest_timeout.timeout_timer, (item, settings)),
