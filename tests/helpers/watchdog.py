@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-
 GRACE = 60.0
 LOG_TAIL = 400
 """Lines of each mount.log printed (the stacks are the last of them)."""
