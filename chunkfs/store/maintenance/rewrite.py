@@ -216,7 +216,7 @@ class PackRewrite:
                 t.upload_delete(pack)
                 self.result.retired.append(pack)
                 retired[bytes(pack).hex()] = [bytes(c).hex() for c in chunks]
-            if self.relocate and retired:
+            if self.relocate and switched:  # a kept pack's moved chunks too: the others follow at once
                 moved = sorted({bytes(c).hex() for c in switched})
                 t.outbox_put(now, {"op": "relocate", "chunks": moved, "retire": retired})
         self._built.clear()
