@@ -110,7 +110,8 @@ def apply_sweep(t: Txn, body: dict) -> None:
 
 def delete_empty_packs(tiers: Tiers) -> int:
     """After a sweep: delete this node's sealed packs that nothing in its index locates any
-    more, on every tier, and forget other nodes' (sparing their warm object); returns how many."""
+    more (their warm objects once every member has applied the log this far: ``delete_retired``),
+    and forget other nodes' (sparing their warm object); returns how many."""
     index = tiers.index
     empty = [p for p, u in sweep.usage(index).items()
              if u.info.state == PackState.SEALED and u.live_chunks == 0 and u.condemned == 0]  # fmt: skip
@@ -120,7 +121,7 @@ def delete_empty_packs(tiers: Tiers) -> int:
         foreign = {p for p in empty if t.foreign(p)}
     own = [p for p in empty if p not in foreign]
     result = sweep.SweepResult()
-    sweep.delete_packs(tiers, index, own, lambda step: None, result)
+    sweep.delete_packs(tiers, index, own, lambda step: None, result, retire_warm=True)
     sweep.delete_packs(tiers, index, sorted(foreign), lambda step: None, result, spare=Tier.WARM)
     with index.write() as t:
         for pack in foreign:

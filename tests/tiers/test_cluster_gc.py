@@ -93,7 +93,9 @@ def test_gc_on_one_node_reclaims_what_no_node_needs_on_every_node(tmp_path, moto
     assert result.chunks_condemned >= 1
     assert result.chunks_swept == result.chunks_condemned, result.to_json()
     assert result.cluster["sweep_entry"] > result.cluster["gc_entry"]
-    _all_sync(a, b)  # a applies the sweep: the pack of gone.bin is a's, and a deletes it
+    _all_sync(a, b)  # a applies the sweep: the pack of gone.bin is a's, and a deletes it …
+    assert len(_warm_packs(a)) == len(before), "… on warm once every member has applied the sweep"
+    _all_sync(c, a)
     after = _warm_packs(a)
     assert len(after) == len(before) - 1, "the emptied pack left the warm tier"
     for node in (a, b, c):
@@ -328,7 +330,7 @@ def test_the_packs_of_a_forgotten_member_become_the_forgetting_nodes_and_its_gc_
     _all_sync(c, b)
     result = _gc_on(c, lambda: _all_sync(b), keep_within="0s")
     assert result.chunks_swept >= 1, result.to_json()
-    _all_sync(b, c)  # b applies the sweep and deletes the emptied pack it adopted
+    _all_sync(b, c, b)  # b applies the sweep and deletes the emptied pack it adopted (once c has too)
     assert len(_warm_packs(b)) == len(before) - 1, "the forgotten node's emptied pack left the warm tier"
     _check((b, c), {"/kept.bin": kept}, tmp_path)
 

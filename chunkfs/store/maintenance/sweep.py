@@ -89,9 +89,11 @@ def usage(index: Index) -> dict[PackId, PackUsage]:
 
 
 def delete_packs(tiers: Tiers, index: Index, packs: list[PackId], hook: Hook, result: SweepResult,
-                 *, spare: Tier | None = None) -> None:
+                 *, spare: Tier | None = None, retire_warm: bool = False) -> None:
     """Delete packs that hold no live chunk, on their home tier and every copy — but the object
-    on ``spare`` (another node's pack in a shared repository: its warm object is its owner's)."""
+    on ``spare`` (another node's pack in a shared repository: its warm object is its owner's),
+    and with ``retire_warm`` (this node's own pack there) the warm object, noted *retiring*
+    instead: another node may not have followed a chunk moved out of it yet (rewrite.py)."""
     with tiers.lock.hold():
         notes: list[tuple[PackId, Tier]] = []
         with index.write() as t:
@@ -102,7 +104,9 @@ def delete_packs(tiers: Tiers, index: Index, packs: list[PackId], hook: Hook, re
                     continue
                 for tier in homes(t, pack, info):
                     t.copy_delete(pack, tier)
-                    if tier != spare:
+                    if retire_warm and tier == Tier.WARM:
+                        t.retiring_put(pack, now)
+                    elif tier != spare:
                         t.move_put(pack, tier, OLD, now)
                         notes.append((pack, tier))
                 t.pack_delete(pack)
