@@ -112,8 +112,9 @@ def _gc(nodes: list[Path]) -> dict:
         time.sleep(0.5)
     thread.join()
     gc_s = time.monotonic() - t0
-    for node in nodes:  # every node applies the sweep: each deletes its own emptied packs
-        tier.sync(node)
+    for _ in range(2):  # every node applies the sweep; then each deletes its own emptied packs from warm
+        for node in nodes:
+            tier.sync(node)
     r = out["result"]
     return {"gc_s": gc_s, "versions_dropped": r.versions_dropped, "chunks_condemned": r.chunks_condemned,
             "chunks_swept": r.chunks_swept, "waiting_for": r.cluster.get("waiting_for", []),
