@@ -171,6 +171,8 @@ def delete_retired(tiers: Tiers, members: Callable[[], dict[str, dict]]) -> int:
             for pack, (ns, _) in noted.items():
                 t.retiring_put(pack, ns, applied)
         retiring.update({p: (ns, applied) for p, (ns, _) in noted.items()})
+    if not any(pos for _, pos in retiring.values()):  # none published yet: no need to read heartbeats
+        return 0
     floor = min((int(m.get("applied", 0)) for n, m in members().items() if n not in forgotten), default=0)
     done = [p for p, (_, pos) in retiring.items() if 0 < pos <= floor]
     if not done:

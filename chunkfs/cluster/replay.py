@@ -152,13 +152,15 @@ class Replayer:
                 if t.pack_get(pack) is None:  # another node's (only it deletes the objects)
                     t.pack_put(pack, info)
                     t.foreign_put(pack, entry.node)
-            named = {bytes(e.chunk) for op in entry.ops if op["op"] == "content" for e in decode_extents(op["extents"])}
-            for chunk, loc in entry.chunks.items():  # a chunk only a relocate names is none of ours
-                if chunk in named and t.chunk_get(chunk) is None:
+            relocates = [op for op in entry.ops if op["op"] == "relocate"]
+            # a chunk only a relocate names is none of ours (decoded only then: contents name the rest)
+            named = {bytes(e.chunk) for op in entry.ops if op["op"] == "content"
+                     for e in decode_extents(op["extents"])} if relocates else None  # fmt: skip
+            for chunk, loc in entry.chunks.items():
+                if (named is None or chunk in named) and t.chunk_get(chunk) is None:
                     t.chunk_put(chunk, loc)
-            for op in entry.ops:
-                if op["op"] == "relocate":  # the node re-encoded packs: their chunks' new places
-                    maintenance.apply_relocate(t, op, entry.chunks)
+            for op in relocates:  # the node re-encoded or repacked packs: their chunks' new places
+                maintenance.apply_relocate(t, op, entry.chunks)
             pending = _pending_paths([op for _, _, op in t.outbox()])
         ready = [self._prepare(op, pending) for op in entry.ops]
         with self.index.batch(), self.ns.journal.replaying():
