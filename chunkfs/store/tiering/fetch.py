@@ -165,8 +165,8 @@ class RemoteReader:
     def _note_read(self, group: str) -> None:
         """Record the run's last read (for warm→cold by last access), at most once a minute."""
         now = clock.now_ns()
-        if now - self._noted.get(group, 0) < NOTE_READ_EVERY_NS:
-            return
+        if not group or now - self._noted.get(group, 0) < NOTE_READ_EVERY_NS:
+            return  # no group: a pack `index rebuild` found without its index entry (no run to note)
         self._noted[group] = now
         try:
             with self.index.write() as t:
