@@ -239,6 +239,11 @@ class LifecycleSettings:
     warm_level: int = _setting(
         3, _int(0, 22), "zstd level of a complete run's packs, re-encoded on their way to warm (0: moved as they are)"
     )
+    delta_chain: int = _setting(
+        8, _int(0, 32),
+        "a re-encoded run's checkpoints stored as deltas of the next one, every Nth from the newest whole "
+        "(0 or 1: no deltas; docs/tiers.md)",
+    )
     interval: int = _setting(
         600, _duration, "how often a mount applies the policies (seals idle runs, moves packs; 0: never)"
     )

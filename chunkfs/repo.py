@@ -52,7 +52,6 @@ from chunkfs import clock, config
 from chunkfs.cluster import log as cluster_log
 from chunkfs.cluster import mover
 from chunkfs.cluster.node import NO_COLD, Cluster
-from chunkfs.engine import codec
 from chunkfs.engine.chunks import ChunkIO
 from chunkfs.engine.file import FileContent
 from chunkfs.engine.memory import tame_malloc
@@ -65,7 +64,7 @@ from chunkfs.errors import (
     NotFound,
 )
 from chunkfs.index import Index
-from chunkfs.namespace import Namespace
+from chunkfs.namespace import Namespace, deltas
 from chunkfs.namespace.history import History
 from chunkfs.namespace.registry import MAX_SIDECAR, Registry
 from chunkfs.namespace.snapshots import Snapshots
@@ -154,6 +153,7 @@ class Repository:
             raise
         self.registry = Registry(self.index, self.settings.registry)
         self.ns = Namespace(self.index, self.registry, keep_nameless=shared)
+        self.tiers.delta_plan = functools.partial(deltas.plan, self.ns, chain=self.settings.lifecycle.delta_chain)
         self.history = History(self.index, self.ns.journal)
         self.snapshots = Snapshots(self.history, self.registry)
         self.cluster = None
@@ -236,11 +236,10 @@ class Repository:
         if self.cluster is not None and self.settings.cluster.publish_on_fsync:
             self.cluster.wait_published(clock.now_ns(), self.settings.cluster.publish_timeout)
 
-    @staticmethod
-    def _verify_stored(chunk: bytes, stored: bytes, raw_len: int, flags: int) -> bytes | None:
+    def _verify_stored(self, chunk: bytes, stored: bytes, raw_len: int, flags: int) -> bytes | None:
         """The raw bytes of a stored chunk if they match its id, else None (replication, replica reads)."""
         try:
-            return codec.decode(chunk, stored, raw_len, flags, "check")
+            return self.chunks.verify(chunk, stored, raw_len, flags, "check")
         except CorruptData:
             return None
 

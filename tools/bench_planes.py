@@ -9,7 +9,11 @@ bf16 random-normal weights, medians of ``--repeat``:
 
 * the transform alone, both ways, widths 2 and 4, on one 4 MiB chunk (what a read decodes)
   and on 64 MiB (beyond the caches);
-* ``codec.decode`` of a cold chunk (zstd, planes back, BLAKE3 check), with either transform.
+* ``codec.decode`` of a cold chunk (zstd, planes back, BLAKE3 check), with either transform;
+* the XOR of delta chunks (``codec.xor``: NumPy) on 4 and 64 MiB, and ``codec.decode`` of a
+  4 MiB bf16 chunk stored as a delta of its neighbour (the same weights after small optimizer
+  steps; the base's bytes in memory, as the chunk cache holds them) against the same chunk
+  stored whole.
 
     python tools/bench_planes.py [--json] [--repeat 9]
 
@@ -95,6 +99,29 @@ def main() -> int:
         ["encoding", "with numpy planes", "with native planes", ""],
         decode_rows,
         note="one 4 MiB bf16 chunk, zstd level 9",
+    )
+    xor_rows, out["xor"] = [], []
+    for size in (4 * MiB, 64 * MiB):
+        a, b = rng.bytes(size), rng.bytes(size)
+        gb_s = _gb_s(partial(codec.xor, a, b), size, args.repeat)
+        out["xor"].append({"size_mib": size // MiB, "gb_s": gb_s})
+        xor_rows.append([f"XOR, {size // MiB} MiB", f"{gb_s:.2f}", ""])
+    weights = rng.standard_normal(2 * MiB).astype(np.float32) * 0.02
+    later = weights + rng.standard_normal(2 * MiB).astype(np.float32) * 2e-4
+    older, newer = (bl.bf16_of(w).tobytes() for w in (weights, later))
+    cid, base = codec.chunk_id(older), codec.chunk_id(newer)
+    whole = codec.compress(older, Compression.ZSTD_PLANES2, 3), chunk_flags(Compression.ZSTD_PLANES2)
+    delta = codec.encode_delta(older, base, newer, 3, 64 << 10)
+    for name, (stored, flags) in (("whole", whole), ("delta", delta)):
+        read = partial(codec.decode, cid, stored, len(older), flags, "bench", lambda c: newer)
+        gb_s = _gb_s(read, len(older), args.repeat)
+        out["decode"].append({"encoding": f"{name} (zstd 3)", "stored": len(stored), "native": gb_s})
+        xor_rows.append([f"decode, {name}", f"{gb_s:.2f}", f"{len(stored) / len(older):.3f}"])
+    bl.print_table(
+        "delta chunks, GB/s a core",
+        ["", "GB/s", "stored / raw"],
+        xor_rows,
+        note="decode: one 4 MiB bf16 chunk, whole (byte planes + zstd 3) or as a delta of its neighbour",
     )
     if args.json:
         json.dump(out, sys.stdout, indent=2)

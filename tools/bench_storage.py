@@ -29,13 +29,16 @@ Checkpoint series are generated with torch as real files (``--checkpoints`` each
 Each series is imported (``ops.transfer.import_tree``, one step directory at a time, as ``chunkfs
 import`` does) into a fresh repository whose warm tier is a local directory, under
 ``/bench/<series>/run/step-K`` (one run); the run is marked complete and the policies applied (``chunkfs
-tier``), which moves its packs to warm. Stored bytes = the pack objects under ``WARM/packs/``. Twice per
-series, in one run: with ``lifecycle.warm_level = 0`` in chunkfs.toml (packs moved as they are: exact
-dedup alone) and with the default ``warm_level`` (a complete run's packs re-encoded on their way to
-warm; ``--warm-level N`` sets it instead). The last checkpoint is read back and compared after each.
+tier``), which moves its packs to warm. Stored bytes = the pack objects under ``WARM/packs/``. Three times
+per series, in one run: with ``lifecycle.warm_level = 0`` in chunkfs.toml (packs moved as they are: exact
+dedup alone), with the default ``warm_level`` and ``delta_chain = 0`` (a complete run's packs re-encoded on
+their way to warm, byte planes + zstd, no deltas; ``--warm-level N`` sets the level) and with the defaults
+(re-encoded, older checkpoints stored as deltas of the newer: namespace/deltas.py). The newest and the
+oldest checkpoint are then read back cold from warm (caches emptied), compared and timed.
 
 Printed per series, as a fraction of the logical bytes (all checkpoint files): zstd alone (each file
-compressed whole, zstd level 3, no dedup), exact dedup (warm_level 0), chunkfs (default warm_level) and a
+compressed whole, zstd level 3, no dedup), exact dedup (warm_level 0), planes (no deltas), chunkfs
+(the defaults), the cold read speeds of the newest and the oldest checkpoint against planes, and a
 per-tensor "ideal" computed here: per tensor per checkpoint, 0 if the same bytes were seen before in the
 series (exact dedup), else the smallest of zstd-3 of its bytes, of its byte planes (the i-th byte of every
 element together) and of the byte planes of its XOR with the same tensor of the previous checkpoint; plus
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import io
 import json
@@ -407,25 +411,28 @@ def ideal(steps: list[Path], cctx: zstandard.ZstdCompressor) -> int:
 # -- chunkfs ---------------------------------------------------------------------------------------------
 
 
-def read_back_ok(repo: Repository, step: Path, dest: str) -> bool:
-    """Every file of the step directory reads back from the repository with the same bytes."""
+def read_back(repo: Repository, step: Path, dest: str) -> tuple[bool, float]:
+    """Whether every file of the step directory reads back from the repository with the same bytes,
+    and the seconds the reads took, caches emptied first (a cold read from warm)."""
+    repo.drop_caches()
+    ok, took = True, 0.0
     for f in (p for p in step.rglob("*") if p.is_file()):
         content = repo.content_of(repo.ns.extents(repo.ns.resolve(f"{dest}/{f.relative_to(step).as_posix()}")))
         h, n = blake3(), 0
+        t0 = time.perf_counter()
         while block := content.read(n, 8 * bl.MiB):
             h.update(block)
             n += len(block)
-        if h.digest() != blake3(f.read_bytes()).digest():
-            return False
-    return True
+        took += time.perf_counter() - t0
+        ok = ok and h.digest() == blake3(f.read_bytes()).digest()
+    return ok, took
 
 
-def store(series: Path, work: Path, level: int | None) -> dict:
-    """Import the series into a fresh repository (warm tier: a directory), complete the run, tier it."""
-    tag = "default" if level is None else f"level{level}"
-    repo_dir, warm = work / f"repo-{series.name}-{tag}", work / f"warm-{series.name}-{tag}"
+def store(series: Path, work: Path, label: str, lifecycle: config.LifecycleSettings) -> dict:
+    """Import the series into a fresh repository (warm tier: a directory), complete the run, tier it;
+    read its newest and its oldest checkpoint back, cold."""
+    repo_dir, warm = work / f"repo-{series.name}-{label}", work / f"warm-{series.name}-{label}"
     warm.mkdir()
-    lifecycle = config.LifecycleSettings() if level is None else config.LifecycleSettings(warm_level=level)
     settings = config.Settings(tiers=config.TierSettings(warm=str(warm)), lifecycle=lifecycle)
     Repository.create(repo_dir, settings=settings).close()
     run = f"/bench/{series.name}/run"  # not /bench/<series>: "…-s20/step-0020" reads as a DeepSpeed step pair
@@ -440,13 +447,18 @@ def store(series: Path, work: Path, level: int | None) -> dict:
                 hot = sum(i.size for _, i in t.packs())
             tierop.complete(repo, run)
             t_tier, outcome = bl.timed(lambda: tierop.apply(repo, tierop.plan(repo)))
-            ok = read_back_ok(repo, steps[-1], f"{run}/{steps[-1].name}")
-            effective = repo.settings.lifecycle.warm_level
+            ok, read_newest_s = read_back(repo, steps[-1], f"{run}/{steps[-1].name}")
+            ok_oldest, read_oldest_s = read_back(repo, steps[0], f"{run}/{steps[0].name}")
+            with repo.index.read() as t:
+                deltas = sum(1 for _ in t.deltas())
         return {
-            "warm_level": effective, "stored_bytes": bl.tree_bytes(warm / "packs"),
+            "warm_level": lifecycle.warm_level, "delta_chain": lifecycle.delta_chain,
+            "stored_bytes": bl.tree_bytes(warm / "packs"), "delta_chunks": deltas,
             "hot_bytes_before": hot, "hot_bytes_after": bl.tree_bytes(repo_dir / "hot" / "packs"),
             "import_s": t_import, "tier_s": t_tier, "tier_mb_s": bl.mb_s(hot, t_tier),
-            "moved": outcome.moved, "written": outcome.written, "errors": outcome.errors, "read_back_ok": ok,
+            "read_newest_s": read_newest_s, "read_oldest_s": read_oldest_s,
+            "moved": outcome.moved, "written": outcome.written, "errors": outcome.errors,
+            "read_back_ok": ok and ok_oldest,
         }  # fmt: skip
     finally:
         shutil.rmtree(repo_dir, ignore_errors=True)
@@ -476,7 +488,13 @@ def main() -> int:
     args.big_mib = args.big_mib or (8 if args.quick else 256)
     started = time.perf_counter()
 
-    settings: list[tuple[str, int | None]] = [("exact", 0), ("chunkfs", args.warm_level)]
+    default = config.LifecycleSettings()
+    level = default.warm_level if args.warm_level is None else args.warm_level
+    settings = [
+        ("exact", dataclasses.replace(default, warm_level=0)),  # packs moved as they are
+        ("planes", dataclasses.replace(default, warm_level=level, delta_chain=0)),  # re-encoded, no deltas
+        ("chunkfs", dataclasses.replace(default, warm_level=level)),
+    ]
 
     work = Path(tempfile.mkdtemp(prefix="bench-storage-", dir=args.dir))
     try:
@@ -495,9 +513,10 @@ def main() -> int:
             bl.log(f"{name}: {row['logical_bytes'] / 1e6:.0f} MB in {len(files)} files; zstd, ideal")
             row["zstd_bytes"] = zstd_alone(files, cctx)
             row["ideal_s"], row["ideal_bytes"] = bl.timed(ideal, steps, cctx)
-            for label, level in settings[:: 1 if i % 2 == 0 else -1]:  # alternate which goes first
-                bl.log(f"{name}: import + tier, {label} (warm_level {'default' if level is None else level})")
-                row[label] = store(series, work, level)
+            for label, lifecycle in settings[:: 1 if i % 2 == 0 else -1]:  # alternate which goes first
+                bl.log(f"{name}: import + tier, {label} (warm_level {lifecycle.warm_level}, "
+                       f"delta_chain {lifecycle.delta_chain})")  # fmt: skip
+                row[label] = store(series, work, label, lifecycle)
                 if row[label]["errors"] or not row[label]["read_back_ok"] or row[label]["hot_bytes_after"]:
                     bl.log(f"  ODD: {json.dumps({k: row[label][k] for k in ('errors', 'read_back_ok', 'hot_bytes_after')})}")
             results.append(row)
@@ -508,7 +527,8 @@ def main() -> int:
 
     total = {"series": "total", **{k: sum(r[k] for r in results) for k in ("logical_bytes", "zstd_bytes", "ideal_bytes")}}
     for label, _ in settings:
-        total[label] = {k: sum(r[label][k] for r in results) for k in ("stored_bytes", "hot_bytes_before", "tier_s")}
+        total[label] = {k: sum(r[label][k] for r in results)
+                        for k in ("stored_bytes", "hot_bytes_before", "tier_s", "read_newest_s", "read_oldest_s")}  # fmt: skip
     elapsed = time.perf_counter() - started
     out = {"code": bl.code_version(), "elapsed_s": elapsed,
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -518,17 +538,20 @@ def main() -> int:
         return 0
     rows = []
     for r in [*results, total]:
-        n, cf = r["logical_bytes"], r["chunkfs"]
+        n, pl, cf = r["logical_bytes"], r["planes"], r["chunkfs"]
         rows.append([r["series"], r.get("checkpoints", ""), n / 1e6, r["zstd_bytes"] / n, r["exact"]["stored_bytes"] / n,
-                     cf["stored_bytes"] / n, r["ideal_bytes"] / n, cf["stored_bytes"] / r["ideal_bytes"],
-                     r["exact"]["tier_s"], cf["tier_s"], bl.mb_s(cf["hot_bytes_before"], cf["tier_s"])])
-    level = results[0]["chunkfs"]["warm_level"] if results else "—"
+                     pl["stored_bytes"] / n, cf["stored_bytes"] / n, r["ideal_bytes"] / n,
+                     cf["stored_bytes"] / r["ideal_bytes"], r["exact"]["tier_s"], cf["tier_s"],
+                     bl.mb_s(cf["hot_bytes_before"], cf["tier_s"]), pl["read_newest_s"] / cf["read_newest_s"],
+                     pl["read_oldest_s"] / cf["read_oldest_s"]])
     bl.print_table(
         "stored / logical bytes of checkpoint series tiered to warm (sN: a checkpoint every N optimizer steps)",
-        ["series", "ckpts", "logical MB", "zstd-3 alone", "exact dedup", f"chunkfs (warm_level {level})",
-         "ideal", "chunkfs / ideal", "tier s, exact", "tier s, chunkfs", "chunkfs tier MB/s"],
+        ["series", "ckpts", "logical MB", "zstd-3 alone", "exact dedup", f"planes (warm_level {level})",
+         "chunkfs (+ deltas)", "ideal", "chunkfs / ideal", "tier s, exact", "tier s, chunkfs", "chunkfs tier MB/s",
+         "read newest, vs planes", "read oldest, vs planes"],
         rows,
-        note=f"exact dedup: warm_level 0; MB/s: hot pack bytes re-encoded per second; ran {elapsed:.0f} s",
+        note=f"exact dedup: warm_level 0; planes: re-encoded without deltas (delta_chain 0); MB/s: hot pack bytes "
+             f"re-encoded per second; read: cold from warm, speed relative to planes (> 1: faster); ran {elapsed:.0f} s",
     )  # fmt: skip
     return 0
 

@@ -132,7 +132,12 @@ def bf16_normal(rng: np.random.Generator, n: int, std: float = 0.02) -> np.ndarr
     """``n`` bf16 values (as uint16) from N(0, std²), rounded to nearest even like torch."""
     x = rng.standard_normal(n, dtype=np.float32)
     x *= std
-    u = x.view(np.uint32)
+    return bf16_of(x)
+
+
+def bf16_of(x: np.ndarray) -> np.ndarray:
+    """fp32 values as bf16 (uint16), rounded to nearest even like torch."""
+    u = x.astype(np.float32).view(np.uint32)
     u += 0x7FFF + ((u >> 16) & 1)
     return (u >> 16).astype(np.uint16)
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 
 from chunkfs.config import CompressionSettings
 from chunkfs.engine import codec
-from chunkfs.errors import CorruptData
+from chunkfs.errors import ChunkfsError, CorruptData
+from chunkfs.store.pack import format as packfmt
 from chunkfs.store.pack.files import pack_name
 from chunkfs.store.pack.store import PackStore
 from chunkfs.types import HOLE, ChunkId, Compression, Extent, chunk_flags, flags_compression
@@ -127,44 +128,80 @@ class ChunkIO:
         with self._stats_lock:
             self.read_bytes += nbytes
 
-    def get(self, chunk: ChunkId, length: int) -> bytes:
+    def get(self, chunk: ChunkId, length: int, _depth: int = 0) -> bytes:
         """The verified bytes of ``chunk`` (``length`` zeros for a hole). A chunk read ahead from a
-        remote tier may come as a read-only memoryview: use it as bytes-like."""
+        remote tier may come as a read-only memoryview: use it as bytes-like. A delta chunk's
+        base is got the same way, first (through the cache, like any chunk)."""
         if chunk == HOLE:
             return bytes(length)
         data = self.cache.get(chunk)
         if data is None:
+            if _depth > codec.MAX_DELTA_DEPTH:
+                raise CorruptData(f"chunk {chunk.hex()}: a chain of more than {codec.MAX_DELTA_DEPTH} deltas")
+
+            def base(b: ChunkId) -> bytes:
+                return self.get(b, 0, _depth + 1)
+
             stored, loc = self.packs.read_stored(chunk)
             try:
-                data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}")
+                data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}", base)
             except CorruptData:
                 if not self.packs.drop_cached(chunk):  # not from the read cache: the pack is damaged
                     raise
                 stored, loc = self.packs.read_stored(chunk)
-                data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}")
+                data = codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack_name(loc.pack)}", base)
             self.cache.put(chunk, data)
         return data
+
+    def verify(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str) -> bytes:
+        """``codec.decode`` of stored bytes read by another way than ``get`` (fsck, drills,
+        replicas), a delta's base got through ``get``."""
+        return codec.decode(chunk, stored, raw_len, flags, where, lambda b: self.get(b, 0))
 
     def prefetch(self, chunks: Iterable[ChunkId], progress: Callable[[int], None] = lambda n: None) -> tuple[int, int]:
         """Stage chunks of warm/cold packs in the disk read cache; (bytes fetched, bytes on the hot tier)."""
         return self.packs.stage(dict.fromkeys(c for c in chunks if c != HOLE), progress)
 
-    def recompress(self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, level: int) -> tuple[bytes, int]:
+    def recompress(
+        self, chunk: ChunkId, stored: bytes, raw_len: int, flags: int, level: int, base: ChunkId | None = None,
+    ) -> tuple[bytes, int]:  # fmt: skip
         """Re-encode a chunk for warm or cold (maintenance/reencode.py): whichever of zstd at
-        ``level``, byte planes of width 2 or 4 + zstd, or raw bytes is smallest, tried on a sample first
-        (``codec.repack_encoding``); the stored bytes stay when nothing is smaller. Never
-        repacks damage: the chunk is verified on the way in, and a new encoding is decoded and
-        verified before it replaces the only copy (a few percent of the level-9 compression)."""
+        ``level``, byte planes of width 2 or 4 + zstd, a delta against ``base`` (if given) or raw
+        bytes is smallest, tried on a sample first (``codec.repack_encoding``); the stored bytes
+        stay when nothing is smaller, and a delta stays a delta. Never repacks damage: the chunk
+        is verified on the way in, and a new encoding is decoded and verified before it
+        replaces the only copy (a few percent of the level-9 compression)."""
+        if packfmt.delta_base(stored, flags) is not None:
+            return stored, flags
         raw = codec.decode(chunk, stored, raw_len, flags, "repack")
-        how = codec.repack_encoding(raw[: self.compression.sample], level)
+        sample = self.compression.sample
+        how = codec.repack_encoding(raw[:sample], level)
+        best = (stored, flags)
         if how != Compression.NONE:
             packed = codec.compress(raw, how, level)
             if len(packed) < len(stored):
-                codec.decode(chunk, packed, raw_len, chunk_flags(how), "repack output")
-                return packed, chunk_flags(how)
-        if flags_compression(flags) != Compression.NONE and len(raw) <= len(stored):
-            return raw, chunk_flags(Compression.NONE)
-        return stored, flags
+                best = (packed, chunk_flags(how))
+        if best[0] is stored and flags_compression(flags) != Compression.NONE and len(raw) <= len(stored):
+            best = (raw, chunk_flags(Compression.NONE))
+        base_raw = self._base(base, raw_len)
+        if base_raw is not None:
+            delta = codec.encode_delta(raw, base, base_raw, level, sample)
+            if delta is not None and len(delta[0]) < len(best[0]) * codec.REPACK_MAX_RATIO:
+                best = delta
+        if best[0] is not stored and best[0] is not raw:
+            self.verify(chunk, best[0], raw_len, best[1], "repack output")
+        return best
+
+    def _base(self, base: ChunkId | None, raw_len: int) -> bytes | None:
+        """The bytes of a planned delta's base, None when there is none to use: another length,
+        or gone meanwhile (gc; the pack rewrite's switch then keeps the chunk whole anyway)."""
+        if base is None:
+            return None
+        try:
+            data = self.get(base, 0)
+        except ChunkfsError:
+            return None
+        return data if len(data) == raw_len else None
 
     def flush(self) -> None:
         """Make every chunk put so far durable and findable by other processes."""

@@ -11,11 +11,20 @@ Packs of complete runs going to warm or cold are re-encoded (``repack_encoding``
 ``compress``; maintenance/reencode.py): zstd, and for float tensors byte planes first
 (``Compression.ZSTD_PLANES2/4``), which stores bf16 weights in ~10% and fp32 in ~8% fewer
 bytes than zstd alone at the same level (docs/tiers.md, "Re-encoding").
+
+There, a chunk can also be stored as a **delta** (``ChunkKind.DELTA``, ``encode_delta``):
+its XOR with a *base* chunk of the same length — the same tensor region of the next
+checkpoint of the run — in the same encodings. Consecutive checkpoints share the high
+bytes of most elements, so the XOR's byte planes are mostly zeros (bf16 weights a few
+steps apart: a third of what they take alone). Stored bytes: the base's id (32) then the
+zstd frame; the chunk's id stays the BLAKE3 of its raw bytes, so dedup is unchanged, and
+decoding one needs its base decoded first (``decode``'s ``base``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import blake3
 import numpy as np
@@ -23,7 +32,15 @@ import zstandard
 
 from chunkfs.config import CompressionSettings
 from chunkfs.errors import CorruptData
-from chunkfs.types import ChunkId, ChunkKind, Compression, chunk_flags, flags_compression, flags_kind
+from chunkfs.types import (
+    CHUNK_ID_LEN,
+    ChunkId,
+    ChunkKind,
+    Compression,
+    chunk_flags,
+    flags_compression,
+    flags_kind,
+)
 
 try:
     from chunkfs import _planes  # native/planes.c, built at install when a C compiler is there
@@ -32,6 +49,9 @@ except ImportError:
 
 PLANE_WIDTH = {Compression.ZSTD_PLANES2: 2, Compression.ZSTD_PLANES4: 4}
 """Element width in bytes of each byte-plane encoding (bf16/fp16: 2, fp32: 4)."""
+
+MAX_DELTA_DEPTH = 64
+"""A chain of deltas longer than this is damage (a cycle): ``lifecycle.delta_chain`` is far below."""
 
 REPACK_MAX_RATIO = 0.97
 """A chunk is re-encoded only if its sample shrinks by at least 3% (random bytes, already
@@ -127,8 +147,32 @@ def repack_encoding(sample: bytes, level: int) -> Compression:
     return best if sizes[best] <= len(sample) * REPACK_MAX_RATIO else Compression.NONE
 
 
-def decode(chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str) -> bytes:
-    """The verified raw bytes of a chunk; ``CorruptData`` (naming ``where``) if they are wrong."""
+def xor(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
+    """``a`` XOR ``b`` (equal lengths): NumPy, 7.6 GB/s a core (tools/bench_micro.py), memory speed."""
+    n = len(a)
+    if n % 8:
+        return np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).tobytes()
+    return np.bitwise_xor(np.frombuffer(a, np.uint64), np.frombuffer(b, np.uint64)).tobytes()
+
+
+def encode_delta(raw: bytes, base: ChunkId, base_raw: bytes, level: int, sample: int) -> tuple[bytes, int] | None:
+    """(stored bytes, flags) of ``raw`` as a delta against the chunk ``base`` whose bytes are
+    ``base_raw`` (same length), in the encoding ``repack_encoding`` picks for the XOR; None when
+    the XOR does not compress (nothing in common)."""
+    diff = xor(raw, base_raw)
+    how = repack_encoding(diff[:sample], level)
+    if how == Compression.NONE:
+        return None
+    return base + compress(diff, how, level), chunk_flags(how, ChunkKind.DELTA)
+
+
+def decode(
+    chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str,
+    base: Callable[[ChunkId], bytes] | None = None,
+) -> bytes:  # fmt: skip
+    """The verified raw bytes of a chunk; ``CorruptData`` (naming ``where``) if they are wrong.
+    A delta chunk needs ``base``: the verified raw bytes of a chunk by id (its errors pass through,
+    prefixed with the delta that needed it)."""
     try:
         kind, how = flags_kind(flags), flags_compression(flags)
     except ValueError:
@@ -136,8 +180,21 @@ def decode(chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str) 
             f"chunk {chunk.hex()} in {where}: flags {flags:#04x} name an encoding this chunkfs does not "
             "know; read it with a newer chunkfs (docs/format.md)"
         ) from None
-    if kind != ChunkKind.FULL:
-        raise CorruptData(f"chunk {chunk.hex()} in {where}: delta chunks need a newer chunkfs")
+    base_raw = None
+    if kind == ChunkKind.DELTA:
+        if base is None or len(stored) < CHUNK_ID_LEN:
+            raise CorruptData(f"chunk {chunk.hex()} in {where}: a delta without its base")
+        base_id, stored = bytes(stored[:CHUNK_ID_LEN]), stored[CHUNK_ID_LEN:]
+        try:
+            base_raw = base(base_id)
+        except CorruptData as e:
+            raise CorruptData(
+                f"chunk {chunk.hex()} in {where} is a delta of chunk {base_id.hex()}, which cannot be read: {e}",
+                detail=f"its base {base_id.hex()}: {e.detail}",
+            ) from None
+        if len(base_raw) != raw_len or how == Compression.NONE:
+            detail = f"delta of {len(base_raw)}-byte base {base_id.hex()} ({how.name})"
+            raise CorruptData(f"chunk {chunk.hex()} in {where}: {detail}; run `chunkfs fsck`", detail=detail)
     try:
         if how == Compression.NONE:
             raw = stored
@@ -148,6 +205,8 @@ def decode(chunk: ChunkId, stored: bytes, raw_len: int, flags: int, where: str) 
     except zstandard.ZstdError as e:
         detail = f"cannot decode ({e})"
         raise CorruptData(f"chunk {chunk.hex()} in {where}: {detail}; run `chunkfs fsck`", detail=detail) from None
+    if base_raw is not None and len(raw) == raw_len:
+        raw = xor(raw, base_raw)
     if len(raw) != raw_len or chunk_id(raw) != chunk:
         detail = "content does not match its hash"
         raise CorruptData(f"chunk {chunk.hex()} in {where}: {detail}; run `chunkfs fsck`", detail=detail)

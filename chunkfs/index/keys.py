@@ -19,8 +19,17 @@ Databases
     value: pack id (16) | offset u64 | stored length u32 | raw length u32 | flags u8
     Invariant: the pack exists in ``packs`` and the bytes at offset were fsync'd
     before this entry was committed. ``offset`` points at the stored bytes, after
-    the pack record header. flags: low nibble compression (0 none, 1 zstd), high
-    nibble kind (0 full, 1 delta — reserved).
+    the pack record header. flags: low nibble compression (0 none, 1 zstd, 2/3
+    byte planes + zstd), high nibble kind (0 full, 1 delta: see ``deltas``).
+
+``deltas``    chunk id (32) → base chunk id (32).
+    One per chunk stored as a delta (its record's first 32 bytes name the same
+    base; engine/codec.py): the base must stay while the delta does, so gc's
+    mark keeps the bases of live deltas (and theirs), and resurrecting a delta
+    resurrects its bases. Written in the transaction that switches the delta's
+    location in (store/maintenance/rewrite.py), which requires both chunks in
+    ``chunks``; removed when the delta chunk is swept; ``index rebuild`` reads
+    it back from the records.
 
 ``packs``     pack id (16) → what the index knows of the pack.
     value: tier u8 | state u8 | size u64 | chunk count u32 | created ns u64 | group (rest)
@@ -295,7 +304,7 @@ from chunkfs.types import (
 FORMAT_VERSION = 1
 
 DATABASES = (
-    "meta", "chunks", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",  # the tree and the store
+    "meta", "chunks", "deltas", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",  # the tree and the store
     "commits", "dirhist", "inohist", "tags",  # "History"
     "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",  # "Registry"
     "uploads", "copies", "moves", "runs", "pins", "counters",  # "Tiers"

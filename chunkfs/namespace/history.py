@@ -22,7 +22,7 @@ from chunkfs import clock
 from chunkfs.errors import AlreadyExists, InvalidArgument, NotFound
 from chunkfs.index import Index
 from chunkfs.namespace.journal import Journal
-from chunkfs.types import HOLE, ROOT_INODE, Extent, Version
+from chunkfs.types import HOLE, ROOT_INODE, ChunkKind, Extent, Version, flags_kind
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 """Tag names: safe as a directory name in .snapshots/, never starting with '@' (and, checked
@@ -44,12 +44,15 @@ class LogEntry:
     kind: str  # "file", "directory", "symlink"
     whole_at: int | None = None  # a removed directory: the last commit at which it was whole
     new_bytes: int | None = None  # a file: bytes of chunks the path's previous version lacked (None: unknown)
+    stored_bytes: int | None = None  # a file: what its chunks take as stored now (each once; None: unknown)
+    delta_bytes: int | None = None  # a file: raw bytes of its chunks stored as deltas (docs/tiers.md)
 
 
 def _with_new_bytes(t, entries: list[LogEntry]) -> list[LogEntry]:
     """``entries`` (newest first) with each file version's ``new_bytes``: the bytes of its chunks
     that the version before it at the same path did not have (a checkpoint saved over ``latest``:
-    what changed since the last save), each chunk once. Holes count as nothing; a version whose
+    what changed since the last save), each chunk once; and what its chunks take as stored now,
+    and how many of their raw bytes are stored as deltas. Holes count as nothing; a version whose
     content gc removed stays unknown."""
     out, before = [], set()
     for e in reversed(entries):  # oldest first
@@ -60,7 +63,12 @@ def _with_new_bytes(t, entries: list[LogEntry]) -> list[LogEntry]:
                 before = set()
             else:
                 lengths = {x.chunk: x.length for x in extents if x.chunk != HOLE}  # a repeated chunk is stored once
-                e = dataclasses.replace(e, new_bytes=sum(n for c, n in lengths.items() if c not in before))
+                locs = [(n, t.chunk_get(c)) for c, n in lengths.items()]
+                e = dataclasses.replace(
+                    e, new_bytes=sum(n for c, n in lengths.items() if c not in before),
+                    stored_bytes=sum(loc.stored_len for _, loc in locs if loc is not None),
+                    delta_bytes=sum(n for n, loc in locs if loc is not None and flags_kind(loc.flags) == ChunkKind.DELTA),
+                )  # fmt: skip
                 before = set(lengths)
         out.append(e)
     return out[::-1]

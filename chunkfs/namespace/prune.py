@@ -58,7 +58,8 @@ def _tidy_dirhist(t: Txn, inos: set[int]) -> None:
 
 def mark(t: Txn, dropped: set[tuple[int, int]] = frozenset()) -> tuple[set[bytes], list[int]]:
     """(every chunk still referenced, every manifest nothing references) once the versions
-    ``dropped`` are gone: referenced means by a remaining version, a current inode or a pin."""
+    ``dropped`` are gone: referenced means by a remaining version, a current inode or a pin, or
+    as the base of a referenced delta chunk."""
     live_manifests: set[int] = set()
     for v in t.inohist_all():
         if v.record.manifest and (v.ino, v.commit) not in dropped:
@@ -76,4 +77,4 @@ def mark(t: Txn, dropped: set[tuple[int, int]] = frozenset()) -> tuple[set[bytes
     for _path, _ns, chunks in t.pins():
         live.update(chunks)
     live.discard(HOLE)
-    return live, dead_manifests
+    return t.with_bases(live), dead_manifests

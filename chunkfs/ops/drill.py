@@ -102,7 +102,8 @@ class _SourceReader:
                 stored = backend.get_range(pack_name(loc.pack), loc.offset, loc.stored_len)
                 if len(stored) != loc.stored_len:
                     raise CorruptData(f"pack {loc.pack.hex()} is truncated")
-                return codec.decode(chunk, stored, loc.raw_len, loc.flags, f"{url}/{pack_name(loc.pack)}")
+                where = f"{url}/{pack_name(loc.pack)}"
+                return codec.decode(chunk, stored, loc.raw_len, loc.flags, where, self.read)  # a base from here too
             except ChunkfsError as e:
                 errors.append(str(e))
         raise CorruptData("; ".join(errors))

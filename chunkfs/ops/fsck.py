@@ -46,7 +46,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkfs import clock
-from chunkfs.engine import codec
 from chunkfs.errors import ChunkfsError, ConfigError, CorruptData, NotFound
 from chunkfs.index import check
 from chunkfs.ops import treecheck
@@ -343,7 +342,7 @@ def _check_chunks(repo, pack: PackId, info: PackInfo, items, report: FsckReport)
                 report.bytes_read += len(stored)
             if len(stored) != loc.stored_len:
                 raise CorruptData(f"pack is truncated (read {len(stored)} of {loc.stored_len} bytes)")
-            codec.decode(chunk, stored, loc.raw_len, loc.flags, f"pack {pack.hex()}")
+            repo.chunks.verify(chunk, stored, loc.raw_len, loc.flags, f"pack {pack.hex()}")
         except ChunkfsError as e:
             why = e.detail if isinstance(e, CorruptData) else str(e)
             bad[chunk] = Problem("bad_chunk", f"chunk {chunk.hex()} in pack {pack.hex()} ({tier} tier): {why}",

@@ -36,8 +36,8 @@ from chunkfs.index import Index, check
 from chunkfs.repo import Repository, take_lock
 from chunkfs.store.backends import ownership
 from chunkfs.store.backends.local import LocalBackend
-from chunkfs.store.pack.files import pack_id_from_name, read_entries, walk_records
-from chunkfs.types import HOLE, ChunkLocation, PackInfo, PackState, Tier
+from chunkfs.store.pack.files import delta_bases, pack_id_from_name, read_entries, walk_records
+from chunkfs.types import HOLE, ChunkKind, ChunkLocation, PackInfo, PackState, Tier
 
 
 @dataclass
@@ -106,6 +106,8 @@ def rebuild(
     result = result or RebuildResult()
     repo.packs.seal_all()
     found: dict[bytes, ChunkLocation] = {}
+    bases: dict[bytes, bytes] = {}  # delta chunk → base (``deltas``)
+    unverified: list[bytes] = []  # delta records of damaged packs: verified once their bases are indexed
     packs: dict[bytes, PackInfo] = {}
     with repo.index.read() as t:
         groups = {p: i.group for p, i in t.packs()}  # keep what the index knew of each pack's run
@@ -130,9 +132,11 @@ def rebuild(
                 if tier != Tier.HOT:
                     continue  # only hot packs are ever open; a remote one without a footer is damage
                 result.unsealed_packs += not damaged
-                entries = [e for e in entries if _verifies(backend, name, e)]
+                entries = [e for e in entries if _verifies(backend, name, e, unverified)]
+            entries = [e for e in entries if e.chunk not in found]
             for e in entries:
-                found.setdefault(e.chunk, ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags))
+                found[e.chunk] = ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags)
+            bases.update(delta_bases(backend, name, entries))
             state = PackState.SEALED if sealed else PackState.OPEN
             packs[pack] = PackInfo(tier, state, backend.size(name), len(entries), groups.get(pack, ""), clock.now_ns())
             result.packs += 1
@@ -144,6 +148,15 @@ def rebuild(
             t.pack_put(pack, info)
         for chunk, loc in found.items():
             t.chunk_put(chunk, loc)
+        for chunk, base in bases.items():
+            t.delta_put(chunk, base)
+    for chunk in unverified:
+        try:
+            repo.chunks.get(chunk, 0)
+        except CorruptData:
+            with repo.index.write() as t:
+                t.chunk_delete(chunk)
+            found.pop(chunk, None)
     result.chunks = len(found)
     repo.packs.recover()  # seals the unsealed packs found above
     with repo.index.read() as t:
@@ -152,7 +165,12 @@ def rebuild(
     return result
 
 
-def _verifies(backend, name: str, entry) -> bool:
+def _verifies(backend, name: str, entry, unverified: list[bytes]) -> bool:
+    """Whether a record found by walking a pack decodes to its chunk id (a delta needs its base:
+    noted in ``unverified``, checked once the index locates the base)."""
+    if entry.flags >> 4 == ChunkKind.DELTA:
+        unverified.append(entry.chunk)
+        return True
     stored = backend.get_range(name, entry.offset, entry.stored_len)
     try:
         codec.decode(entry.chunk, stored, entry.raw_len, entry.flags, name)

@@ -48,7 +48,7 @@ from chunkfs.errors import AlreadyExists, ChunkfsError, NotFound, UsageError
 from chunkfs.index import Index
 from chunkfs.store.backends.url import open_backend
 from chunkfs.store.maintenance.metabackup import fetch_latest
-from chunkfs.store.pack.files import pack_id_from_name, pack_name, read_entries
+from chunkfs.store.pack.files import delta_bases, pack_id_from_name, pack_name, read_entries
 from chunkfs.types import ChunkLocation, PackInfo, PackState, Tier
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _rebuild(repo_path: Path, settings: config.Settings, result: RecoverResult) 
             lost.append(pack)
         # packs written after the backup: on the tiers, then only on a replica
         known = set(packs)
-        found: dict[bytes, tuple[Tier, int, list]] = {}
+        found: dict[bytes, tuple[Tier, int, list, dict]] = {}
         for tier, b in backends.items():
             for name in present[tier]:
                 pack = pack_id_from_name(name)
@@ -178,7 +178,7 @@ def _rebuild(repo_path: Path, settings: config.Settings, result: RecoverResult) 
                     log.warning("recover: pack %s on %s is not usable: %s", name, b.url, e)
                     continue
                 if sealed:
-                    found[pack] = (tier, b.size(name), entries)
+                    found[pack] = (tier, b.size(name), entries, delta_bases(b, name, entries))
         if Tier.WARM in backends:
             for r in replicas:
                 for name in _listing(r):
@@ -189,20 +189,24 @@ def _rebuild(repo_path: Path, settings: config.Settings, result: RecoverResult) 
                         continue
                     entries, sealed = read_entries(backends[Tier.WARM], name)
                     if sealed:
-                        found[pack] = (Tier.WARM, backends[Tier.WARM].size(name), entries)
+                        bases = delta_bases(backends[Tier.WARM], name, entries)
+                        found[pack] = (Tier.WARM, backends[Tier.WARM].size(name), entries, bases)
         now = clock.now_ns()
         lost_set = set(lost)
         with index.write() as t:
             for pack, info in changes.items():
                 t.pack_put(pack, info)
                 t.copy_delete(pack, Tier.WARM)
-            for pack, (tier, size, entries) in found.items():
+            for pack, (tier, size, entries, bases) in found.items():
                 t.pack_put(pack, PackInfo(tier, PackState.SEALED, size, len(entries), "", now))
                 result.newer_packs += 1
                 for e in entries:
                     loc = t.chunk_get(e.chunk)
                     if loc is None or loc.pack in lost_set:
                         t.chunk_put(e.chunk, ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags))
+                        t.delta_delete(e.chunk)
+                        if e.chunk in bases:
+                            t.delta_put(e.chunk, bases[e.chunk])
                         result.newer_chunks += 1
             for pack in lost:
                 t.pack_delete(pack)

@@ -34,7 +34,15 @@ from dataclasses import asdict, dataclass, field
 
 from chunkfs.repo import Repository
 from chunkfs.store.pack import format as packfmt
-from chunkfs.types import HOLE, ChunkLocation, Compression, PackState, flags_compression
+from chunkfs.types import (
+    HOLE,
+    ChunkKind,
+    ChunkLocation,
+    Compression,
+    PackState,
+    flags_compression,
+    flags_kind,
+)
 
 ENCODINGS = {
     Compression.NONE: "none",
@@ -42,13 +50,17 @@ ENCODINGS = {
     Compression.ZSTD_PLANES2: "zstd_planes2",
     Compression.ZSTD_PLANES4: "zstd_planes4",
 }
-"""How ``stats`` and ``du`` name each encoding of stored chunks. No dtype is recorded per chunk:
-the byte-plane width the re-encoding chose from the data stands for it (2: bf16/fp16, 4: fp32)."""
+"""How ``stats`` and ``du`` name each encoding of stored chunks, ``delta_`` before it for a chunk
+stored as a delta of another (namespace/deltas.py). No dtype is recorded per chunk: the byte-plane
+width the re-encoding chose from the data stands for it (2: bf16/fp16, 4: fp32)."""
 
 
 def count_encoding(table: dict[str, dict[str, int]], loc: ChunkLocation) -> None:
     """Add one chunk to ``table``: encoding name → chunks, raw and stored bytes."""
-    row = table.setdefault(ENCODINGS[flags_compression(loc.flags)], {"chunks": 0, "raw": 0, "stored": 0})
+    name = ENCODINGS[flags_compression(loc.flags)]
+    if flags_kind(loc.flags) == ChunkKind.DELTA:
+        name = "delta_" + name
+    row = table.setdefault(name, {"chunks": 0, "raw": 0, "stored": 0})
     row["chunks"] += 1
     row["raw"] += loc.raw_len
     row["stored"] += loc.stored_len

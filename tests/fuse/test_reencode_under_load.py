@@ -1,7 +1,7 @@
 """A complete run re-encoded on its way to warm while the mount is busy (docs/tiers.md, "Re-encoding").
 
 The daemon's tier mover replaces every hot pack of the run by new, smaller packs on warm
-(S3 on loopback) and deletes the old ones, batch by batch, while other processes read the
+(S3 on loopback; all checkpoints but the newest stored as deltas of the next) and deletes the old ones, batch by batch, while other processes read the
 run's files (random ranges and whole, each byte checked, the page cache dropped after
 each file so that every pass asks the daemon again), list its directories, and trainers
 save checkpoints of another run by fsync + rename. Nobody may see a wrong byte or an
@@ -40,7 +40,7 @@ def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothin
     manifest = {}
     for step in range(CHECKPOINTS):
         path = m.path / RUN / f"checkpoint-{(step + 1) * 100}" / "model.safetensors"
-        bf16_checkpoint(path, seed=step)
+        bf16_checkpoint(path, seed=0, step=step)  # a training run: all but the newest stored as deltas
         manifest[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     other = m.path / "other" / "job"
@@ -62,6 +62,8 @@ def test_a_run_re_encoded_to_warm_under_readers_listers_and_writers_loses_nothin
     assert not failures, "\n".join(failures)
 
     assert usage["stored"]["warm"] < 0.9 * usage["logical_bytes"], f"the run was not re-encoded: {usage}"
+    deltas = sum(row["chunks"] for name, row in usage["encodings"].items() if name.startswith("delta_"))
+    assert deltas >= (CHECKPOINTS - 1) * 32, f"the older checkpoints are not deltas: {usage['encodings']}"
     moved = r"tier policy: hot→warm \d+ packs, [\d.]+ MB; re-encoded into \d+ warm packs"
     assert re.search(moved, m.log()), "the daemon's log does not say what its mover did"
     m.remount_cold()  # the run reads back from the re-encoded warm packs alone

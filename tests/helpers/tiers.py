@@ -58,13 +58,19 @@ def write_run(src: Path, run: str = "run1", steps: int = 2, seed: int = 0) -> Pa
     return root
 
 
-def bf16_checkpoint(path: Path, seed: int) -> None:
-    """A 16 MiB safetensors file of bf16 weights, as a trainer saves them (re-encoding shrinks it)."""
+def bf16_checkpoint(path: Path, seed: int, step: int = 0) -> None:
+    """A 16 MiB safetensors file of bf16 weights, as a trainer saves them (re-encoding shrinks it);
+    ``step`` > 0: the same weights (same ``seed``) after that many small optimizer steps, so that
+    the checkpoints of one seed are stored as deltas of each other."""
     import safetensors.torch
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    weights = {f"layers.{i}.weight": (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16) for i in range(8)}
+    weights = {f"layers.{i}.weight": torch.randn(1024, 1024, generator=g) * 0.02 for i in range(8)}
+    if step:
+        g = torch.Generator().manual_seed(seed + 1000 * step)
+        weights = {name: w + torch.randn(w.shape, generator=g) * 1e-5 * step for name, w in weights.items()}
+    weights = {name: w.to(torch.bfloat16) for name, w in weights.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(weights, str(path))
 

@@ -102,8 +102,62 @@ def test_unknown_compression_or_kind_names_the_chunk_and_a_newer_chunkfs():
         match = f"chunk {cid.hex()} in pack p: flags {flags:#04x} .*newer chunkfs"
         with pytest.raises(CorruptData, match=match):
             codec.decode(cid, data, len(data), flags, "pack p")
-    with pytest.raises(CorruptData, match="delta chunks need a newer chunkfs"):
-        codec.decode(cid, data, len(data), chunk_flags(Compression.NONE, ChunkKind.DELTA), "pack p")
+    with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p: a delta without its base"):
+        codec.decode(cid, data, len(data), chunk_flags(Compression.ZSTD, ChunkKind.DELTA), "pack p")
+
+
+def _neighbours(n: int, seed: int = 0) -> tuple[bytes, bytes]:
+    """bf16 weights and the same weights a few small optimizer steps later."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(n).astype(np.float32)
+    later = w + rng.standard_normal(n).astype(np.float32) * 1e-3
+    bf16 = lambda a: (a.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    return bf16(w), bf16(later)
+
+
+def test_a_delta_decodes_through_its_base_and_stores_less_than_the_chunk_alone():
+    older, newer = _neighbours(1 << 20)
+    base = codec.chunk_id(newer)
+    stored, flags = codec.encode_delta(older, base, newer, 3, 64 << 10)
+    assert flags >> 4 == ChunkKind.DELTA and stored[:32] == base
+    alone = codec.compress(older, codec.repack_encoding(older[: 64 << 10], 3), 3)
+    assert len(stored) < 0.5 * len(alone)  # the high byte planes of the XOR are nearly all zero
+    asked = []
+
+    def get(chunk):
+        asked.append(chunk)
+        return newer
+
+    assert codec.decode(codec.chunk_id(older), stored, len(older), flags, "pack p", get) == older
+    assert asked == [base]
+
+
+def test_a_delta_whose_base_is_wrong_or_unreadable_is_an_error_naming_both():
+    older, newer = _neighbours(1 << 16)
+    cid, base = codec.chunk_id(older), codec.chunk_id(newer)
+    stored, flags = codec.encode_delta(older, base, newer, 3, 64 << 10)
+    other = bytearray(newer)
+    other[100] ^= 1
+    with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p: content does not match its hash"):
+        codec.decode(cid, stored, len(older), flags, "pack p", lambda c: bytes(other))
+
+    def damaged(chunk):
+        raise CorruptData(f"chunk {chunk.hex()} in pack q: content does not match its hash")
+
+    with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p is a delta of chunk {base.hex()}") as e:
+        codec.decode(cid, stored, len(older), flags, "pack p", damaged)
+    assert e.value.detail.startswith(f"its base {base.hex()}")
+    with pytest.raises(CorruptData, match="delta of 100-byte base"):
+        codec.decode(cid, stored, len(older), flags, "pack p", lambda c: bytes(100))
+
+
+def test_nothing_in_common_is_no_delta_and_xor_is_exact():
+    rng = np.random.default_rng(1)
+    a, b = rng.bytes(1 << 16), rng.bytes(1 << 16)
+    assert codec.encode_delta(a, codec.chunk_id(b), b, 3, 64 << 10) is None
+    for n in (0, 1, 7, 8, 4097):
+        x, y = rng.bytes(n), rng.bytes(n)
+        assert codec.xor(x, y) == bytes(p ^ q for p, q in zip(x, y, strict=True))
 
 
 def test_cold_trial_picks_planes_for_floats_and_none_for_random_bytes():

@@ -111,6 +111,8 @@ class BaseTables:
         self._put("chunks", chunk, keys.encode_location(loc))
 
     def chunk_delete(self, chunk: ChunkId) -> bool:
+        """Forget a chunk (and its ``deltas`` entry)."""
+        self._delete("deltas", chunk)
         return self._delete("chunks", chunk)
 
     def chunks(self) -> Iterator[tuple[ChunkId, ChunkLocation]]:
@@ -119,6 +121,39 @@ class BaseTables:
 
     def chunk_count(self) -> int:
         return self._txn.stat(self._dbs["chunks"])["entries"]
+
+    def delta_base(self, chunk: ChunkId) -> ChunkId | None:
+        """The base of ``chunk`` if it is stored as a delta (``deltas``)."""
+        raw = self._get("deltas", chunk)
+        return bytes(raw) if raw is not None else None
+
+    def delta_put(self, chunk: ChunkId, base: ChunkId) -> None:
+        self._put("deltas", chunk, base)
+
+    def delta_delete(self, chunk: ChunkId) -> bool:
+        return self._delete("deltas", chunk)
+
+    def deltas(self) -> Iterator[tuple[ChunkId, ChunkId]]:
+        """(delta chunk, base chunk) of every chunk stored as a delta."""
+        for key, value in self._prefix("deltas", b""):
+            yield bytes(key), bytes(value)
+
+    def with_bases(self, chunks: set[ChunkId]) -> set[ChunkId]:
+        """``chunks`` and every base their deltas need, transitively: what must stay stored (gc's
+        mark), be resurrected or be staged for them to be read."""
+        n = self._txn.stat(self._dbs["deltas"])["entries"]
+        if not n:
+            return chunks
+        # gc's mark asks for every live chunk: one scan of ``deltas`` beats a lookup per chunk
+        base_of = dict(self.deltas()).get if n <= len(chunks) else self.delta_base
+        out = set(chunks)
+        todo = list(chunks)
+        while todo:
+            base = base_of(todo.pop())
+            if base is not None and base not in out:
+                out.add(base)
+                todo.append(base)
+        return out
 
     # -- packs ------------------------------------------------------------------
 
@@ -139,6 +174,7 @@ class BaseTables:
     # -- rebuilding -----------------------------------------------------------------
 
     def clear_chunk_index(self) -> None:
-        """Empty the chunks and packs databases (``chunkfs index rebuild`` refills them)."""
+        """Empty the chunks, deltas and packs databases (``chunkfs index rebuild`` refills them)."""
         self._txn.drop(self._dbs["chunks"], delete=False)
+        self._txn.drop(self._dbs["deltas"], delete=False)
         self._txn.drop(self._dbs["packs"], delete=False)

@@ -63,6 +63,8 @@ class GcTables(BaseTables):
         return found[2] if found is not None else None
 
     def condemned_delete(self, chunk: ChunkId) -> bool:
+        """Forget a condemned chunk for good (the sweep), and its ``deltas`` entry."""
+        self._delete("deltas", chunk)
         return self._delete("condemned", chunk)
 
     def condemned(self) -> Iterator[tuple[ChunkId, int, int, ChunkLocation]]:
@@ -84,7 +86,7 @@ class GcTables(BaseTables):
         condemned = self._dbs["condemned"]
         if not self._txn.stat(condemned)["entries"]:
             return 0
-        for chunk in chunks:
+        for chunk in self.with_bases(set(chunks)):  # a delta needs its bases: condemned with it, back with it
             raw = self._get("condemned", chunk)
             if raw is None or self._get("chunks", chunk) is not None:
                 continue

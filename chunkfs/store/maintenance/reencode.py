@@ -4,8 +4,9 @@ The hot tier keeps chunks as ingest stored them (raw, or zstd where a sample sho
 clearly worth it): reads and writes there must run at disk speed. When the lifecycle
 policy sends a complete run on to warm (``lifecycle.warm_level``) or to cold
 (``cold_level``), its packs are not copied as they are: their live chunks are re-encoded
-(``Tiers.transform``: zstd at that level, byte planes first for float tensors, whichever
-stores the chunk smallest) into new packs of that run only, through the one pack rewrite
+(``Tiers.transform``: zstd at that level, byte planes first for float tensors, or a delta
+against the same bytes of the next checkpoint (``Tiers.delta_plan``, namespace/deltas.py),
+whichever stores the chunk smallest) into new packs of that run only, through the one pack rewrite
 (rewrite.py): every chunk location and pack home switches in one transaction, under the
 tier lock, and the old packs — hot home and write-back copy on warm alike — are deleted
 (in a shared repository the warm object once every node has learnt the new locations:
@@ -52,6 +53,9 @@ def repack(
     hot-pressure evictions are never held up for a whole run (a mount re-encodes at the
     lowest CPU priority). ``stop()`` is asked before each batch: the rest waits for a later run."""
     result = RepackResult()
+    # deltas need the repository's whole tree to pair chunks; the other nodes of a shared one
+    # could not learn the bases from the log (docs/multinode.md)
+    bases = tiers.delta_plan(group) if tiers.delta_plan is not None and not tiers.shared else {}
     with tiers.index.read() as t:
         infos = sorted(((p, t.pack_get(p)) for p in packs), key=lambda kv: kv[1].created_ns if kv[1] else 0)
     batch: list[PackId] = []
@@ -64,16 +68,16 @@ def repack(
         if size >= tiers.pack_size:
             if stop():
                 return result
-            _rewrite(tiers, group, batch, dst, level, progress, result)
+            _rewrite(tiers, group, batch, dst, level, bases, progress, result)
             batch, size = [], 0
     if batch and not stop():
-        _rewrite(tiers, group, batch, dst, level, progress, result)
+        _rewrite(tiers, group, batch, dst, level, bases, progress, result)
     return result
 
 
 def _rewrite(
-    tiers: Tiers, group: str, packs: list[PackId], dst: Tier, level: int, progress: Callable[[int], None],
-    result: RepackResult,
+    tiers: Tiers, group: str, packs: list[PackId], dst: Tier, level: int, bases: dict[ChunkId, ChunkId],
+    progress: Callable[[int], None], result: RepackResult,
 ) -> None:  # fmt: skip
     """One batch: its live chunks into new packs on ``dst``, the old packs retired."""
     with tiers.lock.hold():
@@ -95,7 +99,7 @@ def _rewrite(
                     entries = file_entries(path)
                     with tiers.index.read() as t:
                         live = live_entries(t, pack, entries)
-                    with open(path, "rb") as f, contextlib.closing(_encoded(tiers, f, live, level, pool)) as chunks:
+                    with open(path, "rb") as f, contextlib.closing(_encoded(tiers, f, live, level, bases, pool)) as chunks:
                         for e, stored, flags in chunks:
                             rw.add(e.chunk, e.location(pack), stored, e.raw_len, flags)
                 retire[pack] = [e.chunk for e in entries]
@@ -117,17 +121,17 @@ def _rewrite(
 
 
 def _encoded(
-    tiers: Tiers, f: BinaryIO, live: list[Entry], level: int, pool: ThreadPoolExecutor,
+    tiers: Tiers, f: BinaryIO, live: list[Entry], level: int, bases: dict[ChunkId, ChunkId], pool: ThreadPoolExecutor,
 ) -> Iterator[tuple[Entry, bytes, int]]:  # fmt: skip
-    """Each live entry of the pack open as ``f`` with its bytes re-encoded (stored bytes, flags), in
-    order; at most ``2 * THREADS`` chunks in flight, so memory stays a few chunks. Closed early
+    """Each live entry of the pack open as ``f`` with its bytes re-encoded (stored bytes, flags; a
+    delta where ``bases`` names a base and that is smaller), in order; at most ``2 * THREADS`` chunks in flight, so memory stays a few chunks. Closed early
     (an error), it waits for the chunks in flight: none reads ``f`` after it is closed."""
 
     def one(e: Entry) -> tuple[Entry, bytes, int]:
         stored = os.pread(f.fileno(), e.stored_len, e.offset)
         if tiers.transform is None:
             return e, stored, e.flags
-        return (e, *tiers.transform(e.chunk, stored, e.raw_len, e.flags, level))
+        return (e, *tiers.transform(e.chunk, stored, e.raw_len, e.flags, level, bases.get(e.chunk)))
 
     window: collections.deque[Future] = collections.deque()
     try:

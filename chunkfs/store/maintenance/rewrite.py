@@ -11,7 +11,9 @@ lock (store/tiering/tiers.py) with the crash notes of ``moves`` (keys.py):
    go), every chunk whose location — in ``chunks`` *or* ``condemned`` — is still the
    old one it was copied from now points into a new pack, and each old pack that no
    live location names any more leaves the index, with an OLD note for its object
-   on its home tier and on every copy.
+   on its home tier and on every copy. A chunk newly written as a delta switches only
+   if it and its base are both in ``chunks`` (live: its ``deltas`` entry keeps the base
+   live from then on); a condemned one stays whole where it was.
 4. **Delete** the old objects, dropping each OLD note once its object is gone.
 
 In a shared repository (``relocate``) other nodes read this node's packs on warm by the
@@ -119,6 +121,7 @@ class PackRewrite:
         self._builders: dict[str, PackBuilder] = {}
         self._built: list[tuple[PackId, int, int, str]] = []  # (pack, size, chunks, group), on the tier, verified
         self._moved: dict[ChunkId, tuple[ChunkLocation | None, ChunkLocation]] = {}  # chunk → (old, new)
+        self._bases: dict[ChunkId, ChunkId] = {}  # chunk written as a delta → its base
         self.result = RewriteResult()
 
     def add(self, chunk: ChunkId, old: ChunkLocation | None, stored: bytes, raw_len: int, flags: int,
@@ -137,6 +140,9 @@ class PackRewrite:
             b = self._builders[group] = PackBuilder(new, self.tmpdir / f"{new.hex()}.pack")
         entry = b.add(chunk, stored, raw_len, flags)
         self._moved[chunk] = (old, entry.location(b.pack))
+        base = packfmt.delta_base(stored, flags)
+        if base is not None:
+            self._bases[chunk] = base
         self.result.chunks += 1
         if b.size >= self.pack_size:
             self._seal(group)
@@ -188,6 +194,15 @@ class PackRewrite:
                 self.result.new_packs.append(pack)
             switched = []
             for chunk, (old, new) in self._moved.items():
+                base = self._bases.get(chunk)
+                if base is not None and t.delta_base(chunk) != base:
+                    # a new delta: only of a live chunk on a live base (gc's mark keeps the base from
+                    # now on); else the chunk stays where it was, whole, and so does its old pack
+                    if old is not None and t.chunk_get(chunk) == old and t.chunk_get(base) is not None:
+                        t.delta_put(chunk, base)
+                        t.chunk_put(chunk, new)
+                        switched.append(chunk)
+                    continue
                 current = t.chunk_get(chunk)
                 if current == old or (old is None and current is None):
                     t.chunk_put(chunk, new)
@@ -221,6 +236,7 @@ class PackRewrite:
                 t.outbox_put(now, {"op": "relocate", "chunks": moved, "retire": retired})
         self._built.clear()
         self._moved.clear()
+        self._bases.clear()
         return old_objects
 
     def delete(self, objects: list[tuple[PackId, Tier]]) -> None:

@@ -21,7 +21,7 @@ import blake3
 from chunkfs.errors import Conflict, CorruptData
 from chunkfs.store.backends.base import Backend, os_error
 from chunkfs.store.pack import format as packfmt
-from chunkfs.types import ChunkId, PackId
+from chunkfs.types import CHUNK_ID_LEN, ChunkId, ChunkKind, PackId
 
 
 def pack_name(pack: PackId) -> str:
@@ -233,3 +233,13 @@ def walk_records(backend: Backend, name: str) -> list[packfmt.Entry]:
     data = memoryview(backend.get(name))
     packfmt.decode_header(bytes(data[: packfmt.HEADER.size]), name)
     return list(packfmt.iter_records(data, packfmt.HEADER.size, len(data)))
+
+
+def delta_bases(backend: Backend, name: str, entries: list[packfmt.Entry]) -> dict[ChunkId, ChunkId]:
+    """The base of every delta record among ``entries`` of a pack (the first 32 stored bytes of
+    each: the index's ``deltas``, rebuilt from the packs by ``index rebuild`` and ``recover``)."""
+    return {
+        e.chunk: packfmt.delta_base(backend.get_range(name, e.offset, CHUNK_ID_LEN), e.flags)
+        for e in entries
+        if e.flags >> 4 == ChunkKind.DELTA
+    }

@@ -14,7 +14,8 @@ All integers little-endian. ``offset`` in the footer points at a record's stored
 bytes. Chunk flags: low nibble the compression (``types.Compression``: 0 raw, 1 one
 zstd frame, 2/3 byte planes of 2-/4-byte elements then one zstd frame, written only
 by re-encoding repacks (warm, cold); 4-15 unknown, refused by name), high nibble the kind (0 full,
-1 delta: reserved); the encodings themselves are in ``engine/codec.py``.
+1 delta: the stored bytes begin with the 32-byte id of the base chunk, ``delta_base``); the
+encodings themselves are in ``engine/codec.py``.
 
 The footer makes a pack self-describing: the chunk index can be rebuilt
 from the packs alone. A pack whose writer died before sealing has no footer; its
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import blake3
 
 from chunkfs.errors import CorruptData, FormatVersionError
-from chunkfs.types import CHUNK_ID_LEN, PACK_ID_LEN, ChunkId, ChunkLocation, PackId
+from chunkfs.types import CHUNK_ID_LEN, PACK_ID_LEN, ChunkId, ChunkKind, ChunkLocation, PackId
 
 PACK_FORMAT = 1
 MAGIC = b"CHUNKFSP"
@@ -60,6 +61,13 @@ class Entry:
     def location(self, pack: PackId) -> ChunkLocation:
         """Where this record is, as the chunk index says it (``chunks``)."""
         return ChunkLocation(pack, self.offset, self.stored_len, self.raw_len, self.flags)
+
+
+def delta_base(stored: bytes | memoryview, flags: int) -> ChunkId | None:
+    """The base chunk a delta record needs (its stored bytes' first 32), None for a full chunk."""
+    if flags >> 4 != ChunkKind.DELTA:
+        return None
+    return bytes(stored[:CHUNK_ID_LEN])
 
 
 def encode_header(pack_id: bytes) -> bytes:

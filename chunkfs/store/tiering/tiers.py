@@ -54,8 +54,12 @@ log = logging.getLogger(__name__)
 
 COPY_BLOCK = 8 << 20
 
-Transform = Callable[[ChunkId, bytes, int, int, int], tuple[bytes, int]]
-"""(chunk, stored, raw length, flags, zstd level) → (stored, flags): how a repack re-encodes a chunk."""
+Transform = Callable[[ChunkId, bytes, int, int, int, ChunkId | None], tuple[bytes, int]]
+"""(chunk, stored, raw length, flags, zstd level, base to try a delta against) → (stored, flags): how a
+repack re-encodes a chunk."""
+
+DeltaPlan = Callable[[str], dict[ChunkId, ChunkId]]
+"""run → {chunk: base}: the deltas a re-encoding of that run tries (namespace/deltas.py)."""
 
 
 class Tiers:
@@ -73,6 +77,7 @@ class Tiers:
         self.lock.on_acquire = self._resume_locked
         self.readcache = None  # set by the repository: pinned chunks are staged there before leaving hot
         self.transform: Transform | None = None  # set by the repository: the re-encoding (maintenance/reencode.py)
+        self.delta_plan: DeltaPlan | None = None  # set by the repository (lifecycle.delta_chain)
         self.shared = False  # set by the repository: other nodes read its warm packs, never rewrite them (multinode.md)
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()

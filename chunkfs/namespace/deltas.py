@@ -1,0 +1,156 @@
+"""Which chunk of a run to store as a delta of which: the plan a re-encoding repack follows.
+
+A full fine-tune changes every weight a little at every step: exact dedup stores each
+checkpoint again, but the XOR of a tensor with the same tensor one checkpoint later is mostly
+zero bytes in its high planes (engine/codec.py, ``encode_delta``). The pairs come from the
+tree, where they are known for free: the step directories of one run (``registry.step_pattern``,
+the pack group), and in each, the files by their path below the step directory — the chunk at
+the same offset and length of the same file one checkpoint *later* is the base. So is, for
+a path rewritten in place or replaced by rename at every save (``latest/model.safetensors``),
+the chunk at the same place of its next version (version history, docs/versions.md).
+
+**Reverse deltas.** The newest checkpoint of a run is stored whole and the older ones as
+deltas of their successor, never the other way: the checkpoint read most (the latest: resumed
+from, evaluated, served) reads at full speed, and retention, which drops old checkpoints,
+drops deltas, never a base that newer ones need. Chains are bounded: every ``chain``-th
+checkpoint, counted from the newest, is whole, so reading one needs at most ``chain`` chunks.
+
+Only chunks stored in this run's packs pair up (a base then tiers with its deltas), and a
+chunk already stored as a delta keeps its place in its chain.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+
+from chunkfs.config import RegistrySettings
+from chunkfs.engine.codec import MAX_DELTA_DEPTH
+from chunkfs.errors import NotFound
+from chunkfs.index.txn import Txn
+from chunkfs.namespace.registry.keypath import step_of
+from chunkfs.namespace.tree import Namespace
+from chunkfs.types import HOLE, ChunkId, Extent
+
+
+def plan(ns: Namespace, group: str, chain: int) -> dict[ChunkId, ChunkId]:
+    """Chunk → base for the chunks of run ``group`` worth trying as deltas (``ChunkIO.recompress``
+    keeps a delta only where it is smaller than the chunk stored alone); empty when ``chain`` < 2."""
+    if chain < 2:
+        return {}
+    pattern = re.compile((ns.registry.settings if ns.registry is not None else RegistrySettings()).step_pattern)
+    with ns.index.read() as t:
+        try:
+            run = _lookup(t, group)
+        except NotFound:
+            return {}
+        steps = sorted(
+            (step, ino)
+            for name, ino in t.dirents(run)
+            if (step := step_of(name.decode(errors="surrogateescape"), pattern)) is not None
+            and stat.S_ISDIR(t.inode_get(ino).mode)
+        )
+        depth: dict[ChunkId, int] = {}
+        bases: dict[ChunkId, ChunkId] = {}
+
+        def pair(extents: list[Extent], newer: list[Extent] | None) -> None:
+            for chunk, base in _pairs(extents, newer):
+                if chunk in depth or base not in depth or chunk in _chain(t, base):
+                    continue
+                if not (_in_group(t, chunk, group) and _in_group(t, base, group)):
+                    continue
+                d = depth[base] + 1
+                if d < chain:
+                    bases[chunk], depth[chunk] = base, d
+            for e in extents:
+                if e.chunk not in depth:
+                    depth[e.chunk] = len(_chain(t, e.chunk))
+
+        newer: dict[bytes, list[Extent]] = {}
+        for _step, ino in reversed(steps):  # the checkpoints of the run, newest first
+            files = {rel: extents for rel, _, _, extents in _files(t, ino, b"")}
+            for rel, extents in files.items():
+                pair(extents, newer.get(rel))
+            newer = files
+        for _rel, parent, name, extents in _files(t, run, b""):  # then each path's older versions
+            pair(extents, None)
+            for older in _history(t, parent, name, t.inode_get(t.dirent_get(parent, name)).manifest):
+                pair(older, extents)
+                extents = older
+    return bases
+
+
+def _lookup(t: Txn, path: str) -> int:
+    ino = 1
+    for part in path.strip("/").split("/"):
+        if part:
+            child = t.dirent_get(ino, part.encode(errors="surrogateescape"))
+            if child is None:
+                raise NotFound(path)
+            ino = child
+    return ino
+
+
+def _files(t: Txn, ino: int, prefix: bytes) -> list[tuple[bytes, int, bytes, list[Extent]]]:
+    """(path relative to ``ino``, directory, name, extents) of every regular file below directory ``ino``."""
+    out = []
+    for name, child in t.dirents(ino):
+        rec = t.inode_get(child)
+        if rec is None:
+            continue
+        if stat.S_ISDIR(rec.mode):
+            out += _files(t, child, prefix + name + b"/")
+        elif stat.S_ISREG(rec.mode) and rec.manifest:
+            out.append((prefix + name, ino, name, t.manifest_get(rec.manifest) or []))
+    return out
+
+
+def _history(t: Txn, parent: int, name: bytes, current: int) -> list[list[Extent]]:
+    """The earlier contents of the path ``parent``/``name`` (now manifest ``current``), newest
+    first: the versions of the inodes that held the name (a file rewritten in place; a new file
+    renamed over it at each save)."""
+    out: list[list[Extent]] = []
+    seen = {current}
+    for _commit, child in t.dirhist(parent, name):
+        for v in t.versions(child) if child else ():
+            if v.record.manifest and stat.S_ISREG(v.record.mode) and v.record.manifest not in seen:
+                seen.add(v.record.manifest)
+                out.append(t.manifest_get(v.record.manifest) or [])
+    return out
+
+
+def _pairs(extents: list[Extent], newer: list[Extent] | None) -> list[tuple[ChunkId, ChunkId]]:
+    """(chunk, the chunk of ``newer`` over the same bytes) for every extent of ``extents`` that
+    has one of the same offset and length and other content; when few do (a header that grew by
+    a few bytes shifts every tensor), extents pair by position if both files have as many."""
+    if not newer:
+        return []
+    at = {}
+    offset = 0
+    for e in newer:
+        at[(offset, e.length)] = e.chunk
+        offset += e.length
+    pairs = []
+    offset = 0
+    for e in extents:
+        base = at.get((offset, e.length))
+        if base is not None:
+            pairs.append((e.chunk, base))
+        offset += e.length
+    if len(pairs) * 2 < len(extents) and len(extents) == len(newer):
+        pairs = [(a.chunk, b.chunk) for a, b in zip(extents, newer, strict=True) if a.length == b.length]
+    return [(c, b) for c, b in pairs if c != b and c != HOLE and b != HOLE]
+
+
+def _in_group(t: Txn, chunk: ChunkId, group: str) -> bool:
+    loc = t.chunk_get(chunk)
+    info = t.pack_get(loc.pack) if loc is not None else None
+    return info is not None and info.group == group
+
+
+def _chain(t: Txn, chunk: ChunkId) -> list[ChunkId]:
+    """The bases ``chunk`` is stored against already, nearest first (empty: stored whole)."""
+    chain: list[ChunkId] = []
+    while (chunk := t.delta_base(chunk)) is not None and len(chain) <= MAX_DELTA_DEPTH:
+        chain.append(chunk)
+    return chain
