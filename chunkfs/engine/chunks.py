@@ -185,7 +185,7 @@ class ChunkIO:
             best = (raw, chunk_flags(Compression.NONE))
         base_raw = self._base(base, raw_len)
         if base_raw is not None:
-            delta = codec.encode_delta(raw, base, base_raw, level, sample)
+            delta = codec.encode_delta(raw, base, base_raw, sample)
             if delta is not None and len(delta[0]) < len(best[0]) * codec.REPACK_MAX_RATIO:
                 best = delta
         if best[0] is not stored and best[0] is not raw:

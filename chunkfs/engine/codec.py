@@ -53,6 +53,11 @@ PLANE_WIDTH = {Compression.ZSTD_PLANES2: 2, Compression.ZSTD_PLANES4: 4}
 MAX_DELTA_DEPTH = 64
 """A chain of deltas longer than this is damage (a cycle): ``lifecycle.delta_chain`` is far below."""
 
+DELTA_LEVEL = 1
+"""zstd level of every delta, whatever the tier's: on the byte planes of an XOR, level 1 stored
+smaller than 3 or 9 (bf16: 0.342 of raw against 0.352 and 0.358) and decodes ~30% faster, as
+fast as a whole chunk's planes (tools/bench_planes.py; docs/performance.md, "Delta chunks")."""
+
 REPACK_MAX_RATIO = 0.97
 """A chunk is re-encoded only if its sample shrinks by at least 3% (random bytes, already
 compressed data: not worth the CPU on every later read)."""
@@ -155,15 +160,15 @@ def xor(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
     return np.bitwise_xor(np.frombuffer(a, np.uint64), np.frombuffer(b, np.uint64)).tobytes()
 
 
-def encode_delta(raw: bytes, base: ChunkId, base_raw: bytes, level: int, sample: int) -> tuple[bytes, int] | None:
+def encode_delta(raw: bytes, base: ChunkId, base_raw: bytes, sample: int) -> tuple[bytes, int] | None:
     """(stored bytes, flags) of ``raw`` as a delta against the chunk ``base`` whose bytes are
-    ``base_raw`` (same length), in the encoding ``repack_encoding`` picks for the XOR; None when
-    the XOR does not compress (nothing in common)."""
+    ``base_raw`` (same length), in the encoding ``repack_encoding`` picks for the XOR, at
+    ``DELTA_LEVEL``; None when the XOR does not compress (nothing in common)."""
     diff = xor(raw, base_raw)
-    how = repack_encoding(diff[:sample], level)
+    how = repack_encoding(diff[:sample], DELTA_LEVEL)
     if how == Compression.NONE:
         return None
-    return base + compress(diff, how, level), chunk_flags(how, ChunkKind.DELTA)
+    return base + compress(diff, how, DELTA_LEVEL), chunk_flags(how, ChunkKind.DELTA)
 
 
 def decode(

@@ -118,7 +118,7 @@ def _neighbours(n: int, seed: int = 0) -> tuple[bytes, bytes]:
 def test_a_delta_decodes_through_its_base_and_stores_less_than_the_chunk_alone():
     older, newer = _neighbours(1 << 20)
     base = codec.chunk_id(newer)
-    stored, flags = codec.encode_delta(older, base, newer, 3, 64 << 10)
+    stored, flags = codec.encode_delta(older, base, newer, 64 << 10)
     assert flags >> 4 == ChunkKind.DELTA and stored[:32] == base
     alone = codec.compress(older, codec.repack_encoding(older[: 64 << 10], 3), 3)
     assert len(stored) < 0.5 * len(alone)  # the high byte planes of the XOR are nearly all zero
@@ -135,7 +135,7 @@ def test_a_delta_decodes_through_its_base_and_stores_less_than_the_chunk_alone()
 def test_a_delta_whose_base_is_wrong_or_unreadable_is_an_error_naming_both():
     older, newer = _neighbours(1 << 16)
     cid, base = codec.chunk_id(older), codec.chunk_id(newer)
-    stored, flags = codec.encode_delta(older, base, newer, 3, 64 << 10)
+    stored, flags = codec.encode_delta(older, base, newer, 64 << 10)
     other = bytearray(newer)
     other[100] ^= 1
     with pytest.raises(CorruptData, match=f"chunk {cid.hex()} in pack p: content does not match its hash"):
@@ -154,7 +154,7 @@ def test_a_delta_whose_base_is_wrong_or_unreadable_is_an_error_naming_both():
 def test_nothing_in_common_is_no_delta_and_xor_is_exact():
     rng = np.random.default_rng(1)
     a, b = rng.bytes(1 << 16), rng.bytes(1 << 16)
-    assert codec.encode_delta(a, codec.chunk_id(b), b, 3, 64 << 10) is None
+    assert codec.encode_delta(a, codec.chunk_id(b), b, 64 << 10) is None
     for n in (0, 1, 7, 8, 4097):
         x, y = rng.bytes(n), rng.bytes(n)
         assert codec.xor(x, y) == bytes(p ^ q for p, q in zip(x, y, strict=True))
