@@ -332,3 +332,33 @@ def test_a_file_saved_over_and_over_keeps_its_older_versions_as_deltas(tmp_path)
         assert fsckop.fsck(repo).problems == []
     finally:
         repo.close()
+
+
+def test_a_base_goes_cold_only_with_the_deltas_that_need_it(tmp_path):
+    """A run goes cold by pack age: when the pack of a base is old enough and the pack of one of
+    its deltas is not yet, the delta's pack goes with it (an archive tier's object needs a thaw
+    before it reads: a warm delta must not wait on a cold base)."""
+    repo = _repo(tmp_path)
+    try:
+        src = _to_warm(repo, tmp_path)
+        rows = _deltas(repo)
+        with repo.index.read() as t:
+            where = {c: t.chunk_get(c).pack for c in {*rows, *rows.values()}}
+            packs = dict(t.packs())
+        base_pack = next(where[b] for d, b in rows.items() if where[d] != where[b])
+        clock.advance(40 * DAY)
+        with repo.index.write() as t:  # every other pack made 10 days ago: idle, but too young to go cold
+            for p, info in packs.items():
+                if p != base_pack:
+                    t.pack_put(p, dataclasses.replace(info, created_ns=clock.now_ns() - 10 * DAY * 10**9))
+        (action,) = tierop.plan(repo)
+        needed = {where[d] for d, b in rows.items() if where[b] == base_pack}
+        assert base_pack in action.packs and needed <= set(action.packs), "its deltas' packs go too"
+        tierop.apply(repo, [action])
+        with repo.index.read() as t:
+            for d, b in rows.items():
+                base_tier, delta_tier = t.pack_get(t.chunk_get(b).pack).tier, t.pack_get(t.chunk_get(d).pack).tier
+                assert not (base_tier == Tier.COLD and delta_tier == Tier.WARM), "a warm delta of a cold base"
+        _check(repo, src, tmp_path, "out")
+    finally:
+        repo.close()

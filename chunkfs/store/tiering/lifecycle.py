@@ -191,6 +191,23 @@ def _pressure(
     ]
 
 
+def _with_deltas(index: Index, moving: set[PackId], warm: dict[PackId, PackInfo]) -> list[PackId]:
+    """``moving`` and the ``warm`` packs holding deltas whose bases are in them, transitively: a
+    base goes cold only with every delta that needs it (a cold read of an archive class waits
+    for a thaw; docs/tiers.md, "Delta chunks")."""
+    moving = set(moving)
+    with index.read() as t:
+        deltas = [(t.chunk_get(c), t.chunk_get(b)) for c, b in t.deltas()]
+    grew = True
+    while grew:
+        grew = False
+        for delta, base in deltas:
+            if delta is not None and base is not None and base.pack in moving and delta.pack in warm:
+                grew = grew or delta.pack not in moving
+                moving.add(delta.pack)
+    return sorted(moving)
+
+
 def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | None = None) -> list[Action]:
     """The moves the policies call for now, run by run (hot-pressure evictions last)."""
     now = clock.now_ns() if now is None else now
@@ -208,10 +225,12 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
             actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why, level))
         if tiers.configured(Tier.COLD) and tiers.configured(Tier.WARM) and settings.cold_after_days:
             age = settings.cold_after_days * DAY_NS
-            old = [(p, i) for p, i in sealed if i.tier == Tier.WARM and now - i.created_ns >= age]
+            warm = {p: i for p, i in sealed if i.tier == Tier.WARM}
+            old = [(p, i) for p, i in warm.items() if now - i.created_ns >= age]
             last_read = max([rec.last_read_ns] + [i.created_ns for _, i in packs])
             idle = now - last_read
             if old and idle >= settings.cold_idle_days * DAY_NS:
+                old = [(p, warm[p]) for p in _with_deltas(index, {p for p, _ in old}, warm)]
                 reason = f"older than {settings.cold_after_days} days, not read for {_span(idle)}"
                 packs_old, size = [p for p, _ in old], sum(i.size for _, i in old)
                 actions.append(Action(group, Tier.WARM, Tier.COLD, packs_old, size, reason, settings.cold_level))
