@@ -1,8 +1,8 @@
 """Delta chunks: a run's checkpoints stored as the XOR against the next checkpoint when the run is
 re-encoded on its way to warm (namespace/deltas.py, engine/codec.py), the newest whole, chains
 bounded by ``lifecycle.delta_chain``; they read back bit-identical from warm and cold, survive gc
-of their bases' versions, index rebuild, recovery from warm alone and fsck, and a damaged base is
-an error naming it — never wrong bytes."""
+of their bases' versions, index rebuild, recovery from warm alone, replication and fsck; a base goes
+cold only with its deltas; a damaged base is an error naming it — never wrong bytes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from helpers.cli import cli_json
 from helpers.gc import gc_settings
 from helpers.tiers import export_and_compare, import_run, tiered_settings
 
-from chunkfs import clock
+from chunkfs import clock, config
 from chunkfs.errors import CorruptData
 from chunkfs.namespace.views import CommitView
 from chunkfs.ops import fsck as fsckop
@@ -360,5 +360,31 @@ def test_a_base_goes_cold_only_with_the_deltas_that_need_it(tmp_path):
                 base_tier, delta_tier = t.pack_get(t.chunk_get(b).pack).tier, t.pack_get(t.chunk_get(d).pack).tier
                 assert not (base_tier == Tier.COLD and delta_tier == Tier.WARM), "a warm delta of a cold base"
         _check(repo, src, tmp_path, "out")
+    finally:
+        repo.close()
+
+
+def test_replicas_copy_deltas_and_serve_a_damaged_base(tmp_path):
+    repo = _repo(tmp_path)
+    repo.close()
+    settings = dataclasses.replace(
+        repo.settings, replication=config.ReplicationSettings(replicas=(str(tmp_path / "replica"),), interval=0)
+    )
+    (tmp_path / "repo" / config.CONFIG_NAME).write_text(config.render(settings))
+    repo = Repository(tmp_path / "repo")
+    try:
+        src = _to_warm(repo, tmp_path)
+        rows = _deltas(repo)
+        with repo.index.read() as t:
+            assert repo.replicas.run_once() == sum(1 for _ in t.packs()), "every pack replicated (deltas verified)"
+        base = next(iter(rows.values()))
+        with repo.index.read() as t:
+            loc = t.chunk_get(base)
+        path = tmp_path / "warm" / pack_name(loc.pack)
+        data = bytearray(path.read_bytes())
+        data[loc.offset + loc.stored_len // 2] ^= 0xFF  # the base's home copy is damaged
+        path.write_bytes(bytes(data))
+        repo.drop_caches()
+        export_and_compare(repo, src, "/m/run1", tmp_path / "out")  # the base comes from the replica
     finally:
         repo.close()
