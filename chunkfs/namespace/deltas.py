@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import re
 import stat
+from typing import NamedTuple
 
 from chunkfs.config import RegistrySettings
 from chunkfs.engine.codec import MAX_DELTA_DEPTH
-from chunkfs.errors import NotFound
+from chunkfs.errors import ChunkfsError
 from chunkfs.index.txn import Txn
 from chunkfs.namespace.registry.keypath import step_of
 from chunkfs.namespace.tree import Namespace
@@ -39,16 +40,15 @@ def plan(ns: Namespace, group: str, chain: int) -> dict[ChunkId, ChunkId]:
     if chain < 2:
         return {}
     pattern = re.compile((ns.registry.settings if ns.registry is not None else RegistrySettings()).step_pattern)
+    try:
+        run = ns.resolve(group)
+    except ChunkfsError:  # gone, or no longer a directory: nothing to pair
+        return {}
     with ns.index.read() as t:
-        try:
-            run = _lookup(t, group)
-        except NotFound:
-            return {}
         steps = sorted(
             (step, ino)
             for name, ino in t.dirents(run)
             if (step := step_of(name.decode(errors="surrogateescape"), pattern)) is not None
-            and stat.S_ISDIR(t.inode_get(ino).mode)
         )
         depth: dict[ChunkId, int] = {}
         bases: dict[ChunkId, ChunkId] = {}
@@ -68,31 +68,29 @@ def plan(ns: Namespace, group: str, chain: int) -> dict[ChunkId, ChunkId]:
 
         newer: dict[bytes, list[Extent]] = {}
         for _step, ino in reversed(steps):  # the checkpoints of the run, newest first
-            files = {rel: extents for rel, _, _, extents in _files(t, ino, b"")}
+            files = {f.rel: f.extents for f in _files(t, ino, b"")}
             for rel, extents in files.items():
                 pair(extents, newer.get(rel))
             newer = files
-        for _rel, parent, name, extents in _files(t, run, b""):  # then each path's older versions
-            pair(extents, None)
-            for older in _history(t, parent, name, t.inode_get(t.dirent_get(parent, name)).manifest):
-                pair(older, extents)
-                extents = older
+        for f in _files(t, run, b""):  # then each path's older versions
+            pair(f.extents, None)
+            newer_extents = f.extents
+            for older in _history(t, f.parent, f.name, f.manifest):
+                pair(older, newer_extents)
+                newer_extents = older
     return bases
 
 
-def _lookup(t: Txn, path: str) -> int:
-    ino = 1
-    for part in path.strip("/").split("/"):
-        if part:
-            child = t.dirent_get(ino, part.encode(errors="surrogateescape"))
-            if child is None:
-                raise NotFound(path)
-            ino = child
-    return ino
+class _File(NamedTuple):
+    rel: bytes  # path below the directory walked
+    parent: int
+    name: bytes
+    manifest: int
+    extents: list[Extent]
 
 
-def _files(t: Txn, ino: int, prefix: bytes) -> list[tuple[bytes, int, bytes, list[Extent]]]:
-    """(path relative to ``ino``, directory, name, extents) of every regular file below directory ``ino``."""
+def _files(t: Txn, ino: int, prefix: bytes) -> list[_File]:
+    """Every regular file below directory ``ino`` (none if it is not one)."""
     out = []
     for name, child in t.dirents(ino):
         rec = t.inode_get(child)
@@ -101,7 +99,7 @@ def _files(t: Txn, ino: int, prefix: bytes) -> list[tuple[bytes, int, bytes, lis
         if stat.S_ISDIR(rec.mode):
             out += _files(t, child, prefix + name + b"/")
         elif stat.S_ISREG(rec.mode) and rec.manifest:
-            out.append((prefix + name, ino, name, t.manifest_get(rec.manifest) or []))
+            out.append(_File(prefix + name, ino, name, rec.manifest, t.manifest_get(rec.manifest) or []))
     return out
 
 
