@@ -152,7 +152,8 @@ def _print_outcome(args, outcome, extra: dict | None = None, waiting: str = "") 
         for key, row in sorted(outcome.moved.items()):
             output.out.print(f"{key:10} {row['packs']:6} packs  {output.human_bytes(row['bytes'])}")
         for tier, row in sorted(outcome.written.items()):
-            output.out.print(f"{tier} tier: re-encoded into {row['packs']} packs, {output.human_bytes(row['bytes'])}")
+            deltas = f" ({row['deltas']} chunks as deltas of newer checkpoints)" if row["deltas"] else ""
+            output.out.print(f"{tier} tier: re-encoded into {row['packs']} packs, {output.human_bytes(row['bytes'])}{deltas}")
         for problem in outcome.errors:
             output.error(problem)
     return 1 if outcome.errors else 0

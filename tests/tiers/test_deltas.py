@@ -65,7 +65,9 @@ def _to_warm(repo, tmp_path):
     src = _training_run(tmp_path / "src")
     import_run(repo, src, "/m/run1")
     tierop.complete(repo, "/m/run1")
-    tierop.apply(repo, tierop.plan(repo))
+    outcome = tierop.apply(repo, tierop.plan(repo))
+    with repo.index.read() as t:
+        assert outcome.written["warm"]["deltas"] == sum(1 for _ in t.deltas()), "the outcome counts the deltas"
     return src
 
 

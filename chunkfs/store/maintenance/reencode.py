@@ -41,6 +41,7 @@ class RepackResult:
     bytes_in: int = 0
     bytes_out: int = 0
     chunks: int = 0
+    deltas: int = 0  # chunks stored as deltas
 
 
 def repack(
@@ -115,6 +116,7 @@ def _rewrite(
     result.packs_out += rw.result.packs_written
     result.bytes_out += rw.result.bytes_written
     result.chunks += rw.result.chunks
+    result.deltas += rw.result.deltas
     for info in infos.values():
         src, to = tier_name(info.tier), tier_name(dst)
         tiers.count(**{f"moved_packs_{src}_{to}": 1, f"moved_bytes_{src}_{to}": info.size})

@@ -90,6 +90,7 @@ class RewriteResult:
     packs_written: int = 0
     bytes_written: int = 0
     chunks: int = 0
+    deltas: int = 0  # chunks newly stored as deltas (switched in)
     new_packs: list[PackId] = field(default_factory=list)
     retired: list[PackId] = field(default_factory=list)  # old packs taken out of the index and deleted
     kept: list[PackId] = field(default_factory=list)  # old packs that still hold a live chunk, kept
@@ -202,6 +203,7 @@ class PackRewrite:
                         t.delta_put(chunk, base)
                         t.chunk_put(chunk, new)
                         switched.append(chunk)
+                        self.result.deltas += 1
                     continue
                 current = t.chunk_get(chunk)
                 if current == old or (old is None and current is None):

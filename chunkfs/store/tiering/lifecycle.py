@@ -83,16 +83,17 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
     def add(self, src: Tier, dst: Tier, packs: int, nbytes: int) -> None:
-        _tally(self.moved, f"{tier_name(src)}→{tier_name(dst)}", packs, nbytes)
+        _tally(self.moved, f"{tier_name(src)}→{tier_name(dst)}", packs=packs, bytes=nbytes)
 
-    def add_written(self, dst: Tier, packs: int, nbytes: int) -> None:
-        _tally(self.written, tier_name(dst), packs, nbytes)
+    def add_written(self, dst: Tier, packs: int, nbytes: int, deltas: int) -> None:
+        """New packs a re-encoding wrote on ``dst``, and how many chunks it stored as deltas."""
+        _tally(self.written, tier_name(dst), packs=packs, bytes=nbytes, deltas=deltas)
 
     def merge(self, other: Outcome) -> Outcome:
         """This outcome with ``other``'s added (two ``apply`` calls of one round)."""
         for table, theirs in ((self.moved, other.moved), (self.written, other.written)):
             for key, row in theirs.items():
-                _tally(table, key, row["packs"], row["bytes"])
+                _tally(table, key, **row)
         self.errors += other.errors
         return self
 
@@ -100,14 +101,15 @@ class Outcome:
         """One line for a log: what moved, and what re-encoding wrote ("" if nothing moved)."""
         moved = [f"{key} {row['packs']} packs, {row['bytes'] / 1e6:.1f} MB" for key, row in sorted(self.moved.items())]
         written = [f"re-encoded into {row['packs']} {tier} packs, {row['bytes'] / 1e6:.1f} MB"
+                   + (f" ({row['deltas']} chunks as deltas)" if row["deltas"] else "")
                    for tier, row in sorted(self.written.items())]  # fmt: skip
         return "; ".join(moved + written)
 
 
-def _tally(table: dict[str, dict[str, int]], key: str, packs: int, nbytes: int) -> None:
-    row = table.setdefault(key, {"packs": 0, "bytes": 0})
-    row["packs"] += packs
-    row["bytes"] += nbytes
+def _tally(table: dict[str, dict[str, int]], key: str, **counts: int) -> None:
+    row = table.setdefault(key, dict.fromkeys(counts, 0))
+    for name, n in counts.items():
+        row[name] += n
 
 
 def repack_level(settings: LifecycleSettings, src: Tier, dst: Tier) -> int:
@@ -257,7 +259,7 @@ def apply(
             if a.level:
                 r = reencode.repack(tiers, a.run, a.packs, a.dst, a.level, progress, stop)
                 outcome.add(a.src, a.dst, r.packs_in, r.bytes_in)
-                outcome.add_written(a.dst, r.packs_out, r.bytes_out)
+                outcome.add_written(a.dst, r.packs_out, r.bytes_out, r.deltas)
                 continue
             for pack in a.packs:
                 if stop():
