@@ -32,7 +32,8 @@ class PrefetchResult:
 
 
 def chunks_under(repo: Repository, path: str) -> tuple[int, list[ChunkId]]:
-    """(files, distinct chunk ids) of the files at or under ``path``."""
+    """(files, distinct chunk ids) of the files at or under ``path``, and the bases of those stored
+    as deltas (docs/tiers.md, "Delta chunks": reading one reads its base)."""
     files = 0
     chunks: dict[ChunkId, None] = {}
     for ino, _ in walk_files(repo, path):
@@ -40,7 +41,9 @@ def chunks_under(repo: Repository, path: str) -> tuple[int, list[ChunkId]]:
         for e in repo.ns.extents(ino):
             if e.chunk != HOLE:
                 chunks[e.chunk] = None
-    return files, list(chunks)
+    with repo.index.read() as t:
+        bases = t.with_bases(set(chunks)) - chunks.keys()
+    return files, [*chunks, *bases]
 
 
 def stored_size(repo: Repository, chunks: list[ChunkId]) -> int:

@@ -21,6 +21,7 @@ from chunkfs.errors import CorruptData
 from chunkfs.namespace.views import CommitView
 from chunkfs.ops import fsck as fsckop
 from chunkfs.ops import gc as gcop
+from chunkfs.ops import prefetch as prefetchop
 from chunkfs.ops import rebuild as rebuildop
 from chunkfs.ops import recover as recoverop
 from chunkfs.ops import retention, transfer
@@ -388,5 +389,28 @@ def test_replicas_copy_deltas_and_serve_a_damaged_base(tmp_path):
         path.write_bytes(bytes(data))
         repo.drop_caches()
         export_and_compare(repo, src, "/m/run1", tmp_path / "out")  # the base comes from the replica
+    finally:
+        repo.close()
+
+
+def test_prefetch_stages_the_bases_too(tmp_path):
+    """An inference node stages an older checkpoint: its deltas read through their bases, so those
+    are staged (and pinned) with it; the checkpoint then reads with the warm tier gone."""
+    repo = _repo(tmp_path)
+    try:
+        src = _to_warm(repo, tmp_path)
+        repo.drop_caches()
+        result = prefetchop.prefetch(repo, "/m/run1/checkpoint-100", pin=True)
+        files = _chunks_of(repo, "/m/run1/checkpoint-100/model.safetensors")
+        assert result.chunks > len(set(files)), "the bases of its deltas are staged too"
+        repo.chunks.cache.clear()
+        (tmp_path / "warm").rename(tmp_path / "warm-gone")
+        out = tmp_path / "out"
+        out.mkdir()
+        transfer.export_tree(repo, "/m/run1/checkpoint-100", out)
+        assert (out / "checkpoint-100" / "model.safetensors").read_bytes() == (
+            src / "checkpoint-100" / "model.safetensors"
+        ).read_bytes()
+        (tmp_path / "warm-gone").rename(tmp_path / "warm")
     finally:
         repo.close()
