@@ -385,13 +385,15 @@ def _repair(repo: Repository, report: FsckReport, bad, mismatched, damaged_packs
                 stored = repo.tiers.backend(tier).get_range(pack_name(pack), entry.offset, entry.stored_len)
                 if repo._verify_stored(chunk, stored, entry.raw_len, entry.flags) is None:
                     continue
-                fixed[chunk] = (pack, entry, new_pack)
+                fixed[chunk] = (pack, entry, new_pack, packfmt.delta_base(stored, entry.flags))
             if fixed:
                 with repo.index.write() as t:
-                    for chunk, (pack, entry, new_pack) in fixed.items():
+                    for chunk, (pack, entry, new_pack, base) in fixed.items():
                         if new_pack is not None and t.pack_get(pack) is None:
                             t.pack_put(pack, new_pack)
                         t.chunk_put(chunk, ChunkLocation(pack, entry.offset, entry.stored_len, entry.raw_len, entry.flags))
+                        if base is not None:
+                            t.delta_put(chunk, base)
                 for chunk in fixed:
                     for p in (bad.pop(chunk, None), mismatched.pop(chunk, None)):
                         if p is not None:

@@ -414,3 +414,19 @@ def test_prefetch_stages_the_bases_too(tmp_path):
         (tmp_path / "warm-gone").rename(tmp_path / "warm")
     finally:
         repo.close()
+
+
+def test_fsck_repair_reindexes_a_lost_delta_with_its_base(tmp_path):
+    repo = _repo(tmp_path)
+    try:
+        src = _to_warm(repo, tmp_path)
+        rows = _deltas(repo)
+        lost = next(iter(rows))
+        with repo.index.write() as t:  # the index lost one delta's entry (and so its base's row)
+            t.chunk_delete(lost)
+        report = fsckop.fsck(repo, repair=True)
+        assert report.reindexed_chunks == 1, report.problems
+        assert _deltas(repo) == rows
+        _check(repo, src, tmp_path, "out")
+    finally:
+        repo.close()
