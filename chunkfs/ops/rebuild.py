@@ -133,10 +133,10 @@ def rebuild(
                     continue  # only hot packs are ever open; a remote one without a footer is damage
                 result.unsealed_packs += not damaged
                 entries = [e for e in entries if _verifies(backend, name, e, unverified)]
-            entries = [e for e in entries if e.chunk not in found]
-            for e in entries:
+            first = [e for e in entries if e.chunk not in found]  # a chunk in several packs: the first found
+            for e in first:
                 found[e.chunk] = ChunkLocation(pack, e.offset, e.stored_len, e.raw_len, e.flags)
-            bases.update(delta_bases(backend, name, entries))
+            bases.update(delta_bases(backend, name, first))
             state = PackState.SEALED if sealed else PackState.OPEN
             packs[pack] = PackInfo(tier, state, backend.size(name), len(entries), groups.get(pack, ""), clock.now_ns())
             result.packs += 1
