@@ -253,6 +253,16 @@ def _references(repo: Repository, report: FsckReport) -> tuple[dict[ChunkId, lis
             add(v.ino, v.commit, v.record.manifest)
         for ino, rec in t.inodes():
             add(ino, 0, rec.manifest)
+        base_of = dict(t.deltas())
+    # a delta's base is needed by whatever needs the delta: checked, repaired and named like it
+    todo, seen = [c for c in refs if c in base_of], set()
+    while todo:
+        chunk = todo.pop()
+        if chunk not in seen:
+            seen.add(chunk)
+            refs[base_of[chunk]].extend(refs[chunk])
+            if base_of[chunk] in base_of:
+                todo.append(base_of[chunk])
     report.manifests = len(manifests)
     report.chunks_referenced = len(refs)
     return refs, problems

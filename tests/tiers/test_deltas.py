@@ -212,13 +212,7 @@ def test_a_damaged_base_is_an_error_naming_it_never_wrong_bytes(tmp_path):
         _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         delta, base = next(iter(rows.items()))
-        with repo.index.read() as t:
-            loc = t.chunk_get(base)
-        path = tmp_path / "warm" / pack_name(loc.pack)
-        data = bytearray(path.read_bytes())
-        data[loc.offset + loc.stored_len // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
-        repo.drop_caches()
+        _damage(tmp_path, repo, base)
         with pytest.raises(CorruptData, match=f"delta of chunk {base.hex()}"):
             repo.chunks.get(delta, 0)
         report = fsckop.fsck(repo)
@@ -367,28 +361,61 @@ def test_a_base_goes_cold_only_with_the_deltas_that_need_it(tmp_path):
         repo.close()
 
 
-def test_replicas_copy_deltas_and_serve_a_damaged_base(tmp_path):
+def _repo_with_replica(tmp_path) -> Repository:
     repo = _repo(tmp_path)
     repo.close()
     settings = dataclasses.replace(
         repo.settings, replication=config.ReplicationSettings(replicas=(str(tmp_path / "replica"),), interval=0)
     )
     (tmp_path / "repo" / config.CONFIG_NAME).write_text(config.render(settings))
-    repo = Repository(tmp_path / "repo")
+    return Repository(tmp_path / "repo")
+
+
+def _damage(tmp_path, repo, chunk: bytes) -> None:
+    """Flip a byte in the middle of ``chunk``'s stored bytes in its warm pack."""
+    with repo.index.read() as t:
+        loc = t.chunk_get(chunk)
+    path = tmp_path / "warm" / pack_name(loc.pack)
+    data = bytearray(path.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    repo.drop_caches()
+
+
+def test_replicas_copy_deltas_and_serve_a_damaged_base(tmp_path):
+    repo = _repo_with_replica(tmp_path)
     try:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         with repo.index.read() as t:
             assert repo.replicas.run_once() == sum(1 for _ in t.packs()), "every pack replicated (deltas verified)"
-        base = next(iter(rows.values()))
-        with repo.index.read() as t:
-            loc = t.chunk_get(base)
-        path = tmp_path / "warm" / pack_name(loc.pack)
-        data = bytearray(path.read_bytes())
-        data[loc.offset + loc.stored_len // 2] ^= 0xFF  # the base's home copy is damaged
-        path.write_bytes(bytes(data))
-        repo.drop_caches()
+        _damage(tmp_path, repo, next(iter(rows.values())))  # a base's home copy
         export_and_compare(repo, src, "/m/run1", tmp_path / "out")  # the base comes from the replica
+    finally:
+        repo.close()
+
+
+def test_fsck_checks_and_repairs_a_base_only_deltas_need(tmp_path):
+    """The newest checkpoint deleted and gc'd: its chunks stay as bases of the older ones'
+    deltas, referenced by no version. fsck checks them all the same, names the files whose
+    deltas need a damaged one, and repairs it from a replica."""
+    repo = _repo_with_replica(tmp_path)
+    try:
+        src = _to_warm(repo, tmp_path)
+        rows = _deltas(repo)
+        bases = set(_chunks_of(repo, "/m/run1/checkpoint-400/model.safetensors")) & set(rows.values())
+        tierop_rm(repo, "/m/run1/checkpoint-400")
+        gcop.run(repo, retention.rules_for(repo.settings, keep_within="0s"))
+        repo.replicas.run_once()
+        base = next(iter(bases))
+        _damage(tmp_path, repo, base)
+        report = fsckop.fsck(repo, repair=True)
+        (problem,) = [p for p in report.problems if p.chunk == base.hex()]
+        assert problem.kind == "bad_chunk" and problem.repaired, report.problems
+        assert any(a.path.startswith("/m/run1/checkpoint-300") for a in report.affected), report.affected
+        (src / "checkpoint-400" / "model.safetensors").unlink()
+        (src / "checkpoint-400").rmdir()
+        _check(repo, src, tmp_path, "out")
     finally:
         repo.close()
 
