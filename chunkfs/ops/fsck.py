@@ -15,8 +15,9 @@ What it checks (docs/operations.md, "fsck"):
    (hot, warm or cold): the object must exist, have the indexed size and a good
    footer, and every chunk-index entry pointing into it must match a footer
    entry (offset, length, flags).
-3. **Content.** Every referenced chunk (``sample``: a random fraction of them)
-   is read from its pack — bypassing the read caches — decoded and hashed.
+3. **Content.** Every referenced chunk, and every base a referenced delta chunk
+   needs (``sample``: a random fraction of them), is read from its pack —
+   bypassing the read caches — decoded (a delta through its base) and hashed.
 
 Problems are reported by what they break: each damaged or missing chunk is
 traced to the files and versions that contain it (path, commit numbers,
