@@ -57,8 +57,8 @@ class Compression(enum.IntEnum):
 class ChunkKind(enum.IntEnum):
     """What the stored bytes are (bits 4-7 of the flags).
 
-    DELTA is reserved by the format for XOR-against-parent chunks; no writer
-    produces it yet and readers reject it with a clear error.
+    DELTA: the XOR with a base chunk, whose id the stored bytes begin with (written by
+    re-encoding repacks: namespace/deltas.py, engine/codec.py).
     """
 
     FULL = 0
