@@ -98,7 +98,8 @@ def cmd_log(args) -> int:
         size = output.human_bytes(e.size) if e.event != "removed" else ""
         who = str(e.writer_uid) if e.writer_uid is not None else ""
         event = f"{e.event} (whole at @{e.whole_at})" if e.whole_at is not None else e.event
-        new, stored, delta = (output.human_bytes(n) if n is not None else "" for n in (e.new_bytes, e.stored_bytes, e.delta_bytes))
+        new, stored = (output.human_bytes(n) if n is not None else "" for n in (e.new_bytes, e.stored_bytes))
+        delta = output.human_bytes(e.delta_bytes) if e.delta_bytes else ""  # most versions have none
         rows.append((str(e.commit), _time(e.time_ns), event, e.kind, size, new, stored, delta, e.blake3[:16], who, e.path))
     output.print_rows(("commit", "time", "event", "kind", "size", "new", "stored", "as delta", "blake3", "uid", "path"), rows)
     return 0
