@@ -60,7 +60,8 @@ def s3_delete(server, url: str, name: str) -> None:
 
 
 def packs_with_files(repo: Repository) -> dict[bytes, set[str]]:
-    """pack → the current repository paths of the files with a chunk in it."""
+    """pack → the current repository paths of the files that need it: a chunk of theirs is in it,
+    or the base a delta chunk of theirs is stored against (docs/tiers.md, "Delta chunks")."""
     out: dict[bytes, set[str]] = {}
 
     def walk(path: str) -> None:
@@ -71,9 +72,8 @@ def packs_with_files(repo: Repository) -> dict[bytes, set[str]]:
                 walk(f"{path.rstrip('/')}/{os.fsdecode(name)}")
             return
         with repo.index.read() as t:
-            for e in repo.ns.extents(ino):
-                if e.chunk != HOLE:
-                    out.setdefault(t.chunk_get(e.chunk).pack, set()).add(path)
+            for chunk in t.with_bases({e.chunk for e in repo.ns.extents(ino)} - {HOLE}):
+                out.setdefault(t.chunk_get(chunk).pack, set()).add(path)
 
     walk("/")
     return out
