@@ -44,6 +44,16 @@ def tiered_settings(
     return small_settings(tiers=tiers, lifecycle=lifecycle, **sections)
 
 
+def repo_on_dirs(tmp_path: Path, gc: config.GcSettings | None = None, **lifecycle) -> Repository:
+    """A new repository at ``tmp_path/repo`` whose warm and cold tiers are the directories
+    ``tmp_path/warm`` and ``tmp_path/cold``; ``lifecycle``: settings changed from
+    ``tiered_settings``'s; ``gc``: its gc settings."""
+    settings = tiered_settings(None, warm=str(tmp_path / "warm"), cold=str(tmp_path / "cold"),
+                               **({"gc": gc} if gc is not None else {}))  # fmt: skip
+    settings = dataclasses.replace(settings, lifecycle=dataclasses.replace(settings.lifecycle, **lifecycle))
+    return Repository.create(tmp_path / "repo", settings=settings)
+
+
 def write_run(src: Path, run: str = "run1", steps: int = 2, seed: int = 0) -> Path:
     """A local run directory: ``steps`` checkpoints (safetensors + torch) of a small model; each
     step changes every tensor a little (a full fine-tune: little dedup)."""

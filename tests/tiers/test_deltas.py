@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy
 from helpers.cli import cli_json
 from helpers.gc import gc_settings
-from helpers.tiers import export_and_compare, import_run, tiered_settings
+from helpers.tiers import export_and_compare, import_run, repo_on_dirs
 
 from chunkfs import clock, config
 from chunkfs.errors import CorruptData
@@ -57,9 +57,7 @@ def _training_run(root, steps=STEPS):
 
 
 def _repo(tmp_path, **lifecycle) -> Repository:
-    settings = tiered_settings(None, warm=str(tmp_path / "warm"), cold=str(tmp_path / "cold"), gc=gc_settings())
-    settings = dataclasses.replace(settings, lifecycle=dataclasses.replace(settings.lifecycle, **lifecycle))
-    return Repository.create(tmp_path / "repo", settings=settings)
+    return repo_on_dirs(tmp_path, gc_settings(), **lifecycle)  # gc with no grace: sweeps at once
 
 
 def _to_warm(repo, tmp_path):
@@ -100,16 +98,12 @@ def _depth(rows: dict[bytes, bytes], chunk: bytes) -> int:
 
 
 def test_older_checkpoints_are_stored_as_deltas_of_the_newer_and_read_back_from_warm_and_cold(tmp_path):
-    plain = _repo(tmp_path / "plain", delta_chain=0)
-    try:
+    with _repo(tmp_path / "plain", delta_chain=0) as plain:
         _to_warm(plain, tmp_path / "plain")
         assert _deltas(plain) == {}
         with plain.index.read() as t:
             without = sum(i.size for _, i in t.packs())
-    finally:
-        plain.close()
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         newest = set(_chunks_of(repo, "/m/run1/checkpoint-400/model.safetensors"))
@@ -136,26 +130,20 @@ def test_older_checkpoints_are_stored_as_deltas_of_the_newer_and_read_back_from_
             assert {i.tier for _, i in t.packs()} == {Tier.COLD}
         assert _deltas(repo) == rows, "deltas stay deltas on their way to cold"
         _check(repo, src, tmp_path, "cold")
-    finally:
-        repo.close()
 
 
 def test_every_nth_checkpoint_from_the_newest_is_whole(tmp_path):
-    repo = _repo(tmp_path, delta_chain=2)
-    try:
+    with _repo(tmp_path, delta_chain=2) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         depth = {s: max(_depth(rows, c) for c in _chunks_of(repo, f"/m/run1/checkpoint-{s}/model.safetensors"))
                  for s in STEPS}  # fmt: skip
         assert depth == {400: 0, 300: 1, 200: 0, 100: 1}
         _check(repo, src, tmp_path, "out")
-    finally:
-        repo.close()
 
 
 def test_gc_keeps_a_base_its_version_no_longer_needs_until_no_delta_needs_it(tmp_path):
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         bases = set(_chunks_of(repo, "/m/run1/checkpoint-400/model.safetensors")) & set(rows.values())
@@ -175,15 +163,12 @@ def test_gc_keeps_a_base_its_version_no_longer_needs_until_no_delta_needs_it(tmp
         gcop.run(repo, retention.rules_for(repo.settings, keep_within="0s"))
         with repo.index.read() as t:
             assert t.chunk_count() == 0 and dict(t.deltas()) == {}, "nothing needs them: all gone"
-    finally:
-        repo.close()
 
 
 def test_a_delta_resurrected_by_a_commit_brings_its_bases_back(tmp_path):
     """A writer that found a delta by dedup before gc condemned it commits a reference: the
     delta comes back into ``chunks``, and so does every base in its chain (docs/gc.md)."""
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         delta = next(c for c in rows if _depth(rows, c) >= 2)
@@ -194,8 +179,6 @@ def test_a_delta_resurrected_by_a_commit_brings_its_bases_back(tmp_path):
         with repo.index.write() as t:
             assert t.resurrect([delta]) == 3
             assert all(t.chunk_get(c) is not None for c in (delta, *chain))
-    finally:
-        repo.close()
 
 
 def tierop_rm(repo, path: str) -> None:
@@ -207,8 +190,7 @@ def tierop_rm(repo, path: str) -> None:
 
 
 def test_a_damaged_base_is_an_error_naming_it_never_wrong_bytes(tmp_path):
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         delta, base = next(iter(rows.items()))
@@ -219,13 +201,10 @@ def test_a_damaged_base_is_an_error_naming_it_never_wrong_bytes(tmp_path):
         bad = {p.chunk: p for p in report.problems if p.chunk}
         assert base.hex() in bad and delta.hex() in bad, report.problems
         assert f"its base {base.hex()}" in bad[delta.hex()].message
-    finally:
-        repo.close()
 
 
 def test_index_rebuild_finds_every_delta_and_its_base_again(tmp_path):
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         assert rows
@@ -234,13 +213,10 @@ def test_index_rebuild_finds_every_delta_and_its_base_again(tmp_path):
         rebuildop.rebuild(repo)
         assert _deltas(repo) == rows
         _check(repo, src, tmp_path, "rebuilt")
-    finally:
-        repo.close()
 
 
 def test_recover_from_warm_alone_finds_the_deltas_written_after_the_backup(tmp_path):
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _training_run(tmp_path / "src")
         import_run(repo, src, "/m/run1")
         repo.packs.seal_all()
@@ -250,8 +226,6 @@ def test_recover_from_warm_alone_finds_the_deltas_written_after_the_backup(tmp_p
         tierop.apply(repo, tierop.plan(repo))  # re-encoded with deltas, the packs of the backup deleted
         rows = _deltas(repo)
         assert rows
-    finally:
-        repo.close()
     shutil.rmtree(tmp_path / "repo")
     recoverop.recover(str(tmp_path / "warm"), tmp_path / "new")
     with Repository(tmp_path / "new") as new:
@@ -263,8 +237,7 @@ def test_recover_from_warm_alone_finds_the_deltas_written_after_the_backup(tmp_p
 def test_a_delta_whose_base_gc_took_meanwhile_stays_whole(tmp_path):
     """Deltas are planned and encoded before the switch transaction: gc may condemn and sweep a
     base in between. The switch then keeps the chunk whole where it was; nothing is lost."""
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _training_run(tmp_path / "src")
         import_run(repo, src, "/m/run1")
         tierop.complete(repo, "/m/run1")
@@ -289,16 +262,11 @@ def test_a_delta_whose_base_gc_took_meanwhile_stays_whole(tmp_path):
         (src / "checkpoint-400" / "model.safetensors").unlink()
         (src / "checkpoint-400").rmdir()
         _check(repo, src, tmp_path, "out")
-    finally:
-        repo.close()
 
 
 def test_log_shows_per_version_what_is_stored_and_how_much_as_a_delta(tmp_path):
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         _to_warm(repo, tmp_path)
-    finally:
-        repo.close()
     for step, as_delta in ((100, True), (400, False)):
         v = cli_json("log", f"/m/run1/checkpoint-{step}/model.safetensors", "--repo", tmp_path / "repo")[0]
         assert 0 < v["stored_bytes"] < v["size"]
@@ -309,8 +277,7 @@ def test_log_shows_per_version_what_is_stored_and_how_much_as_a_delta(tmp_path):
 def test_a_file_saved_over_and_over_keeps_its_older_versions_as_deltas(tmp_path):
     """No step directories: ``latest/model.safetensors`` rewritten at every save. Its older
     versions (version history) are stored as deltas of the next one, and read back as they were."""
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _training_run(tmp_path / "src")
         commits = {}
         for step in STEPS:
@@ -327,16 +294,13 @@ def test_a_file_saved_over_and_over_keeps_its_older_versions_as_deltas(tmp_path)
             transfer.export_tree(repo, "/m/job/latest", out, view=CommitView(repo.history, commit))
             assert (out / "model.safetensors").read_bytes() == (src / f"checkpoint-{step}" / "model.safetensors").read_bytes()
         assert fsckop.fsck(repo).problems == []
-    finally:
-        repo.close()
 
 
 def test_a_base_goes_cold_only_with_the_deltas_that_need_it(tmp_path):
     """A run goes cold by pack age: when the pack of a base is old enough and the pack of one of
     its deltas is not yet, the delta's pack goes with it (an archive tier's object needs a thaw
     before it reads: a warm delta must not wait on a cold base)."""
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         with repo.index.read() as t:
@@ -357,8 +321,6 @@ def test_a_base_goes_cold_only_with_the_deltas_that_need_it(tmp_path):
                 base_tier, delta_tier = t.pack_get(t.chunk_get(b).pack).tier, t.pack_get(t.chunk_get(d).pack).tier
                 assert not (base_tier == Tier.COLD and delta_tier == Tier.WARM), "a warm delta of a cold base"
         _check(repo, src, tmp_path, "out")
-    finally:
-        repo.close()
 
 
 def _repo_with_replica(tmp_path) -> Repository:
@@ -383,24 +345,20 @@ def _damage(tmp_path, repo, chunk: bytes) -> None:
 
 
 def test_replicas_copy_deltas_and_serve_a_damaged_base(tmp_path):
-    repo = _repo_with_replica(tmp_path)
-    try:
+    with _repo_with_replica(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         with repo.index.read() as t:
             assert repo.replicas.run_once() == sum(1 for _ in t.packs()), "every pack replicated (deltas verified)"
         _damage(tmp_path, repo, next(iter(rows.values())))  # a base's home copy
         export_and_compare(repo, src, "/m/run1", tmp_path / "out")  # the base comes from the replica
-    finally:
-        repo.close()
 
 
 def test_fsck_checks_and_repairs_a_base_only_deltas_need(tmp_path):
     """The newest checkpoint deleted and gc'd: its chunks stay as bases of the older ones'
     deltas, referenced by no version. fsck checks them all the same, names the files whose
     deltas need a damaged one, and repairs it from a replica."""
-    repo = _repo_with_replica(tmp_path)
-    try:
+    with _repo_with_replica(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         bases = set(_chunks_of(repo, "/m/run1/checkpoint-400/model.safetensors")) & set(rows.values())
@@ -416,15 +374,12 @@ def test_fsck_checks_and_repairs_a_base_only_deltas_need(tmp_path):
         (src / "checkpoint-400" / "model.safetensors").unlink()
         (src / "checkpoint-400").rmdir()
         _check(repo, src, tmp_path, "out")
-    finally:
-        repo.close()
 
 
 def test_prefetch_stages_the_bases_too(tmp_path):
     """An inference node stages an older checkpoint: its deltas read through their bases, so those
     are staged (and pinned) with it; the checkpoint then reads with the warm tier gone."""
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         repo.drop_caches()
         result = prefetchop.prefetch(repo, "/m/run1/checkpoint-100", pin=True)
@@ -439,13 +394,10 @@ def test_prefetch_stages_the_bases_too(tmp_path):
             src / "checkpoint-100" / "model.safetensors"
         ).read_bytes()
         (tmp_path / "warm-gone").rename(tmp_path / "warm")
-    finally:
-        repo.close()
 
 
 def test_fsck_repair_reindexes_a_lost_delta_with_its_base(tmp_path):
-    repo = _repo(tmp_path)
-    try:
+    with _repo(tmp_path) as repo:
         src = _to_warm(repo, tmp_path)
         rows = _deltas(repo)
         lost = next(iter(rows))
@@ -455,5 +407,3 @@ def test_fsck_repair_reindexes_a_lost_delta_with_its_base(tmp_path):
         assert report.reindexed_chunks == 1, report.problems
         assert _deltas(repo) == rows
         _check(repo, src, tmp_path, "out")
-    finally:
-        repo.close()

@@ -7,7 +7,6 @@ between batches."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import threading
@@ -22,7 +21,7 @@ from helpers.tiers import (
     export_and_compare,
     import_run,
     packs_by_tier,
-    tiered_settings,
+    repo_on_dirs,
 )
 
 from chunkfs import clock
@@ -31,7 +30,6 @@ from chunkfs.background import LOWEST_PRIORITY
 from chunkfs.ops import fsck as fsckop
 from chunkfs.ops import status as statusop
 from chunkfs.ops import tier as tierop
-from chunkfs.repo import Repository
 from chunkfs.store.pack.files import pack_name
 from chunkfs.store.tiering import lifecycle
 from chunkfs.store.tiering.uploads import upload_copies
@@ -74,12 +72,6 @@ def _check(repo, src, tmp_path, name: str, chunks: int) -> None:
     assert report.problems == [] and report.chunks_checked == chunks
 
 
-def _repo(tmp_path, **lifecycle_settings) -> Repository:
-    settings = tiered_settings(None, warm=str(tmp_path / "warm"), cold=str(tmp_path / "cold"))
-    settings = dataclasses.replace(settings, lifecycle=dataclasses.replace(settings.lifecycle, **lifecycle_settings))
-    return Repository.create(tmp_path / "repo", settings=settings)
-
-
 def _complete_run(repo, tmp_path):
     """The bf16 run imported as ``/m/run1`` and marked complete; its source directory."""
     src = _bf16_run(tmp_path / "src")
@@ -89,7 +81,7 @@ def _complete_run(repo, tmp_path):
 
 
 def test_a_bf16_run_is_re_encoded_on_its_way_to_warm_and_again_to_cold(tmp_path):
-    repo = _repo(tmp_path)
+    repo = repo_on_dirs(tmp_path)
     try:
         src = _complete_run(repo, tmp_path)
         hot_bytes, kinds = _stored(repo)
@@ -128,7 +120,7 @@ def test_a_bf16_run_is_re_encoded_on_its_way_to_warm_and_again_to_cold(tmp_path)
 
 
 def test_du_and_stats_show_what_the_byte_planes_saved_per_encoding(tmp_path):
-    repo = _repo(tmp_path)
+    repo = repo_on_dirs(tmp_path)
     try:
         _complete_run(repo, tmp_path)
         (raw,) = statusop.du(repo, "/m/run1")
@@ -146,7 +138,7 @@ def test_du_and_stats_show_what_the_byte_planes_saved_per_encoding(tmp_path):
 
 
 def test_warm_level_0_moves_the_packs_as_they_are(tmp_path):
-    repo = _repo(tmp_path, warm_level=0)
+    repo = repo_on_dirs(tmp_path, warm_level=0)
     try:
         import_run(repo, _bf16_run(tmp_path / "src"), "/m/run1")
         tierop.complete(repo, "/m/run1")
@@ -161,7 +153,7 @@ def test_warm_level_0_moves_the_packs_as_they_are(tmp_path):
 
 
 def test_a_stopped_round_keeps_what_it_re_encoded_and_the_next_round_does_the_rest(tmp_path):
-    repo = _repo(tmp_path)
+    repo = repo_on_dirs(tmp_path)
     try:
         src = _complete_run(repo, tmp_path)
         packs = packs_by_tier(repo)[Tier.HOT]
@@ -202,7 +194,7 @@ def test_a_mounts_tier_mover_runs_at_the_lowest_cpu_priority():
 
 
 def test_a_damaged_chunk_stops_its_runs_re_encoding_and_nothing_is_lost(tmp_path):
-    repo = _repo(tmp_path)
+    repo = repo_on_dirs(tmp_path)
     try:
         _complete_run(repo, tmp_path)
         with repo.index.read() as t:
@@ -227,7 +219,7 @@ def test_a_damaged_chunk_stops_its_runs_re_encoding_and_nothing_is_lost(tmp_path
 
 def test_a_writers_background_work_re_encodes_a_complete_run_through_its_tier_mover(tmp_path, monkeypatch):
     monkeypatch.setattr(repo_module, "COUNTERS_EVERY", 0.2)  # background rounds every 0.2 s, not 10
-    repo = _repo(tmp_path, interval=1)
+    repo = repo_on_dirs(tmp_path, interval=1)
     try:
         src = _complete_run(repo, tmp_path)
         before, (hot_bytes, _) = _pack_ids(repo), _stored(repo)
