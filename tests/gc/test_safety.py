@@ -17,7 +17,7 @@ from chunkfs.engine import codec
 from chunkfs.ops import gc, retention
 from chunkfs.store.backends import ownership
 from chunkfs.store.pack.files import pack_name
-from chunkfs.types import HOLE
+from chunkfs.types import HOLE, Tier
 
 
 def cli_gc(repo_path, *args, **kw):
@@ -206,3 +206,54 @@ def test_writer_that_deduped_a_condemned_chunk_keeps_it(make_repo):
     assert third.chunks_condemned == 0
     assert read(repo, "/a/g") == x
     assert len(x) == BLOCK
+
+
+def test_orphan_sweep_spares_new_pack_files_and_files_that_vanish(make_repo, monkeypatch):
+    """What the CI once caught: gc listed a writer's brand-new pack file, the writer dropped it, and
+    gc failed on 'missing'. And with ``gc.orphan_age`` 0, an unregistered pack file a live writer
+    holds is still no orphan, and a writer whose file gc did take in the instant before it locked
+    it takes another id instead of writing into a deleted file."""
+    from chunkfs.store.maintenance import sweep
+    from chunkfs.store.pack import files
+
+    repo = make_repo()
+    hot = repo.tiers.backend(Tier.HOT)
+
+    def reclaim() -> int:
+        out = sweep.SweepResult()
+        sweep.reclaim_orphans(repo.tiers, repo.index, repo.replicas, 0, out)
+        return out.orphans_deleted
+
+    # a live writer's pack file the index does not know yet (the writer registers it next)
+    pack = ownership.new_pack_id(repo.index.repo_id)
+    writer = files.PackWriter(pack, hot.path(pack_name(pack)), "g")
+    os.utime(writer.path, (time.time() - 10, time.time() - 10))
+    assert reclaim() == 0 and writer.path.exists()
+    writer.close()  # its process gave up before registering it: now it is an orphan
+    assert reclaim() == 1 and not writer.path.exists()
+
+    # a file listed, then gone before gc looked at it
+    listed = hot.list
+    ghost = pack_name(ownership.new_pack_id(repo.index.repo_id))
+    with monkeypatch.context() as m:
+        m.setattr(hot, "list", lambda prefix="": [ghost, *listed(prefix)])
+        assert reclaim() == 0
+
+    # gc deletes a new pack file between its creation and its writer's lock
+    real_flock = files.fcntl.flock
+    taken: list[str] = []
+
+    def flock_after_gc(fd, op):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not taken and path.endswith(".pack"):
+            taken.append(path)
+            os.unlink(path)
+        return real_flock(fd, op)
+
+    with monkeypatch.context() as m:
+        m.setattr(files.fcntl, "flock", flock_after_gc)
+        write(repo, "/late/f", content(5, 6))
+        repo.packs.seal_all()
+    assert taken and not os.path.exists(taken[0])
+    assert read(repo, "/late/f") == content(5, 6)
+    assert verify_everything(repo) > 0

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chunkfs import clock
+from chunkfs.errors import Conflict, NotFound
 from chunkfs.index import Index
 from chunkfs.store.backends import ownership
 from chunkfs.store.backends.local import LocalBackend
 from chunkfs.store.maintenance.replicas import Replicas
 from chunkfs.store.maintenance.rewrite import OLD, PackRewrite, file_entries, homes, live_entries
 from chunkfs.store.pack import format as packfmt
-from chunkfs.store.pack.files import pack_id_from_name, pack_name
+from chunkfs.store.pack.files import claim, pack_id_from_name, pack_name
 from chunkfs.store.tiering.tiers import Tiers
 from chunkfs.types import ChunkId, PackId, PackInfo, PackState, Tier, tier_name
 
@@ -162,6 +163,35 @@ def repack(tiers: Tiers, index: Index, tier: Tier, group: str, packs: list[PackI
         rw.delete(objects)
 
 
+def _reclaim_local(b: LocalBackend, name: str, pack: PackId, tier: Tier, index: Index, born_before: float,
+                   dry_run: bool) -> int | None:
+    """Delete the unindexed pack file ``name`` (unless ``dry_run``) and return its size, or None where it
+    is not an orphan after all. A writer creates its pack file, locks it, then registers it, and holds
+    the lock until the pack is sealed (``PackWriter``); so while we hold the lock, a file the index
+    (read again now) still does not know is nobody's — one whose writer has yet to lock it sees it gone
+    and takes another id. Only files older than ``born_before`` (a time): scratch a writer just made is
+    never touched, whatever the settings."""
+    try:
+        fd = claim(b.path(name))
+    except Conflict:  # a live writer's open pack, registered since our snapshot or about to be
+        return None
+    if fd is None:  # deleted since the listing
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_mtime >= born_before:
+            return None
+        with index.read() as t:
+            info = t.pack_get(pack)
+            if (info is not None and info.tier == tier) or any(tr == tier for tr, _, _ in t.copies_of(pack)):
+                return None  # registered (and sealed, or dropped by its writer) since our snapshot
+        if not dry_run:
+            b.delete(name)
+        return st.st_size
+    finally:
+        os.close(fd)
+
+
 def reclaim_orphans(
     tiers: Tiers, index: Index, replicas: Replicas, min_age_s: float, result: SweepResult, *, dry_run: bool = False
 ) -> list[str]:
@@ -192,17 +222,19 @@ def reclaim_orphans(
                 if not ownership.owns(index.repo_id, pack):  # not provably ours: never deleted
                     result.foreign += 1
                     continue
-                size = b.size(name)
                 if isinstance(b, LocalBackend):
+                    size = _reclaim_local(b, name, pack, tier, index, now - min_age_s, dry_run)
+                else:
                     try:
-                        age = now - b.path(name).stat().st_mtime
-                    except FileNotFoundError:
-                        continue
-                    if age < min_age_s:
-                        continue
+                        size = b.size(name)
+                    except NotFound:  # deleted since the listing
+                        size = None
+                    if size is not None and not dry_run:
+                        b.delete(name)
+                if size is None:
+                    continue
                 found.append(f"{b.url}/{name}")
                 if not dry_run:
-                    b.delete(name)
                     result.orphans_deleted += 1
                     result.orphan_bytes += size
         tmp = tiers.repo_path / "tmp"

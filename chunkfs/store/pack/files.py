@@ -56,6 +56,15 @@ def claim(path: Path) -> int | None:
     return fd
 
 
+def _still_linked(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 class PackWriter:
     """Appends chunk records to one open pack file on the hot tier.
 
@@ -82,7 +91,10 @@ class PackWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_size is None:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)  # a new file: nobody else can hold it
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # a new file: only gc's orphan check may hold it
+            if not _still_linked(self._fd, path):  # gc took it for an orphan before we locked it
+                os.close(self._fd)
+                raise FileExistsError(errno.EEXIST, "pack file reclaimed before it was locked", str(path))
             self._write(0, packfmt.encode_header(pack))
             self.size = packfmt.HEADER.size
         else:
