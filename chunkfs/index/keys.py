@@ -153,6 +153,14 @@ is a ``packs`` group (a run directory, UTF-8 with surrogateescape).
     is deleted (the operation is finished); a placed one is kept. Either way
     the entry goes.
 
+``unencoded`` pack id (16) → moved ns i64.
+    A pack on the warm tier whose chunks are still as ingest stored them: it
+    was evicted from hot under disk pressure (a plain move, no CPU) before its
+    run completed. When the run completes, the lifecycle re-encodes it like
+    the run's hot packs (``lifecycle.plan``). Added by the move, inherited by
+    the packs a gc repack of it writes, dropped with the pack and when it
+    leaves warm.
+
 ``runs``      group (UTF-8, surrogateescape) → completed ns i64 | last read ns i64 | held tier u8.
     Lifecycle state of a run. ``completed``: when `chunkfs run complete`
     marked it (0: not marked; the policy also finds idle runs on its own).
@@ -307,7 +315,7 @@ DATABASES = (
     "meta", "chunks", "deltas", "packs", "inodes", "dirents", "parents", "manifests", "xattrs",  # the tree and the store
     "commits", "dirhist", "inohist", "tags",  # "History"
     "ckpts", "ckpt_ino", "ckpt_run", "ckpt_metric",  # "Registry"
-    "uploads", "copies", "moves", "runs", "pins", "counters",  # "Tiers"
+    "uploads", "copies", "moves", "unencoded", "runs", "pins", "counters",  # "Tiers"
     "replicas", "drills",  # "Operations"
     "condemned", "gc_leases",  # "Garbage collection"
     "outbox",  # "Cluster"

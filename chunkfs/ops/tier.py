@@ -113,6 +113,8 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
                 level = lifecycle.repack_level(repo.settings.lifecycle, src, to)
                 size = sum(i.size for _, i in chosen)
                 actions.append(lifecycle.Action(run, src, to, [p for p, _ in chosen], size, "by hand", level))
+        if to == Tier.WARM and (raw := lifecycle.unencoded(repo.index, run, packs, repo.settings.lifecycle, "by hand")):
+            actions.append(raw)
     with repo.tiers.lock.hold():
         outcome = repo.apply_tier_actions(actions, progress)
         with repo.index.write() as t:

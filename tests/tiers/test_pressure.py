@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from helpers.tiers import export_and_compare, import_run, tiered_settings, write_run
 
 from chunkfs import config
@@ -58,5 +59,70 @@ def test_hot_pressure_evicts_packs_with_warm_copies_oldest_first(make_tmpfs, tmp
         repo.drop_caches()
         for run, src in srcs.items():
             export_and_compare(repo, src, f"/m/{run}", tmp_path / "out")
+    finally:
+        repo.close()
+
+
+@pytest.mark.parametrize("how", ["complete", "tier move --to warm"])
+def test_packs_evicted_before_their_run_completes_are_re_encoded_on_warm_when_it_does(make_tmpfs, tmp_path, how):
+    """An eviction is a plain move (no CPU while the disk is full); the packs it sends to warm are
+    noted ``unencoded`` — and a gc repack of them on warm keeps the note — until their run
+    completes (or is moved to warm by hand): then they are re-encoded on warm like the run's hot
+    packs, deltas included."""
+    from helpers.gc import gc_settings
+
+    from chunkfs.ops import gc, retention
+
+    small_hot = make_tmpfs("12m")
+    settings = tiered_settings(
+        None, warm=str(tmp_path / "warm"), gc=gc_settings(),
+        lifecycle=config.LifecycleSettings(run_idle=0, hot_min_free=MIN_FREE, cold_after_days=0),
+    )  # fmt: skip
+    repo = Repository.create(tmp_path / "repo", hot=small_hot / "hot", settings=settings)
+    try:
+        src = write_run(tmp_path / "src", "run", steps=4)
+        import_run(repo, src, "/m/run")
+        repo.packs.seal_all()
+        assert repo.uploader.drain() > 0
+        (evict,) = lifecycle.plan(repo.index, repo.tiers, repo.settings.lifecycle)
+        assert (evict.src, evict.dst, evict.level) == (Tier.HOT, Tier.WARM, 0)
+        tierop.apply(repo, [evict])
+        with repo.index.read() as t:
+            assert all(t.is_unencoded(p) and t.pack_get(p).tier == Tier.WARM for p in evict.packs)
+
+        # the oldest checkpoint's files go, and gc repacks the evicted packs they leave sparse
+        shutil.rmtree(src / "checkpoint-100")
+        for name in (b"model.safetensors", b"training_state.pt", b"trainer_state.json"):
+            repo.ns.unlink(repo.ns.resolve("/m/run/checkpoint-100"), name)
+        repo.ns.rmdir(repo.ns.resolve("/m/run"), b"checkpoint-100")
+        rules = retention.rules_for(repo.settings, keep_within="0s")
+        result = gc.run(repo, rules, grace_s=0, repack_below=0.99)
+        assert result.packs_repacked > 0
+        with repo.index.read() as t:
+            raw = [p for p, i in t.packs() if i.tier == Tier.WARM and t.is_unencoded(p)]
+            assert set(raw) - set(evict.packs), "the packs gc wrote from evicted ones keep the note"
+            evicted_chunks = {c: loc.stored_len for c, loc in t.chunks() if loc.pack in raw}
+
+        if how == "complete":
+            tierop.complete(repo, "/m/run")
+            actions = lifecycle.plan(repo.index, repo.tiers, repo.settings.lifecycle)
+            moves = {(a.src, a.dst): a for a in actions}
+            assert set(moves) == {(Tier.HOT, Tier.WARM), (Tier.WARM, Tier.WARM)}
+            assert sorted(moves[Tier.WARM, Tier.WARM].packs) == sorted(raw) and moves[Tier.WARM, Tier.WARM].level
+            outcome = tierop.apply(repo, actions)
+        else:
+            outcome = tierop.move(repo, "/m/run", Tier.WARM)
+        assert not outcome.errors and outcome.written["warm"]["deltas"]
+        with repo.index.read() as t:
+            assert all(t.pack_get(p) is None for p in raw), "every evicted pack was rewritten"
+            assert not any(t.is_unencoded(p) for p, _ in t.packs())
+            assert not any(i.tier == Tier.HOT for _, i in t.packs())
+            now = {c: t.chunk_get(c) for c in evicted_chunks}
+            deltas = dict(t.deltas())
+        assert sum(loc.stored_len for loc in now.values()) < 0.8 * sum(evicted_chunks.values())
+        assert set(deltas) & set(evicted_chunks), "the evicted checkpoints are stored as deltas of the next ones"
+        assert lifecycle.plan(repo.index, repo.tiers, repo.settings.lifecycle) == []
+        repo.drop_caches()
+        export_and_compare(repo, src, "/m/run", tmp_path / "out")
     finally:
         repo.close()

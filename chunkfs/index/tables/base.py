@@ -165,6 +165,7 @@ class BaseTables:
         self._put("packs", pack, keys.encode_pack(info))
 
     def pack_delete(self, pack: PackId) -> bool:
+        self._delete("unencoded", pack)
         return self._delete("packs", pack)
 
     def packs(self) -> Iterator[tuple[PackId, PackInfo]]:
@@ -174,7 +175,9 @@ class BaseTables:
     # -- rebuilding -----------------------------------------------------------------
 
     def clear_chunk_index(self) -> None:
-        """Empty the chunks, deltas and packs databases (``chunkfs index rebuild`` refills them)."""
+        """Empty the chunks, deltas and packs databases (``chunkfs index rebuild`` refills them) and
+        the ``unencoded`` notes of the packs (lost: such packs stay as they are)."""
         self._txn.drop(self._dbs["chunks"], delete=False)
         self._txn.drop(self._dbs["deltas"], delete=False)
+        self._txn.drop(self._dbs["unencoded"], delete=False)
         self._txn.drop(self._dbs["packs"], delete=False)

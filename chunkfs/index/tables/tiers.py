@@ -1,4 +1,4 @@
-"""Tiers: ``uploads``, ``copies``, ``moves``, ``runs``, ``pins``, ``counters`` (keys.py, "Tiers")."""
+"""Tiers: ``uploads``, ``copies``, ``moves``, ``unencoded``, ``runs``, ``pins``, ``counters`` (keys.py, "Tiers")."""
 
 from __future__ import annotations
 
@@ -70,6 +70,16 @@ class TierTables(BaseTables):
         """(pack, tier, kind, started ns) of every tier operation in flight."""
         for key, value in self._prefix("moves", b""):
             yield (*keys.decode_pack_tier_key(key), *keys.decode_move(value))
+
+    def unencoded_put(self, pack: PackId, moved_ns: int) -> None:
+        self._put("unencoded", pack, keys.encode_i64(moved_ns))
+
+    def unencoded_delete(self, pack: PackId) -> bool:
+        return self._delete("unencoded", pack)
+
+    def is_unencoded(self, pack: PackId) -> bool:
+        """Whether ``pack`` is on warm as ingest stored it, awaiting its run's re-encoding."""
+        return self._get("unencoded", pack) is not None
 
     def _path_key(self, path: str) -> bytes:
         """``path`` as a ``runs``/``pins`` key, recording a shortened form (keys.py, "Long keys")."""

@@ -6,7 +6,8 @@ policy sends a complete run on to warm (``lifecycle.warm_level``) or to cold
 (``cold_level``), its packs are not copied as they are: their live chunks are re-encoded
 (``Tiers.transform``: zstd at that level, byte planes first for float tensors, or a delta
 against the same bytes of the next checkpoint (``Tiers.delta_plan``, namespace/deltas.py),
-whichever stores the chunk smallest) into new packs of that run only, through the one pack rewrite
+whichever stores the chunk smallest) into new packs of that run only — and so are its packs that
+hot pressure evicted to warm as they were (``unencoded`` in keys.py), rewritten on warm —, through the one pack rewrite
 (rewrite.py): every chunk location and pack home switches in one transaction, under the
 tier lock, and the old packs — hot home and write-back copy on warm alike — are deleted
 (in a shared repository the warm object once every node has learnt the new locations:
@@ -82,9 +83,9 @@ def _rewrite(
 ) -> None:  # fmt: skip
     """One batch: its live chunks into new packs on ``dst``, the old packs retired."""
     with tiers.lock.hold():
-        with tiers.index.read() as t:
-            infos = {p: t.pack_get(p) for p in packs}
-        infos = {p: i for p, i in infos.items() if i is not None and i.state == PackState.SEALED and i.tier != dst}
+        with tiers.index.read() as t:  # already on dst: only one evicted there as it was
+            infos = {p: i for p in packs if (i := t.pack_get(p)) is not None and i.state == PackState.SEALED
+                     and (i.tier != dst or t.is_unencoded(p))}  # fmt: skip
         if not infos:
             return
         rw = PackRewrite(

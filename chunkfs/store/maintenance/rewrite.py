@@ -105,11 +105,12 @@ class PackRewrite:
 
     def __init__(
         self, index: Index, backend_of: Callable[[Tier], Backend], tier: Tier, group: str, tmpdir: Path,
-        pack_size: int, *, write_back: bool = False, relocate: bool = False,
+        pack_size: int, *, write_back: bool = False, relocate: bool = False, as_stored: bool = False,
     ) -> None:  # fmt: skip
         """``backend_of``: the backend of a tier (``Tiers.backend``): new packs go to ``tier``'s,
         retired ones are deleted from wherever they are. ``group``: the pack group (run) of the
-        chunks ``add`` gets without one."""
+        chunks ``add`` gets without one. ``as_stored``: ``add`` gets the chunks' stored bytes as they
+        were (a gc repack), so the new packs inherit the ``unencoded`` note of the old ones."""
         self.index = index
         self.backend_of = backend_of
         self.backend = backend_of(tier)
@@ -119,6 +120,7 @@ class PackRewrite:
         self.pack_size = pack_size
         self.write_back = write_back  # a new hot pack joins the write-back queue
         self.relocate = relocate  # a shared repository: other nodes learn the moves from the log
+        self.as_stored = as_stored
         self._builders: dict[str, PackBuilder] = {}
         self._built: list[tuple[PackId, int, int, str]] = []  # (pack, size, chunks, group), on the tier, verified
         self._moved: dict[ChunkId, tuple[ChunkLocation | None, ChunkLocation]] = {}  # chunk → (old, new)
@@ -187,11 +189,14 @@ class PackRewrite:
         now = clock.now_ns()
         old_objects: list[tuple[PackId, Tier]] = []
         with self.index.write() as t:
+            unencoded = self.as_stored and any(t.is_unencoded(p) for p in retire)
             for pack, size, count, group in self._built:
                 t.pack_put(pack, PackInfo(self.tier, PackState.SEALED, size, count, group, now))
                 t.move_delete(pack, self.tier)
                 if self.write_back and self.tier == Tier.HOT:
                     t.upload_put(pack, now)
+                if unencoded:
+                    t.unencoded_put(pack, now)
                 self.result.new_packs.append(pack)
             switched = []
             for chunk, (old, new) in self._moved.items():

@@ -131,7 +131,7 @@ def repack(tiers: Tiers, index: Index, tier: Tier, group: str, packs: list[PackI
     with tiers.lock.hold():
         backend = tiers.backend(tier)
         rw = PackRewrite(index, tiers.backend, tier, group, tiers.repo_path / "tmp", tiers.pack_size,
-                         write_back=write_back, relocate=relocate)  # fmt: skip
+                         write_back=write_back, relocate=relocate, as_stored=True)  # fmt: skip
         retire: dict[PackId, list[ChunkId]] = {}
         try:
             for pack in packs:

@@ -8,7 +8,8 @@ Runs are pack groups (``PackInfo.group``: the run directory). The rules
   packs for ``run_idle`` seconds. Only sealed packs move; a run a user moved
   to hot by hand (``tier move --to hot``) stays until marked complete again.
   On the way its packs are re-encoded (``warm_level``; maintenance/reencode.py;
-  in a shared repository the other nodes relocate their chunks from the log).
+  in a shared repository the other nodes relocate their chunks from the log), and
+  so are the packs hot pressure evicted to warm as they were (``unencoded``).
 - **warm → cold** for warm packs older than ``cold_after_days`` of a run not
   read for ``cold_idle_days``: repacked, recompressed, one run per pack.
 - **hot pressure**: when the hot disk has less than ``hot_min_free`` percent
@@ -210,6 +211,20 @@ def _with_deltas(index: Index, moving: set[PackId], warm: dict[PackId, PackInfo]
     return sorted(moving)
 
 
+def unencoded(index: Index, run: str, packs: list[tuple[PackId, PackInfo]], settings: LifecycleSettings,
+              why: str) -> Action | None:  # fmt: skip
+    """The re-encoding, on warm, of the packs of ``run`` that hot pressure evicted there as they
+    were (``unencoded`` in keys.py); None if it has none or warm packs are not re-encoded."""
+    level = repack_level(settings, Tier.HOT, Tier.WARM)
+    if not level:
+        return None
+    with index.read() as t:
+        raw = [(p, i) for p, i in packs if i.tier == Tier.WARM and i.state == PackState.SEALED and t.is_unencoded(p)]
+    if not raw:
+        return None
+    return Action(run, Tier.WARM, Tier.WARM, [p for p, _ in raw], sum(i.size for _, i in raw), why, level)
+
+
 def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | None = None) -> list[Action]:
     """The moves the policies call for now, run by run (hot-pressure evictions last)."""
     now = clock.now_ns() if now is None else now
@@ -225,6 +240,8 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
         if hot and nxt is not None and why and rec.held != Tier.HOT:
             level = repack_level(settings, Tier.HOT, nxt)
             actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why, level))
+        if why and rec.held != Tier.HOT and (raw := unencoded(index, group, packs, settings, why)):
+            actions.append(raw)
         if tiers.configured(Tier.COLD) and tiers.configured(Tier.WARM) and settings.cold_after_days:
             age = settings.cold_after_days * DAY_NS
             warm = {p: i for p, i in sealed if i.tier == Tier.WARM}

@@ -256,7 +256,8 @@ class Tiers:
         """Make ``dst`` the home of a sealed pack (same bytes, same id); return bytes copied.
 
         Moving from warm to hot keeps the warm object as a verified copy (a later
-        eviction then costs nothing); every other move deletes the source.
+        eviction then costs nothing); every other move deletes the source. A pack moved
+        from hot to warm is noted ``unencoded`` (keys.py): its run re-encodes it when it completes.
         """
         with self.lock.hold():
             with self.index.read() as t:
@@ -301,6 +302,10 @@ class Tiers:
                     t.upload_delete(pack)
                 elif self.configured(Tier.WARM) and t.copy_get(pack, Tier.WARM) is None:
                     t.upload_put(pack, now)
+                if src == Tier.HOT and dst == Tier.WARM:  # an eviction: its run's re-encoding still to come
+                    t.unencoded_put(pack, now)
+                else:
+                    t.unencoded_delete(pack)
             if not keep_source:
                 self.backend(src).delete(name)
                 with self.index.write() as t:
