@@ -106,6 +106,8 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
         raise UsageError(f"no {tier_name(to)} tier configured; set tiers.{tier_name(to)} in chunkfs.toml")
     runs = runs_under(repo, path)
     actions = []
+    with repo.index.read() as t:
+        marked = t.unencoded() if to == Tier.WARM else set()  # evicted there as they were: re-encoded there
     for run, packs in _packs_of(repo, runs).items():
         for src in Tier:
             chosen = [(p, i) for p, i in packs if i.tier == src and src != to and i.state == PackState.SEALED]
@@ -113,7 +115,7 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
                 level = lifecycle.repack_level(repo.settings.lifecycle, src, to)
                 size = sum(i.size for _, i in chosen)
                 actions.append(lifecycle.Action(run, src, to, [p for p, _ in chosen], size, "by hand", level))
-        if to == Tier.WARM and (raw := lifecycle.unencoded(repo.index, run, packs, repo.settings.lifecycle, "by hand")):
+        if raw := lifecycle.unencoded(run, packs, marked, repo.settings.lifecycle, "by hand"):
             actions.append(raw)
     with repo.tiers.lock.hold():
         outcome = repo.apply_tier_actions(actions, progress)

@@ -81,6 +81,10 @@ class TierTables(BaseTables):
         """Whether ``pack`` is on warm as ingest stored it, awaiting its run's re-encoding."""
         return self._get("unencoded", pack) is not None
 
+    def unencoded(self) -> set[PackId]:
+        """Every pack ``is_unencoded`` (few: packs evicted early, until their runs complete)."""
+        return {bytes(key) for key, _ in self._prefix("unencoded", b"")}
+
     def _path_key(self, path: str) -> bytes:
         """``path`` as a ``runs``/``pins`` key, recording a shortened form (keys.py, "Long keys")."""
         key = keys.path_key(path)

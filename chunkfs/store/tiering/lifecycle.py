@@ -211,16 +211,13 @@ def _with_deltas(index: Index, moving: set[PackId], warm: dict[PackId, PackInfo]
     return sorted(moving)
 
 
-def unencoded(index: Index, run: str, packs: list[tuple[PackId, PackInfo]], settings: LifecycleSettings,
+def unencoded(run: str, packs: list[tuple[PackId, PackInfo]], marked: set[PackId], settings: LifecycleSettings,
               why: str) -> Action | None:  # fmt: skip
     """The re-encoding, on warm, of the packs of ``run`` that hot pressure evicted there as they
-    were (``unencoded`` in keys.py); None if it has none or warm packs are not re-encoded."""
+    were (``marked``: ``Txn.unencoded()``); None if it has none or warm packs are not re-encoded."""
     level = repack_level(settings, Tier.HOT, Tier.WARM)
-    if not level:
-        return None
-    with index.read() as t:
-        raw = [(p, i) for p, i in packs if i.tier == Tier.WARM and i.state == PackState.SEALED and t.is_unencoded(p)]
-    if not raw:
+    raw = [(p, i) for p, i in packs if p in marked and i.tier == Tier.WARM and i.state == PackState.SEALED]
+    if not level or not raw:
         return None
     return Action(run, Tier.WARM, Tier.WARM, [p for p, _ in raw], sum(i.size for _, i in raw), why, level)
 
@@ -229,6 +226,8 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
     """The moves the policies call for now, run by run (hot-pressure evictions last)."""
     now = clock.now_ns() if now is None else now
     groups, records = runs_of(index)
+    with index.read() as t:
+        marked = t.unencoded()
     actions = []
     for group in sorted(groups):
         packs = groups[group]
@@ -240,7 +239,7 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
         if hot and nxt is not None and why and rec.held != Tier.HOT:
             level = repack_level(settings, Tier.HOT, nxt)
             actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why, level))
-        if why and rec.held != Tier.HOT and (raw := unencoded(index, group, packs, settings, why)):
+        if why and rec.held != Tier.HOT and (raw := unencoded(group, packs, marked, settings, why)):
             actions.append(raw)
         if tiers.configured(Tier.COLD) and tiers.configured(Tier.WARM) and settings.cold_after_days:
             age = settings.cold_after_days * DAY_NS
