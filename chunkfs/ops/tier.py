@@ -115,7 +115,7 @@ def move(repo: Repository, path: str, to: Tier, progress: Progress = lambda n: N
                 level = lifecycle.repack_level(repo.settings.lifecycle, src, to)
                 size = sum(i.size for _, i in chosen)
                 actions.append(lifecycle.Action(run, src, to, [p for p, _ in chosen], size, "by hand", level))
-        if raw := lifecycle.unencoded(run, packs, marked, repo.settings.lifecycle, "by hand"):
+        if raw := lifecycle.reencode_evicted(run, packs, marked, repo.settings.lifecycle, "by hand"):
             actions.append(raw)
     with repo.tiers.lock.hold():
         outcome = repo.apply_tier_actions(actions, progress)

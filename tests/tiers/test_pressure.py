@@ -24,13 +24,19 @@ def _free_percent(path) -> float:
     return 100 * disk.free / disk.total
 
 
-def test_hot_pressure_evicts_packs_with_warm_copies_oldest_first(make_tmpfs, tmp_path):
-    small_hot = make_tmpfs("12m")
+def _repo_on(small_hot, tmp_path, **sections) -> Repository:
+    """A repository whose hot tier is on ``small_hot`` (a small tmpfs), its warm tier a directory,
+    evicting for ``MIN_FREE`` percent free; runs complete only when marked."""
     settings = tiered_settings(
         None, warm=str(tmp_path / "warm"),
-        lifecycle=config.LifecycleSettings(run_idle=0, hot_min_free=MIN_FREE, cold_after_days=0),
+        lifecycle=config.LifecycleSettings(run_idle=0, hot_min_free=MIN_FREE, cold_after_days=0), **sections,
     )  # fmt: skip
-    repo = Repository.create(tmp_path / "repo", hot=small_hot / "hot", settings=settings)
+    return Repository.create(tmp_path / "repo", hot=small_hot / "hot", settings=settings)
+
+
+def test_hot_pressure_evicts_packs_with_warm_copies_oldest_first(make_tmpfs, tmp_path):
+    small_hot = make_tmpfs("12m")
+    repo = _repo_on(small_hot, tmp_path)
     try:
         srcs = {}
         for n, (run, steps) in enumerate((("runA", 1), ("runB", 3))):  # 2.3 + 6.9 MB: 12 MiB, 25% free
@@ -73,12 +79,7 @@ def test_packs_evicted_before_their_run_completes_are_re_encoded_on_warm_when_it
 
     from chunkfs.ops import gc, retention
 
-    small_hot = make_tmpfs("12m")
-    settings = tiered_settings(
-        None, warm=str(tmp_path / "warm"), gc=gc_settings(),
-        lifecycle=config.LifecycleSettings(run_idle=0, hot_min_free=MIN_FREE, cold_after_days=0),
-    )  # fmt: skip
-    repo = Repository.create(tmp_path / "repo", hot=small_hot / "hot", settings=settings)
+    repo = _repo_on(make_tmpfs("12m"), tmp_path, gc=gc_settings())
     try:
         src = write_run(tmp_path / "src", "run", steps=4)
         import_run(repo, src, "/m/run")

@@ -211,7 +211,7 @@ def _with_deltas(index: Index, moving: set[PackId], warm: dict[PackId, PackInfo]
     return sorted(moving)
 
 
-def unencoded(run: str, packs: list[tuple[PackId, PackInfo]], marked: set[PackId], settings: LifecycleSettings,
+def reencode_evicted(run: str, packs: list[tuple[PackId, PackInfo]], marked: set[PackId], settings: LifecycleSettings,
               why: str) -> Action | None:  # fmt: skip
     """The re-encoding, on warm, of the packs of ``run`` that hot pressure evicted there as they
     were (``marked``: ``Txn.unencoded()``); None if it has none or warm packs are not re-encoded."""
@@ -239,7 +239,7 @@ def plan(index: Index, tiers: Tiers, settings: LifecycleSettings, now: int | Non
         if hot and nxt is not None and why and rec.held != Tier.HOT:
             level = repack_level(settings, Tier.HOT, nxt)
             actions.append(Action(group, Tier.HOT, nxt, [p for p, _ in hot], sum(i.size for _, i in hot), why, level))
-        if why and rec.held != Tier.HOT and (raw := unencoded(group, packs, marked, settings, why)):
+        if why and rec.held != Tier.HOT and (raw := reencode_evicted(group, packs, marked, settings, why)):
             actions.append(raw)
         if tiers.configured(Tier.COLD) and tiers.configured(Tier.WARM) and settings.cold_after_days:
             age = settings.cold_after_days * DAY_NS
