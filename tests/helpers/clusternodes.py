@@ -5,10 +5,13 @@ repository directory of its own (its own hot tier and LMDB index), all on one S3
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from chunkfs.ops import cluster as clusterop
-from chunkfs.ops import tier, transfer
+from chunkfs.ops import gc, retention, tier, transfer
 from chunkfs.repo import Repository
 from helpers.tiers import s3_url, tiered_settings
 
@@ -42,3 +45,31 @@ def export(path: Path, src: str, out: Path) -> Path:
     with Repository(path, writable=False) as repo:
         transfer.export_tree(repo, src, out)
     return out
+
+
+def sync_all(*paths: Path) -> None:
+    for p in paths:
+        sync(p)
+
+
+def gc_on(path: Path, rounds: Callable[[], None], **rules) -> gc.GcResult:
+    """``chunkfs gc`` on node ``path`` (no mount: it applies the log itself) with ``rules``, while
+    ``rounds()`` plays the other nodes' sync threads until it returns."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            with Repository(path) as repo:
+                out["result"] = gc.run(repo, retention.rules_for(repo.settings, **rules), grace_s=0)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            out["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while thread.is_alive():
+        rounds()
+        time.sleep(0.3)
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]

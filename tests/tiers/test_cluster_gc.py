@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import chunkfs
-from helpers.clusternodes import export, import_random, nodes, sync
+from helpers.clusternodes import export, gc_on, import_random, nodes, sync, sync_all
 
 from chunkfs import clock
 from chunkfs.cluster import log as sharedlog
@@ -37,34 +37,6 @@ def _warm_packs(path: Path) -> set[str]:
         return set(repo.tiers.backend(Tier.WARM).list("packs/"))
 
 
-def _gc_on(path: Path, rounds, **rules) -> gc.GcResult:
-    """``chunkfs gc`` on node ``path`` (no mount: it applies the log itself) with ``rules``, while
-    ``rounds()`` plays the other nodes' sync threads until it returns."""
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            with Repository(path) as repo:
-                out["result"] = gc.run(repo, retention.rules_for(repo.settings, **rules), grace_s=0)
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            out["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    while thread.is_alive():
-        rounds()
-        time.sleep(0.3)
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["result"]
-
-
-def _all_sync(*paths: Path) -> None:
-    for p in paths:
-        sync(p)
-
-
 def _check(paths, files: dict[str, bytes], tmp_path: Path) -> None:
     for node in paths:
         for name, data in files.items():
@@ -82,20 +54,20 @@ def test_gc_on_one_node_reclaims_what_no_node_needs_on_every_node(tmp_path, moto
         import_random(repo, tmp_path, "/run/gone.bin", 400_000)
     with Repository(a) as repo:  # another pack
         kept = import_random(repo, tmp_path, "/run/kept.bin", 400_000)
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     before = _warm_packs(a)
     with Repository(b) as repo:  # removed on another node than the one that wrote it
         repo.ns.unlink(repo.ns.resolve("/run"), b"gone.bin")
-    _all_sync(b, a, c)
+    sync_all(b, a, c)
 
-    result = _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
+    result = gc_on(c, lambda: sync_all(a, b), keep_within="0s")
     assert {d["path"] for d in result.dropped} == {"/run/gone.bin", "/run/kept.bin"}, result.dropped  # old ones
     assert result.chunks_condemned >= 1
     assert result.chunks_swept == result.chunks_condemned, result.to_json()
     assert result.cluster["sweep_entry"] > result.cluster["gc_entry"]
-    _all_sync(a, b)  # a applies the sweep: the pack of gone.bin is a's, and a deletes it …
+    sync_all(a, b)  # a applies the sweep: the pack of gone.bin is a's, and a deletes it …
     assert len(_warm_packs(a)) == len(before), "… on warm once every member has applied the sweep"
-    _all_sync(c, a)
+    sync_all(c, a)
     after = _warm_packs(a)
     assert len(after) == len(before) - 1, "the emptied pack left the warm tier"
     for node in (a, b, c):
@@ -117,12 +89,12 @@ def test_packs_a_sweep_left_sparse_are_repacked_by_their_node_and_the_others_fol
         transfer.import_tree(repo, src, "/run")
         with repo.index.read() as t:
             (old,) = [p for p, _ in t.packs()]
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     with Repository(b) as repo:
         repo.ns.unlink(repo.ns.resolve("/run"), b"gone.bin")
-    _all_sync(b, a, c)
-    _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
-    _all_sync(a, b)  # a applies the sweep: its pack is a quarter live
+    sync_all(b, a, c)
+    gc_on(c, lambda: sync_all(a, b), keep_within="0s")
+    sync_all(a, b)  # a applies the sweep: its pack is a quarter live
     with Repository(b) as repo:  # a's pack, foreign here: b only follows
         repo.repack_after_sweep()
         with repo.index.read() as t:
@@ -136,8 +108,8 @@ def test_packs_a_sweep_left_sparse_are_repacked_by_their_node_and_the_others_fol
             assert t.pack_get(new).size < 400_000
     assert pack_name(old) in _warm_packs(a), "b and c still read it there"
     _check((b, c), {"/run/kept.bin": kept}, tmp_path)
-    _all_sync(a, b, c)  # a publishes the relocate change (once its new pack is on warm); b and c apply it
-    _all_sync(a)  # every member has: a deletes the old object
+    sync_all(a, b, c)  # a publishes the relocate change (once its new pack is on warm); b and c apply it
+    sync_all(a)  # every member has: a deletes the old object
     assert pack_name(old) not in _warm_packs(a)
     for node in (b, c):
         with Repository(node, writable=False) as repo, repo.index.read() as t:
@@ -152,17 +124,17 @@ def test_a_chunk_another_node_still_needs_is_kept_everywhere(tmp_path, moto_serv
     _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
     with Repository(a) as repo:
         data = import_random(repo, tmp_path, "/run/x.bin", 300_000)
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     with Repository(b) as repo:
         commit = repo.history.tag("before-cleanup", repo.history.last_commit())
     with Repository(a) as repo:
         repo.ns.unlink(repo.ns.resolve("/run"), b"x.bin")
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     before = _warm_packs(a)
 
-    result = _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
+    result = gc_on(c, lambda: sync_all(a, b), keep_within="0s")
     assert result.chunks_condemned >= 1 and result.chunks_swept == 0, result.to_json()
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     assert _warm_packs(a) == before
     with Repository(b, writable=False) as repo:
         version = repo.history.resolve_at("/run/x.bin", commit)
@@ -179,10 +151,10 @@ def test_a_write_that_found_condemned_chunks_by_dedup_holds_the_sweep_back(tmp_p
     _, (a, b, c) = nodes(tmp_path, moto_server.endpoint, 3)
     with Repository(a) as repo:
         data = import_random(repo, tmp_path, "/run/old.bin", 300_000)
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     with Repository(b) as repo:
         repo.ns.unlink(repo.ns.resolve("/run"), b"old.bin")
-    _all_sync(b, a, c)
+    sync_all(b, a, c)
     monkeypatch.setattr(shared_gc, "SWEEP_WAIT", 4.0)
 
     with Repository(a) as writer:
@@ -196,16 +168,16 @@ def test_a_write_that_found_condemned_chunks_by_dedup_holds_the_sweep_back(tmp_p
             writer.cluster.heartbeat()
             sync(b)
 
-        first = _gc_on(c, rounds, keep_within="0s")
+        first = gc_on(c, rounds, keep_within="0s")
         assert first.chunks_condemned >= 1 and first.chunks_swept == 0, first.to_json()
         assert any("not ready" in w for w in first.cluster["waiting_for"]), first.to_json()
 
         writer.commit_file(ino, content)  # resurrects them here, journals the content
         writer.packs.seal_all()
         writer.uploader.drain()
-        second = _gc_on(c, rounds, keep_within="0s")
+        second = gc_on(c, rounds, keep_within="0s")
     assert second.chunks_swept == 0, "c saw a's reference before sweeping"
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     _check((a, b, c), {"/run/new.bin": data}, tmp_path)
 
 
@@ -279,13 +251,13 @@ def test_a_member_that_never_synced_holds_the_sweep_back_until_forgotten(tmp_pat
         import_random(repo, tmp_path, "/f.bin", 100_000)
         repo.ns.unlink(1, b"f.bin")
     monkeypatch.setattr(shared_gc, "SWEEP_WAIT", 2.0)
-    result = _gc_on(a, lambda: None, keep_within="0s")
+    result = gc_on(a, lambda: None, keep_within="0s")
     assert result.chunks_condemned >= 1 and result.chunks_swept == 0, result.to_json()
     assert any(silent in why for why in result.cluster["waiting_for"]), result.to_json()
 
     # the machine is lost for good: forget it, and the next gc sweeps without it
     out = json.loads(chunkfs("forget-node", "--repo", a, silent, "--json").stdout)
-    result = _gc_on(a, lambda: None, keep_within="0s")
+    result = gc_on(a, lambda: None, keep_within="0s")
     assert result.chunks_swept >= 1 and not result.cluster.get("waiting_for"), result.to_json()
     # an entry it wrote after the forget (it had not seen it) is ignored by every node: a fence
     late = encode(Entry(silent, 0, (1, 1), [{"op": "create", "path": "/ghost", "mode": 0o100644, "uid": 0,
@@ -314,12 +286,12 @@ def test_the_packs_of_a_forgotten_member_become_the_forgetting_nodes_and_its_gc_
         lost = repo.cluster.node
     with Repository(a) as repo:  # another pack
         kept = import_random(repo, tmp_path, "/kept.bin", 300_000)
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     with Repository(c, writable=False) as repo, repo.index.read() as t:
         theirs = set(t.foreign_packs(lost))
     assert len(theirs) == 2
     chunkfs("forget-node", "--repo", b, lost, "--json")
-    _all_sync(b, c)
+    sync_all(b, c)
     with Repository(b, writable=False) as repo, repo.index.read() as t:
         assert not any(t.foreign(p) for p in theirs), "b adopted them"
     with Repository(c, writable=False) as repo, repo.index.read() as t:
@@ -327,10 +299,10 @@ def test_the_packs_of_a_forgotten_member_become_the_forgetting_nodes_and_its_gc_
     before = _warm_packs(b)
     with Repository(c) as repo:
         repo.ns.unlink(1, b"gone.bin")
-    _all_sync(c, b)
-    result = _gc_on(c, lambda: _all_sync(b), keep_within="0s")
+    sync_all(c, b)
+    result = gc_on(c, lambda: sync_all(b), keep_within="0s")
     assert result.chunks_swept >= 1, result.to_json()
-    _all_sync(b, c, b)  # b applies the sweep and deletes the emptied pack it adopted (once c has too)
+    sync_all(b, c, b)  # b applies the sweep and deletes the emptied pack it adopted (once c has too)
     assert len(_warm_packs(b)) == len(before) - 1, "the forgotten node's emptied pack left the warm tier"
     _check((b, c), {"/kept.bin": kept}, tmp_path)
 
@@ -344,15 +316,15 @@ def test_an_unpublished_change_whose_version_a_gc_dropped_is_still_published(tmp
     (tmp_path / "first").write_bytes(first)
     with Repository(a) as repo:
         transfer.import_tree(repo, tmp_path / "first", "/f.bin")
-    _all_sync(a, b, c)
+    sync_all(a, b, c)
     with Repository(b) as repo:  # not published yet: the same content again, then another
         transfer.import_tree(repo, tmp_path / "first", "/f.bin")
         last = import_random(repo, tmp_path, "/f.bin", 120_000)
     with Repository(a) as repo:  # a replaces it: a's first save is an old version everywhere but b
         import_random(repo, tmp_path, "/f.bin", 130_000)
-    _all_sync(a, c)
-    _gc_on(c, lambda: _all_sync(a, b), keep_within="0s")
-    _all_sync(b, a, c)
+    sync_all(a, c)
+    gc_on(c, lambda: sync_all(a, b), keep_within="0s")
+    sync_all(b, a, c)
     with Repository(b, writable=False) as repo:
         assert repo.cluster.pending()[0] == 0, repo.cluster.status(members=False)
     _check((a, b, c), {"/f.bin": last}, tmp_path)
@@ -365,8 +337,8 @@ def test_gc_truncates_the_log_every_member_applied_and_joins_start_from_the_back
         with Repository(a) as repo:
             files[f"/f{i}.bin"] = import_random(repo, tmp_path, f"/f{i}.bin", 50_000)
         sync(a)  # an entry each, then a metadata backup
-    _all_sync(b, a)  # every heartbeat names the position the node applied
-    result = _gc_on(b, lambda: _all_sync(a))
+    sync_all(b, a)  # every heartbeat names the position the node applied
+    result = gc_on(b, lambda: sync_all(a))
     truncated = result.cluster["log_truncated"]
     assert truncated["entries"] >= 3, result.to_json()
     backend = moto_server.backend(url)
@@ -393,7 +365,7 @@ def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most
     with Repository(a) as repo:
         files["/a.bin"] = import_random(repo, tmp_path, "/a.bin", 60_000)
         lost = repo.cluster.node
-    _all_sync(a, b)
+    sync_all(a, b)
     chunkfs("forget-node", "--repo", b, lost, "--json")
     with Repository(b) as repo:
         files["/b.bin"] = import_random(repo, tmp_path, "/b.bin", 60_000)
@@ -439,7 +411,7 @@ def test_any_member_backs_up_and_joins_start_from_the_backup_that_holds_the_most
         repo.metabackup.prune(backend)
         listed = [n for _, _, n in metabackup.list_backups(backend, repo.index.repo_id)]
         assert listed == [latest.name, lagging[1]], "pruned to keep=1 newest, plus the join point"
-    result = _gc_on(b, lambda: None)
+    result = gc_on(b, lambda: None)
     assert result.cluster["log_truncated"]["first"] == position + 1, result.to_json()
     assert not backend.exists(sharedlog.entry_name(position))
     sync(b)  # /unpublished.bin: published now, after the join point
