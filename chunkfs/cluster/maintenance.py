@@ -131,18 +131,33 @@ def delete_empty_packs(tiers: Tiers) -> int:
 
 def apply_relocate(t: Txn, op: dict, located: dict[bytes, ChunkLocation]) -> None:
     """Apply another node's ``relocate`` change inside ``t``: its moved chunks (``located``: the
-    entry's locations) wherever this node placed them in a retired pack, then forget each retired
-    pack that nothing here locates any more (its object is its node's to delete)."""
+    entry's locations) wherever this node placed them in a retired pack, each with its ``deltas``
+    entry as the change gives it, then forget each retired pack that nothing here locates any more
+    (its object is its node's to delete).
+
+    A live chunk that became a delta brings its base back if a gc condemned it here: the node that
+    re-encoded it switched it in only on a live base, and keeps that base on every node through its
+    own ``keep`` (``apply_gc``), but this node may apply the change first — and must neither fail
+    to read the delta meanwhile nor let a sweep computed here list the base."""
     retire = {bytes.fromhex(p): [bytes.fromhex(c) for c in chunks] for p, chunks in op["retire"].items()}
+    bases = {bytes.fromhex(c): bytes.fromhex(b) for c, b in op.get("bases", {}).items()}
     for chunk in (bytes.fromhex(c) for c in op["chunks"]):
         new = located.get(chunk)
         if new is None:
             continue
         current = t.chunk_get(chunk)
-        if current is not None and bytes(current.pack) in retire:
-            t.chunk_put(chunk, new)
         condemned = t.condemned_location(chunk)
-        if condemned is not None and bytes(condemned.pack) in retire:
+        live = current is not None and bytes(current.pack) in retire
+        if not (live or (condemned is not None and bytes(condemned.pack) in retire)):
+            continue  # stored elsewhere here (a copy of this node's own): as it is
+        if chunk in bases:
+            t.delta_put(chunk, bases[chunk])
+        else:
+            t.delta_delete(chunk)
+        if live:
+            t.chunk_put(chunk, new)
+            t.resurrect([chunk])  # its bases, if condemned here
+        else:
             t.condemned_move(chunk, new)
     for pack, chunks in retire.items():
         if t.foreign(pack) and not any(located_at(t, c, pack) for c in chunks):

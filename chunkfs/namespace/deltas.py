@@ -141,9 +141,11 @@ def _pairs(extents: list[Extent], newer: list[Extent] | None) -> list[tuple[Chun
 
 
 def _in_group(t: Txn, chunk: ChunkId, group: str) -> bool:
+    """Whether ``chunk`` lies in one of this node's packs of ``group`` (in a shared repository
+    another node's packs of the run move with that node, not with its deltas)."""
     loc = t.chunk_get(chunk)
     info = t.pack_get(loc.pack) if loc is not None else None
-    return info is not None and info.group == group
+    return info is not None and info.group == group and not t.foreign(loc.pack)
 
 
 def _chain(t: Txn, chunk: ChunkId) -> list[ChunkId]:

@@ -299,8 +299,8 @@ def test_gc_on_one_node_while_two_others_write_loses_nothing(make_mount, moto_se
 
 
 def test_a_run_re_encoded_on_one_node_reads_on_the_other_throughout(make_mount, moto_server, tmp_path):  # noqa: F811
-    """node0's tier mover re-encodes a complete run into new warm packs while verifier processes
-    read it through node1: node1 reads the old packs until it applies node0's relocate change,
+    """node0's tier mover re-encodes a complete run into new warm packs (the older checkpoints as
+    deltas of the newer) while verifier processes read it through node1: node1 reads the old packs until it applies node0's relocate change,
     the new ones after; node0 deletes the old warm objects once both nodes have applied it;
     node1 then reads every byte from a cold cache, and fsck is clean on both."""
     lifecycle = {**SETTINGS["lifecycle"], "interval": 1}  # node0's own mover applies the policies
@@ -308,7 +308,7 @@ def test_a_run_re_encoded_on_one_node_reads_on_the_other_throughout(make_mount, 
     manifest = {}
     for step in range(3):
         path = a.path / "llama" / "run1" / f"checkpoint-{(step + 1) * 100}" / "model.safetensors"
-        bf16_checkpoint(path, seed=step)
+        bf16_checkpoint(path, seed=0, step=step + 1)  # a training run: the older two become deltas
         there = b.path / path.relative_to(a.path)
         _wait_same(path, there, "node1")
         manifest[str(there)] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -335,6 +335,11 @@ def test_a_run_re_encoded_on_one_node_reads_on_the_other_throughout(make_mount, 
     assert not failures, "\n".join(failures)
     with Repository(a.repo, writable=False) as repo:
         assert not old & set(repo.tiers.backend(Tier.WARM).list("packs/")), "the old packs are deleted from warm"
+        with repo.index.read() as t:
+            deltas = dict(t.deltas())
+    assert deltas, "the older checkpoints are stored as deltas"
+    with Repository(b.repo, writable=False) as repo, repo.index.read() as t:
+        assert dict(t.deltas()) == deltas, "node1 learnt every base from the relocate changes"
     b.remount_cold()
     for path, digest in manifest.items():
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, f"{path} changed"

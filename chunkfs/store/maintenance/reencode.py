@@ -55,9 +55,9 @@ def repack(
     hot-pressure evictions are never held up for a whole run (a mount re-encodes at the
     lowest CPU priority). ``stop()`` is asked before each batch: the rest waits for a later run."""
     result = RepackResult()
-    # deltas need the repository's whole tree to pair chunks; the other nodes of a shared one
-    # could not learn the bases from the log (docs/multinode.md)
-    bases = tiers.delta_plan(group) if tiers.delta_plan is not None and not tiers.shared else {}
+    # deltas need the repository's whole tree to pair chunks (in a shared one, the other nodes
+    # learn the bases from the relocate change: cluster/maintenance.py)
+    bases = tiers.delta_plan(group) if tiers.delta_plan is not None else {}
     with tiers.index.read() as t:
         infos = sorted(((p, t.pack_get(p)) for p in packs), key=lambda kv: kv[1].created_ns if kv[1] else 0)
     batch: list[PackId] = []

@@ -18,8 +18,8 @@ lock (store/tiering/tiers.py) with the crash notes of ``moves`` (keys.py):
 
 In a shared repository (``relocate``) other nodes read this node's packs on warm by the
 locations its log entries gave them: step 3 also journals a ``relocate`` change (the moved
-chunks, the retired packs and their chunks; published with the new locations, applied by
-every node: cluster/maintenance.py), and an old pack's warm object is not noted OLD but
+chunks, the base of each one now stored as a delta, the retired packs and their chunks;
+published with the new locations, applied by every node: cluster/maintenance.py), and an old pack's warm object is not noted OLD but
 *retiring* (keys.py, ``meta/retiring``): it is deleted once every member has applied that
 change. Its other objects (the hot home: no other node reads it) go at once.
 
@@ -240,7 +240,8 @@ class PackRewrite:
                 retired[bytes(pack).hex()] = [bytes(c).hex() for c in chunks]
             if self.relocate and switched:  # a kept pack's moved chunks too: the others follow at once
                 moved = sorted({bytes(c).hex() for c in switched})
-                t.outbox_put(now, {"op": "relocate", "chunks": moved, "retire": retired})
+                bases = {c.hex(): bytes(b).hex() for c in map(bytes, switched) if (b := t.delta_base(c)) is not None}
+                t.outbox_put(now, {"op": "relocate", "chunks": moved, "retire": retired, "bases": bases})
         self._built.clear()
         self._moved.clear()
         self._bases.clear()
