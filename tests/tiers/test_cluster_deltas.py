@@ -124,3 +124,26 @@ def test_a_relocate_that_makes_a_delta_of_a_condemned_base_brings_the_base_back(
         assert all(t.chunk_get(c) is not None and t.condemned_location(c) is None for c in bases)
         assert {i.tier for p, i in t.packs() if t.foreign(p)} == {Tier.WARM}
     _reads_and_checks(b, src, tmp_path / "read", [f"checkpoint-{s}" for s in STEPS])
+
+
+def test_only_the_re_encoding_nodes_own_chunks_pair_up(tmp_path, moto_server):
+    """The newest checkpoint written on another node (in that node's packs) is no base: a base
+    moves with its deltas, and another node's packs move with that node."""
+    _, (a, b) = nodes(tmp_path, moto_server.endpoint, 2)
+    src = _series(tmp_path / "src")
+    with Repository(a) as repo:
+        for step in STEPS[:-1]:
+            import_run(repo, src / f"checkpoint-{step}", f"{RUN}/checkpoint-{step}")
+    with Repository(b) as repo:
+        import_run(repo, src / f"checkpoint-{STEPS[-1]}", f"{RUN}/checkpoint-{STEPS[-1]}")
+    sync_all(a, b, a)
+    with Repository(a) as repo:
+        tierop.complete(repo, RUN)
+        tierop.apply(repo, tierop.plan(repo))
+        with repo.index.read() as t:
+            bases = set(dict(t.deltas()).values())
+            assert bases, "checkpoint-100 is a delta of checkpoint-200"
+            assert not any(t.foreign(t.chunk_get(c).pack) for c in bases), "a base in another node's pack"
+            assert bases <= _chunks(repo, f"checkpoint-{STEPS[1]}")
+    sync_all(a, b)
+    _reads_and_checks(b, src, tmp_path / "read", [f"checkpoint-{s}" for s in STEPS])
