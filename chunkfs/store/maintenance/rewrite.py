@@ -19,9 +19,10 @@ lock (store/tiering/tiers.py) with the crash notes of ``moves`` (keys.py):
 In a shared repository (``relocate``) other nodes read this node's packs on warm by the
 locations its log entries gave them: step 3 also journals a ``relocate`` change (the moved
 chunks, the base of each one now stored as a delta, the retired packs and their chunks;
-published with the new locations, applied by every node: cluster/maintenance.py), and an old pack's warm object is not noted OLD but
-*retiring* (keys.py, ``meta/retiring``): it is deleted once every member has applied that
-change. Its other objects (the hot home: no other node reads it) go at once.
+published with the new locations, applied by every node: cluster/maintenance.py), and an
+old pack's warm object is not noted OLD but *retiring* (keys.py, ``meta/retiring``): it is
+deleted once every member has applied that change. Its other objects (the hot home: no
+other node reads it) go at once.
 
 Killed anywhere, whoever next takes the tier lock resolves the notes: a NEW object
 the index does not place is deleted (undone), an OLD one is deleted (finished).
