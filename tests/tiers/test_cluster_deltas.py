@@ -61,8 +61,10 @@ def _reads_and_checks(node: Path, src: Path, dest: Path, names) -> None:
         same_tree(src / name, out / name)
 
 
-def test_a_run_re_encoded_with_deltas_reads_and_survives_gc_on_every_node(tmp_path, moto_server):
-    _, (a, b) = nodes(tmp_path, moto_server.endpoint, 2)
+def _re_encoded_on_the_first_of_two(tmp_path: Path, endpoint: str):
+    """Two nodes; the first imports the series, both sync, then the first completes the run and
+    re-encodes it on its way to warm (not published yet). Returns (a, b, src, tier outcome)."""
+    _, (a, b) = nodes(tmp_path, endpoint, 2)
     src = _series(tmp_path / "src")
     with Repository(a) as repo:
         import_run(repo, src, RUN)
@@ -70,6 +72,11 @@ def test_a_run_re_encoded_with_deltas_reads_and_survives_gc_on_every_node(tmp_pa
     with Repository(a) as repo:
         tierop.complete(repo, RUN)
         outcome = tierop.apply(repo, tierop.plan(repo))
+    return a, b, src, outcome
+
+
+def test_a_run_re_encoded_with_deltas_reads_and_survives_gc_on_every_node(tmp_path, moto_server):
+    a, b, src, outcome = _re_encoded_on_the_first_of_two(tmp_path, moto_server.endpoint)
     assert outcome.written["warm"]["deltas"] > 0, outcome.to_json()
     owner = _deltas(a)
     assert owner, "the older checkpoints are deltas of the newer"
@@ -106,14 +113,7 @@ def test_a_relocate_that_makes_a_delta_of_a_condemned_base_brings_the_base_back(
     """A node may apply another node's relocate after a gc entry condemned the new delta's base
     there (the owner's keep of the base comes later in the log): the base comes back at once, so
     the delta reads and no sweep computed on that node lists its base."""
-    _, (a, b) = nodes(tmp_path, moto_server.endpoint, 2)
-    src = _series(tmp_path / "src")
-    with Repository(a) as repo:
-        import_run(repo, src, RUN)
-    sync_all(a, b)
-    with Repository(a) as repo:
-        tierop.complete(repo, RUN)
-        tierop.apply(repo, tierop.plan(repo))
+    a, b, src, _ = _re_encoded_on_the_first_of_two(tmp_path, moto_server.endpoint)
     bases = set(_deltas(a).values())
     with Repository(b) as repo, repo.index.write() as t:  # forced: as a gc entry applied first would
         epoch = t.gc_epoch_bump()

@@ -211,8 +211,9 @@ def _with_deltas(index: Index, moving: set[PackId], warm: dict[PackId, PackInfo]
     return sorted(moving)
 
 
-def reencode_evicted(run: str, packs: list[tuple[PackId, PackInfo]], marked: set[PackId], settings: LifecycleSettings,
-              why: str) -> Action | None:  # fmt: skip
+def reencode_evicted(
+    run: str, packs: list[tuple[PackId, PackInfo]], marked: set[PackId], settings: LifecycleSettings, why: str
+) -> Action | None:
     """The re-encoding, on warm, of the packs of ``run`` that hot pressure evicted there as they
     were (``marked``: ``Txn.unencoded()``); None if it has none or warm packs are not re-encoded."""
     level = repack_level(settings, Tier.HOT, Tier.WARM)
